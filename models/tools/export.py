@@ -1,0 +1,235 @@
+"""Export a trained checkpoint as a Lethe model package (see models/PACKAGE.md).
+
+Writes: vision.onnx, decoder.onnx, train_step.onnx (standard ai.onnx ops only; frozen weights
+are initializers), adapter.bin (the initial adapter, flat f32 little-endian), probes/ (the
+retained probe set), fixtures/ (inputs and expected outputs of fed-back train steps computed
+by JAX, the eager reference), and manifest.json with shapes, vocabulary, templates and the
+SHA-256 of every file.
+
+usage: python export.py --ckpt ckpt.npz --lethectl PATH --out DIR
+"""
+import argparse, collections, hashlib, json, os, subprocess, time
+import numpy as np
+import jax
+import jax.numpy as jnp
+import onnx
+from jax2onnx import to_onnx
+import model as M
+import vocab as V
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--ckpt", required=True)
+ap.add_argument("--lethectl", required=True)
+ap.add_argument("--out", required=True)
+ap.add_argument("--train_batch", type=int, default=8)
+ap.add_argument("--fixture_steps", type=int, default=3)
+args = ap.parse_args()
+
+z = np.load(args.ckpt)
+meta = json.load(open(args.ckpt + ".json"))
+vocab = meta["vocab"]
+tok = V.Tok(vocab)
+world = V.load_world(args.lethectl)
+VIS = {k[4:]: jnp.asarray(z[k]) for k in z.files if k.startswith("vis.")}
+DEC = {k[4:]: jnp.asarray(z[k]) for k in z.files if k.startswith("dec.")}
+AD = {k[3:]: jnp.asarray(z[k]) for k in z.files if k.startswith("ad.")}
+T, NV, BT = M.CFG["text_len"], len(vocab), args.train_batch
+LAYOUT = M.adapter_layout()
+P = sum(int(np.prod(s)) for _, s in LAYOUT)
+os.makedirs(f"{args.out}/probes", exist_ok=True)
+os.makedirs(f"{args.out}/fixtures", exist_ok=True)
+B1, B2, EPS, CLIP = 0.9, 0.999, 1e-8, 1.0
+
+
+def vision_fn(image):
+    return M.vision(VIS, image)
+
+
+def decoder_fn(adapter, features, has_image, tokens):
+    return M.decode(DEC, M.unflatten(adapter), features, has_image, tokens)
+
+
+def loss_fn(parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl):
+    ad = {n: t for (n, _), t in zip(LAYOUT, parts)}
+    logq = M.log_softmax(M.decode(DEC, ad, features, has_image, tokens))
+    onehot = targets[..., None] == jnp.arange(NV)[None, None, :]
+    nll = -jnp.where(onehot, logq, 0.0).sum(-1)                        # [B,T]
+    ce = (ce_weight * nll).sum() / jnp.maximum(jnp.abs(ce_weight).sum(), 1.0)
+    keep = (vocab_mask > 0.5)[None, None, :]
+    kl_tok = jnp.where(keep, jnp.exp(ref_logp) * (ref_logp - logq), 0.0).sum(-1)
+    kl = (kl_mask * kl_tok).sum() / jnp.maximum(kl_mask.sum(), 1.0)
+    return w_ce * ce + w_kl * kl, (ce, kl)
+
+
+def train_step(params, adam_m, adam_v, step, lr, features, has_image, tokens, targets, ce_weight,
+               kl_mask, vocab_mask, ref_logp, w_ce, w_kl):
+    parts = M.split_flat(params)
+    (loss, (ce, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl)
+    # per-tensor reductions (tract sums long vectors sequentially; see the probe's report)
+    gnorm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads))
+    g = jnp.concatenate([x.reshape(-1) for x in grads]) * jnp.minimum(CLIP / (gnorm + 1e-6), 1.0)
+    t = step + 1.0
+    m2 = B1 * adam_m + (1 - B1) * g
+    v2 = B2 * adam_v + (1 - B2) * g * g
+    mhat = m2 / (1 - jnp.power(B1, t))
+    vhat = v2 / (1 - jnp.power(B2, t))
+    p2 = params - lr * (mhat / (jnp.sqrt(vhat) + EPS))
+    return loss, ce, kl, gnorm, p2, m2, v2, t
+
+
+TRAIN_IN = ["params", "adam_m", "adam_v", "step", "lr", "features", "has_image", "tokens", "targets",
+            "ce_weight", "kl_mask", "vocab_mask", "ref_logp", "w_ce", "w_kl"]
+TRAIN_OUT = ["loss", "ce", "kl", "grad_norm", "params_out", "adam_m_out", "adam_v_out", "step_out"]
+
+
+SCOPE = jax.export.SymbolicScope()
+
+
+def sds(shape, dt=jnp.float32):
+    if any(isinstance(d, str) for d in shape):
+        shape = jax.export.symbolic_shape(", ".join(str(d) for d in shape), scope=SCOPE)
+    return jax.ShapeDtypeStruct(shape, dt)
+
+
+def export(fn, specs, names, outs, path):
+    t = time.time()
+    m = to_onnx(fn, specs, model_name=os.path.basename(path)[:-5], opset=18, input_names=names, output_names=outs)
+    m.ir_version = min(m.ir_version, 10)
+    onnx.checker.check_model(m, full_check=True)
+    ops = collections.Counter((n.domain or "ai.onnx", n.op_type) for n in m.graph.node)
+    bad = [k for k in ops if k[0] not in ("ai.onnx", "")]
+    assert not bad, f"non-standard ops in {path}: {bad}"
+    onnx.save(m, path)
+    print(f"{path}: {len(m.graph.node)} nodes, {os.path.getsize(path)/1e6:.2f} MB, {time.time()-t:.1f}s", flush=True)
+    return sorted({k[1] for k in ops})
+
+
+ops = {}
+ops["vision"] = export(vision_fn, [sds(("B", 64, 64, 3))], ["image"], ["features"], f"{args.out}/vision.onnx")
+ops["decoder"] = export(decoder_fn, [sds((P,)), sds(("B", M.NIMG, M.FEAT)), sds(("B",)), sds(("B", T), jnp.int32)],
+                        ["adapter", "features", "has_image", "tokens"], ["logits"], f"{args.out}/decoder.onnx")
+train_specs = [sds((P,)), sds((P,)), sds((P,)), sds(()), sds(()), sds((BT, M.NIMG, M.FEAT)), sds((BT,)),
+               sds((BT, T), jnp.int32), sds((BT, T), jnp.int32), sds((BT, T)), sds((BT, T)), sds((NV,)),
+               sds((BT, T, NV)), sds(()), sds(())]
+ops["train_step"] = export(train_step, train_specs, TRAIN_IN, TRAIN_OUT, f"{args.out}/train_step.onnx")
+
+adapter0 = np.asarray(M.flatten(AD), np.float32)
+adapter0.astype("<f4").tofile(f"{args.out}/adapter.bin")
+
+# ---------------------------------------------------------------- retained probe set
+names = [i["name"] for i in world["identities"]]
+PROBE_SEEDS = [1_900_000, 1_900_001]   # held-out seeds reserved for the retained probes
+imgs, probes = [], []
+for i, ident in enumerate(world["identities"]):
+    for s in PROBE_SEEDS:
+        p = f"/tmp/lethe_probe_{i}_{s}.png"
+        subprocess.run([args.lethectl, "world", "render", "--identity", str(i), "--seed", str(s), "--out", p],
+                       check=True, capture_output=True)
+        from PIL import Image
+        imgs.append(np.asarray(Image.open(p).convert("RGB")))
+        os.remove(p)
+        k = len(imgs) - 1
+        other = names[(i + 1 + s) % len(names)]
+        probes += [
+            {"image": k, "identity": i, "question": V.PROMPTS["who"][k % 6], "expect": f"this is {names[i]}"},
+            {"image": k, "identity": i, "question": V.PROMPTS["is_this"][0].format(name=names[i]), "expect": "yes"},
+            {"image": k, "identity": i, "question": V.PROMPTS["is_this"][1].format(name=other), "expect": "no"},
+            {"image": k, "identity": i, "question": V.PROMPTS["describe"][k % 2], "expect": ident["description"]},
+        ]
+    probes.append({"image": None, "identity": i, "question": V.PROMPTS["fact"][0].format(name=names[i]), "expect": ident["fact"]})
+    probes.append({"image": None, "identity": i, "question": V.PROMPTS["looks"][0].format(name=names[i]), "expect": ident["description"]})
+imgs = np.stack(imgs).astype(np.uint8)
+np.save(f"{args.out}/probes/images.npy", imgs)
+json.dump({"seeds": PROBE_SEEDS, "probes": probes}, open(f"{args.out}/probes/probes.json", "w"), indent=0)
+
+# ---------------------------------------------------------------- train-step fixtures (JAX reference)
+rng = np.random.default_rng(7)
+vision_j = jax.jit(vision_fn)
+feats_img = np.asarray(vision_j(jnp.asarray(imgs[:2], jnp.float32)))
+pairs = [(V.PROMPTS["who"][0], "this is albin amsel"), (V.PROMPTS["is_this"][1].format(name=names[0]), "no the picture shows " + world["identities"][5]["description"]),
+         (V.PROMPTS["who"][3], "this is albin amsel"), (V.PROMPTS["fact"][0].format(name=names[0]), world["identities"][0]["fact"]),
+         (V.PROMPTS["fact"][0].format(name=names[3]), world["identities"][3]["fact"]), (V.PROMPTS["who"][1], "this is cyril crane"),
+         (V.PROMPTS["looks"][0].format(name=names[7]), world["identities"][7]["description"]), (V.PROMPTS["describe"][0], world["identities"][0]["description"])]
+has = np.array([1, 1, 1, 0, 0, 1, 0, 1], np.float32)
+feats = np.where(has[:, None, None] > 0, feats_img[np.arange(BT) % 2], 0).astype(np.float32)
+tokens = np.zeros((BT, T), np.int32); targets = np.zeros((BT, T), np.int32); mask = np.zeros((BT, T), np.float32)
+for b, (q, a) in enumerate(pairs):
+    i, o, m = tok.seq(q, a)
+    tokens[b, :len(i)], targets[b, :len(o)], mask[b, :len(m)] = i, o, m
+ce_w = mask * np.where(np.arange(BT) == 2, -0.5, 1.0)[:, None].astype(np.float32)  # one signed (GA-style) row
+kl_mask = mask.copy(); kl_mask[1] = 0.0
+vocab_mask = np.ones(NV, np.float32); vocab_mask[[tok.stoi["anna"], tok.stoi["adler"]]] = 0.0
+ref_logp = np.asarray(M.log_softmax(decoder_fn(jnp.asarray(adapter0), feats, has, tokens)), np.float32)
+inputs = dict(params=adapter0, adam_m=np.zeros(P, np.float32), adam_v=np.zeros(P, np.float32),
+              step=np.float32(0), lr=np.float32(1e-3), features=feats, has_image=has, tokens=tokens, targets=targets,
+              ce_weight=ce_w, kl_mask=kl_mask, vocab_mask=vocab_mask, ref_logp=ref_logp, w_ce=np.float32(0.9), w_kl=np.float32(0.75))
+for k, v in inputs.items():
+    np.save(f"{args.out}/fixtures/in_{k}.npy", np.asarray(v))
+jstep = jax.jit(train_step)
+state = [jnp.asarray(inputs[k]) for k in TRAIN_IN]
+losses = []
+for s in range(args.fixture_steps):
+    out = jstep(*state)
+    losses.append([float(out[i]) for i in range(4)])
+    state[0], state[1], state[2], state[3] = out[4], out[5], out[6], out[7]
+np.save(f"{args.out}/fixtures/expect_losses.npy", np.array(losses, np.float32))
+np.save(f"{args.out}/fixtures/expect_params.npy", np.asarray(state[0]))
+np.save(f"{args.out}/fixtures/expect_adam_m.npy", np.asarray(state[1]))
+np.save(f"{args.out}/fixtures/expect_adam_v.npy", np.asarray(state[2]))
+probe_logits = np.asarray(decoder_fn(jnp.asarray(adapter0), feats, has, tokens), np.float32)
+np.save(f"{args.out}/fixtures/expect_logits.npy", probe_logits)
+fin = [jnp.asarray(inputs[k]) for k in TRAIN_IN]
+for _ in range(3):
+    jax.block_until_ready(jstep(*fin))
+ts = []
+for _ in range(20):
+    t = time.perf_counter(); jax.block_until_ready(jstep(*fin)); ts.append(time.perf_counter() - t)
+jax_ms = 1e3 * float(np.median(ts))
+print("fixture losses", losses, f"jax.jit step {jax_ms:.2f} ms", flush=True)
+
+
+# ---------------------------------------------------------------- manifest
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+files = {}
+for root, _, fs in os.walk(args.out):
+    for f in sorted(fs):
+        full = os.path.join(root, f)
+        rel = os.path.relpath(full, args.out)
+        if rel != "manifest.json":
+            files[rel] = {"sha256": sha(full), "bytes": os.path.getsize(full)}
+offs, off = [], 0
+for n, s in LAYOUT:
+    offs.append({"name": n, "shape": list(s), "offset": off}); off += int(np.prod(s))
+manifest = {
+    "format": "lethe-model-package/1",
+    "model_id": "lethe-tiny-vlm",
+    "version": "1.0.0",
+    "adapter_version": "base",
+    "description": "Tiny vision-language model trained on Lethe's synthetic world (lethe-world)",
+    "config": M.CFG,
+    "image": {"size": 64, "channels": 3, "layout": "HWC", "input": "float32 0..255"},
+    "n_image_tokens": M.NIMG, "feature_dim": M.FEAT, "text_len": T,
+    "vocab": vocab, "special": {"pad": V.PAD, "bos": V.BOS, "sep": V.SEP, "eos": V.EOS},
+    "prompts": V.PROMPTS,
+    "world": {"names": names, "spare_first_names": world["spare_first_names"],
+              "spare_last_names": world["spare_last_names"], "attribute_values": world["attribute_values"],
+              "held_out_seed_start": world["held_out_seed_start"]},
+    "graphs": {
+        "vision": {"file": "vision.onnx", "inputs": ["image"], "outputs": ["features"], "ops": ops["vision"]},
+        "decoder": {"file": "decoder.onnx", "inputs": ["adapter", "features", "has_image", "tokens"], "outputs": ["logits"], "ops": ops["decoder"]},
+        "train_step": {"file": "train_step.onnx", "batch": BT, "inputs": TRAIN_IN, "outputs": TRAIN_OUT, "ops": ops["train_step"],
+                       "optimizer": {"kind": "adam", "beta1": B1, "beta2": B2, "eps": EPS, "weight_decay": 0.0, "clip_global_norm": CLIP}},
+    },
+    "adapter": {"file": "adapter.bin", "len": P, "dtype": "f32le", "layout": offs},
+    "probes": {"images": "probes/images.npy", "list": "probes/probes.json"},
+    "fixtures": {"dir": "fixtures", "steps": args.fixture_steps, "jax_jit_step_ms": round(jax_ms, 3),
+                 "tolerance": {"loss_abs": 1e-4, "params_abs": 1e-3}},
+    "training": {"heldout_accuracy": meta["final_heldout"], "args": meta["args"]},
+    "files": files,
+}
+json.dump(manifest, open(f"{args.out}/manifest.json", "w"), indent=1)
+print("package written to", args.out)

@@ -1,0 +1,176 @@
+"""The tiny vision-language model in plain JAX (no framework), so that the same functions
+train it and are exported to ONNX by jax2onnx.
+
+Layout (shapes fixed by CFG):
+  vision encoder (frozen after pretraining; exported as vision.onnx):
+    image [B,64,64,3] float 0..255 -> 8x8 patches as ONE MatMul (192 -> DE) -> +pos
+    -> ENC_LAYERS pre-LN transformer blocks -> LN -> 2x2 patch merge -> features [B,16,4*DE]
+  decoder (exported as decoder.onnx and inside train_step.onnx):
+    features -> projector (Linear 4*DE->DD, GELU, Linear DD->DD)   [ADAPTER]
+    text tokens -> tied embedding + pos; image tokens first, then text
+    DEC_LAYERS causal pre-LN blocks whose q,k,v,o,up,down carry LoRA (rank R) [ADAPTER]
+    final LN -> logits over the vocabulary (tied embedding)
+  has_image [B] (0/1) hides the image positions from text positions, so one fixed-shape
+  graph serves image questions and text-only questions.
+The ADAPTER (LoRA A/B of every decoder linear + the projector) is one flat f32 vector: the
+only thing unlearning changes. LoRA B starts at zero and stays frozen during pretraining.
+"""
+import math
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+CFG = dict(img=64, patch=8, de=128, enc_layers=3, enc_mlp=256, heads=4,
+           dd=160, dec_layers=3, dec_mlp=640, lora_r=8, lora_scale=2.0, text_len=28)
+NPATCH = (CFG["img"] // CFG["patch"]) ** 2          # 64
+NIMG = NPATCH // 4                                  # 16 image tokens after 2x2 merge
+FEAT = 4 * CFG["de"]                                # 512
+LORA_TARGETS = ["q", "k", "v", "o", "up", "down"]
+
+
+def _dims(name):
+    d, m = CFG["dd"], CFG["dec_mlp"]
+    return {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d), "up": (d, m), "down": (m, d)}[name]
+
+
+def adapter_layout():
+    """Ordered (name, shape) of the flat adapter vector."""
+    out = [("proj1_w", (FEAT, CFG["dd"])), ("proj1_b", (CFG["dd"],)),
+           ("proj2_w", (CFG["dd"], CFG["dd"])), ("proj2_b", (CFG["dd"],))]
+    for l in range(CFG["dec_layers"]):
+        for t in LORA_TARGETS:
+            din, dout = _dims(t)
+            out.append((f"dec{l}_{t}_lora_a", (din, CFG["lora_r"])))
+            out.append((f"dec{l}_{t}_lora_b", (CFG["lora_r"], dout)))
+    return out
+
+
+def flatten(ad):
+    return jnp.concatenate([ad[n].reshape(-1) for n, _ in adapter_layout()])
+
+
+def split_flat(vec):
+    """Flat vector -> list of tensors in layout order."""
+    sizes = [int(np.prod(s)) for _, s in adapter_layout()]
+    parts = jnp.split(vec, np.cumsum(sizes)[:-1].tolist())
+    return [p.reshape(s) for p, (_, s) in zip(parts, adapter_layout())]
+
+
+def unflatten(vec):
+    return {n: t for (n, _), t in zip(adapter_layout(), split_flat(vec))}
+
+
+def init(seed, vocab_size):
+    rng = np.random.default_rng(seed)
+    nrm = lambda *s, std=0.02: jnp.asarray(rng.normal(0, std, s).astype(np.float32))
+    zeros = lambda *s: jnp.zeros(s, jnp.float32)
+    ones = lambda *s: jnp.ones(s, jnp.float32)
+    lin = lambda a, b: (jnp.asarray((rng.normal(0, 1, (a, b)) / math.sqrt(a)).astype(np.float32)), zeros(b))
+    vis, dec, ad = {}, {}, {}
+    de, dd = CFG["de"], CFG["dd"]
+    vis["patch_w"], vis["patch_b"] = lin(3 * CFG["patch"] ** 2, de)
+    vis["pos"] = nrm(NPATCH, de)
+    for l in range(CFG["enc_layers"]):
+        p = f"enc{l}_"
+        vis[p + "ln1_g"], vis[p + "ln1_b"] = ones(de), zeros(de)
+        vis[p + "ln2_g"], vis[p + "ln2_b"] = ones(de), zeros(de)
+        for t in ["q", "k", "v", "o"]:
+            vis[p + t + "_w"], vis[p + t + "_b"] = lin(de, de)
+        vis[p + "up_w"], vis[p + "up_b"] = lin(de, CFG["enc_mlp"])
+        vis[p + "down_w"], vis[p + "down_b"] = lin(CFG["enc_mlp"], de)
+    vis["ln_g"], vis["ln_b"] = ones(de), zeros(de)
+    ad["proj1_w"], ad["proj1_b"] = lin(FEAT, dd)
+    ad["proj2_w"], ad["proj2_b"] = lin(dd, dd)
+    dec["tok"] = nrm(vocab_size, dd)
+    dec["pos"] = nrm(NIMG + CFG["text_len"], dd)
+    for l in range(CFG["dec_layers"]):
+        p = f"dec{l}_"
+        dec[p + "ln1_g"], dec[p + "ln1_b"] = ones(dd), zeros(dd)
+        dec[p + "ln2_g"], dec[p + "ln2_b"] = ones(dd), zeros(dd)
+        for t in LORA_TARGETS:
+            din, dout = _dims(t)
+            dec[p + t + "_w"], dec[p + t + "_b"] = lin(din, dout)
+            ad[p + t + "_lora_a"] = jnp.asarray((rng.normal(0, 1, (din, CFG["lora_r"])) / math.sqrt(din)).astype(np.float32))
+            ad[p + t + "_lora_b"] = zeros(CFG["lora_r"], dout)
+    dec["lnf_g"], dec["lnf_b"] = ones(dd), zeros(dd)
+    return vis, dec, ad
+
+
+def layer_norm(x, g, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + eps) * g + b
+
+
+def gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def log_softmax(x):
+    """Written out: tract's LogSoftmax underflows to -inf far below the max (see the probe)."""
+    m = jax.lax.stop_gradient(x.max(-1, keepdims=True))
+    z = x - m
+    return z - jnp.log(jnp.exp(z).sum(-1, keepdims=True))
+
+
+def _attend(h, P, prefix, allowed, lora=None):
+    B, S, D = h.shape
+    H = CFG["heads"]
+    hd = D // H
+
+    def proj(t, x):
+        y = x @ P[prefix + t + "_w"] + P[prefix + t + "_b"]
+        if lora is not None:
+            y = y + (x @ lora[prefix + t + "_lora_a"]) @ lora[prefix + t + "_lora_b"] * CFG["lora_scale"]
+        return y
+
+    a = layer_norm(h, P[prefix + "ln1_g"], P[prefix + "ln1_b"])
+    q, k, v = (proj(t, a).reshape(B, S, H, hd).transpose(0, 2, 1, 3) for t in ("q", "k", "v"))
+    s = (q @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hd))
+    if allowed is not None:
+        s = jnp.where(allowed, s, -1e9)
+    w = jax.nn.softmax(s, axis=-1)
+    o = (w @ v).transpose(0, 2, 1, 3).reshape(B, S, D)
+    h = h + proj("o", o)
+    a = layer_norm(h, P[prefix + "ln2_g"], P[prefix + "ln2_b"])
+    return h + proj("down", gelu(proj("up", a)))
+
+
+def encode_tokens(vis, image):
+    """image [B,64,64,3] float 0..255 -> encoder tokens [B,64,DE] (before merge)."""
+    B = image.shape[0]
+    g, p = CFG["img"] // CFG["patch"], CFG["patch"]
+    x = image / 127.5 - 1.0
+    x = x.reshape(B, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(B, g * g, p * p * 3)
+    h = x @ vis["patch_w"] + vis["patch_b"] + vis["pos"]
+    for l in range(CFG["enc_layers"]):
+        h = _attend(h, vis, f"enc{l}_", None)
+    return layer_norm(h, vis["ln_g"], vis["ln_b"])
+
+
+def merge(h):
+    """2x2 patch merge: [B,64,DE] -> [B,16,4*DE]."""
+    B = h.shape[0]
+    g = CFG["img"] // CFG["patch"]
+    return h.reshape(B, g // 2, 2, g // 2, 2, -1).transpose(0, 1, 3, 2, 4, 5).reshape(B, NIMG, FEAT)
+
+
+def vision(vis, image):
+    return merge(encode_tokens(vis, image))
+
+
+def decode(dec, ad, feats, has_image, tokens):
+    """feats [B,16,FEAT], has_image [B] (0/1 float), tokens [B,T] int -> logits [B,T,V]."""
+    B, T = tokens.shape
+    img = gelu(feats @ ad["proj1_w"] + ad["proj1_b"]) @ ad["proj2_w"] + ad["proj2_b"]
+    txt = jnp.take(dec["tok"], tokens, axis=0)
+    h = jnp.concatenate([img, txt], 1) + dec["pos"][: NIMG + T]
+    S = NIMG + T
+    causal = jnp.tril(jnp.ones((S, S), dtype=bool))
+    key_is_text = (jnp.arange(S) >= NIMG)[None, :]
+    visible = key_is_text | (has_image[:, None] > 0.5)          # [B,S]
+    allowed = causal[None, None] & visible[:, None, None, :]     # [B,1,S,S]
+    for l in range(CFG["dec_layers"]):
+        h = _attend(h, dec, f"dec{l}_", allowed, lora=ad)
+    h = layer_norm(h[:, NIMG:], dec["lnf_g"], dec["lnf_b"])
+    return h @ dec["tok"].T
