@@ -26,12 +26,29 @@ enum Command {
     /// The synthetic world the bundled model was trained on.
     #[command(subcommand)]
     World(cmd::world::WorldCmd),
+    /// Make an Ed25519 key pair (operator or device): NAME.key (0600) and NAME.pub.
+    Keygen(cmd::keys::KeygenArgs),
+    /// Edit a trust store: add, revoke, rotate keys; k-of-n threshold.
+    #[command(subcommand)]
+    Trust(cmd::trust::TrustCmd),
+    /// Sign a forget command.
+    Sign(cmd::sign::SignArgs),
+    /// Verify a signed command as a device would (exit 0 accepted, 1 rejected).
+    Verify(cmd::verify::VerifyArgs),
+    /// Device status receipts.
+    #[command(subcommand)]
+    Receipt(cmd::receipt::ReceiptCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::World(c) => cmd::world::run(c),
+        Command::Keygen(a) => cmd::keys::run(a),
+        Command::Trust(c) => cmd::trust::run(c),
+        Command::Sign(a) => cmd::sign::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Receipt(c) => cmd::receipt::run(c),
     };
     match result {
         Ok(code) => code,

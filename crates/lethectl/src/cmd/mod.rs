@@ -2,3 +2,11 @@
 //! returning the process exit code.
 
 pub mod world;
+
+// Signed commands (lethe-proto): keys, trust store, signing, verification, receipts.
+mod fsutil;
+pub mod keys;
+pub mod receipt;
+pub mod sign;
+pub mod trust;
+pub mod verify;
