@@ -379,6 +379,14 @@ fn cases(fx: &Fx) -> Vec<Case> {
         ),
         ("duplicate seq field", dup_seq, "duplicate-field"),
         (
+            "duplicate field spelled with a unicode escape",
+            {
+                let p = String::from_utf8(fx.spec().to_payload().unwrap()).unwrap();
+                fx.raw(p.replacen('{', "{\"s\\u0065q\":12,", 1).as_bytes())
+            },
+            "duplicate-field",
+        ),
+        (
             "unknown top-level field",
             fx.json(|v| v["priority"] = 1.into()),
             "unknown-field",
@@ -580,4 +588,18 @@ fn the_signer_refuses_an_issuer_that_is_not_its_key() {
         sign_command(&s, &[&fx.alice]).unwrap_err(),
         Rejection::IssuerMismatch("bob".into())
     );
+}
+
+#[test]
+fn the_fuzz_seed_payload_is_accepted_when_signed_so_the_fuzzer_starts_deep() {
+    let fx = Fx::new();
+    let seed = include_bytes!("../fuzz/seeds/payload-good.json");
+    let env = fx.raw(seed);
+    let mut device = fx.device.clone();
+    device.model = Some(ModelContext {
+        id: "lethe-tiny".into(),
+        version: None,
+    });
+    let (cmd, _) = verify_command(&env, &fx.trust, &device, &fx.state, NOW).unwrap();
+    assert_eq!(cmd.seq, 11);
 }
