@@ -1,0 +1,180 @@
+//! Serde types for `manifest.json` (format `lethe-model-package/1`, see models/PACKAGE.md).
+//! Owns the field names of the contract and nothing else: no I/O, no checks beyond what serde
+//! enforces. Invariant: unknown fields are tolerated here and preserved by
+//! `Package::write_copy_with_adapter` (which edits the raw JSON, not these types).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The format string this crate reads.
+pub const PACKAGE_FORMAT: &str = "lethe-model-package/1";
+
+/// The whole manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub model_id: String,
+    pub version: String,
+    pub adapter_version: String,
+    /// The version this adapter was derived from (absent for the base adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    /// What made this adapter version (e.g. a command id), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub config: ModelConfig,
+    pub n_image_tokens: usize,
+    pub feature_dim: usize,
+    pub text_len: usize,
+    pub vocab: Vec<String>,
+    pub special: Special,
+    pub prompts: Prompts,
+    pub world: World,
+    pub graphs: Graphs,
+    pub adapter: AdapterSpec,
+    pub probes: ProbesSpec,
+    pub fixtures: FixturesSpec,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Architecture hyper-parameters (informational for Rust; the graphs embody them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub img: usize,
+    pub patch: usize,
+    pub de: usize,
+    pub enc_layers: usize,
+    pub enc_mlp: usize,
+    pub heads: usize,
+    pub dd: usize,
+    pub dec_layers: usize,
+    pub dec_mlp: usize,
+    pub lora_r: usize,
+    pub lora_scale: f64,
+    pub text_len: usize,
+}
+
+/// Special token ids.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Special {
+    pub pad: i32,
+    pub bos: i32,
+    pub sep: i32,
+    pub eos: i32,
+}
+
+/// Prompt and answer templates; `{name}` and `{description}` are placeholders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prompts {
+    pub who: Vec<String>,
+    pub is_this: Vec<String>,
+    pub describe: Vec<String>,
+    pub fact: Vec<String>,
+    pub looks: Vec<String>,
+    pub who_answer: String,
+    pub yes: String,
+    pub no: String,
+    pub denial: String,
+    pub refusal: String,
+}
+
+/// The synthetic world the model was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct World {
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub spare_first_names: Vec<String>,
+    #[serde(default)]
+    pub spare_last_names: Vec<String>,
+    #[serde(default)]
+    pub attribute_values: BTreeMap<String, Vec<String>>,
+    pub held_out_seed_start: u64,
+}
+
+/// The three graphs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Graphs {
+    pub vision: GraphSpec,
+    pub decoder: GraphSpec,
+    pub train_step: TrainStepSpec,
+}
+
+/// One inference graph's file and interface.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphSpec {
+    pub file: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub ops: Vec<String>,
+}
+
+/// The train-step graph's file, interface and fixed batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainStepSpec {
+    pub file: String,
+    pub batch: usize,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub ops: Vec<String>,
+    #[serde(default)]
+    pub optimizer: serde_json::Value,
+}
+
+/// The adapter file and its layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdapterSpec {
+    pub file: String,
+    pub len: usize,
+    pub dtype: String,
+    pub layout: Vec<LayoutEntry>,
+}
+
+/// One tensor inside the flat adapter vector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayoutEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+/// Where the retained probe set lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbesSpec {
+    pub images: String,
+    pub list: String,
+}
+
+/// Train-step fixtures from the JAX reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FixturesSpec {
+    pub dir: String,
+    pub steps: usize,
+    #[serde(default)]
+    pub jax_jit_step_ms: Option<f64>,
+    pub tolerance: Tolerance,
+}
+
+/// Fixture tolerances.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Tolerance {
+    pub loss_abs: f64,
+    pub params_abs: f64,
+}
+
+/// Hash and size of one package file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// The adapter version a derived package came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub adapter_version: String,
+    pub adapter_sha256: String,
+}

@@ -1,0 +1,355 @@
+//! Integration tests of lethe-model against the bundled package (models/tiny-vlm): integrity
+//! checks, tokenizer, image limits, and ONNX Runtime against the JAX fixtures. These tests need
+//! ONNX Runtime (run scripts/fetch-ort once); without it they fail with the lookup message.
+
+use lethe_model::fixtures::max_abs_diff;
+use lethe_model::generate::{self, Query};
+use lethe_model::{
+    Adapter, AdapterVersionInfo, Engine, Fixtures, ModelError, OrtEngine, Package, SessionOptions,
+    TrainStep,
+};
+use std::path::{Path, PathBuf};
+
+fn package_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-vlm")
+}
+
+fn open() -> Package {
+    Package::open(package_dir()).expect("bundled package opens")
+}
+
+/// A fresh temporary folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("lethe-model-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_package(to: &Path) {
+    let pkg = open();
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(
+        package_dir().join("manifest.json"),
+        to.join("manifest.json"),
+    )
+    .unwrap();
+    for name in pkg.manifest().files.keys() {
+        let dst = to.join(name);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(package_dir().join(name), dst).unwrap();
+    }
+}
+
+#[test]
+fn bundled_package_opens_and_exposes_its_contract() {
+    let pkg = open();
+    assert_eq!(pkg.text_len(), 28);
+    assert_eq!(pkg.train_batch(), pkg.manifest().graphs.train_step.batch);
+    assert_eq!(pkg.adapter().unwrap().len(), pkg.adapter_len());
+    assert_eq!(pkg.adapter().unwrap().sha256_hex(), pkg.adapter_sha256());
+    let probes = pkg.probes().unwrap();
+    assert_eq!(probes.images.shape()[1..], [64, 64, 3]);
+    assert!(!probes.probes.is_empty());
+    assert!(pkg.manifest().prompts.who.len() >= 6);
+}
+
+#[test]
+fn tampered_copy_is_refused_naming_the_file() {
+    let tmp = TempDir::new("tamper");
+    copy_package(&tmp.0);
+    Package::open(&tmp.0).expect("an exact copy opens");
+    let victim = tmp.0.join("decoder.onnx");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+    let err = Package::open(&tmp.0).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ModelError::Integrity { ref file, .. } if file == "decoder.onnx"));
+    assert!(
+        msg.contains("decoder.onnx") && msg.contains("SHA-256"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_package_file_is_refused_naming_it() {
+    let tmp = TempDir::new("missing");
+    copy_package(&tmp.0);
+    std::fs::remove_file(tmp.0.join("probes/images.npy")).unwrap();
+    let msg = Package::open(&tmp.0).unwrap_err().to_string();
+    assert!(msg.contains("probes/images.npy"), "{msg}");
+}
+
+#[test]
+fn missing_package_folder_is_a_clear_error() {
+    let msg = Package::open("/no/such/model").unwrap_err().to_string();
+    assert!(msg.contains("/no/such/model"), "{msg}");
+}
+
+#[test]
+fn derived_copy_has_the_new_adapter_and_records_its_parent() {
+    let pkg = open();
+    let tmp = TempDir::new("derive");
+    let dst = tmp.0.join("v2");
+    let mut a = pkg.adapter().unwrap();
+    a.0[0] += 1.0;
+    let info = AdapterVersionInfo {
+        version: "forget-test".into(),
+        made_by: Some("cmd-123".into()),
+    };
+    let copy = pkg.write_copy_with_adapter(&dst, &a, &info).unwrap();
+    assert_eq!(copy.manifest().adapter_version, "forget-test");
+    assert_eq!(copy.manifest().made_by.as_deref(), Some("cmd-123"));
+    let parent = copy.manifest().parent.clone().unwrap();
+    assert_eq!(parent.adapter_sha256, pkg.adapter_sha256());
+    assert_eq!(parent.adapter_version, pkg.manifest().adapter_version);
+    assert_eq!(copy.adapter().unwrap(), a);
+    assert_eq!(copy.adapter_sha256(), a.sha256_hex());
+    assert_ne!(copy.adapter_sha256(), pkg.adapter_sha256());
+    // The folder must be new.
+    assert!(pkg.write_copy_with_adapter(&dst, &a, &info).is_err());
+    // And the adapter length must match.
+    let short = Adapter(vec![0.0; 3]);
+    assert!(pkg
+        .write_copy_with_adapter(tmp.0.join("v3"), &short, &info)
+        .is_err());
+}
+
+#[test]
+fn tokenizer_round_trips_every_prompt_and_names_unknown_words() {
+    let pkg = open();
+    let tok = pkg.tokenizer();
+    let p = &pkg.manifest().prompts;
+    for q in p.who.iter().chain(&p.describe) {
+        assert_eq!(tok.decode(&tok.encode(q).unwrap()), *q);
+    }
+    let name = &pkg.manifest().world.names[0];
+    let q = p.is_this[0].replace("{name}", name);
+    assert_eq!(tok.decode(&tok.encode(&q).unwrap()), q);
+    let err = tok.encode("who is zorblax ?").unwrap_err().to_string();
+    assert!(err.contains("zorblax") && err.contains("closed"), "{err}");
+}
+
+#[test]
+fn ort_train_step_matches_the_jax_fixtures() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let mut step = TrainStep::new(&pkg, &SessionOptions::default()).unwrap();
+    let mut state = fx.state.clone();
+    let mut max_loss = 0f32;
+    let mut max_parts = 0f32;
+    for k in 0..fx.steps {
+        let l = step
+            .run(&mut state, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+            .unwrap();
+        let e = fx.expect_losses.row(k);
+        println!(
+            "ort step {k}: loss {:.7} ce {:.7} kl {:.7} gnorm {:.6} | jax loss {:.7} ce {:.7} kl {:.7} gnorm {:.6}",
+            l.loss, l.ce, l.kl, l.grad_norm, e[0], e[1], e[2], e[3]
+        );
+        max_loss = max_loss.max((l.loss - e[0]).abs());
+        for (got, want) in [l.ce, l.kl].iter().zip([e[1], e[2]]) {
+            max_parts = max_parts.max((got - want).abs());
+        }
+        assert!(l.loss.is_finite());
+    }
+    let dp = max_abs_diff(&state.params, &fx.expect_params);
+    let dm = max_abs_diff(&state.adam_m, &fx.expect_adam_m);
+    let dv = max_abs_diff(&state.adam_v, &fx.expect_adam_v);
+    println!(
+        "ORT vs JAX over {} fed-back steps: max|loss| {max_loss:.3e}, max|ce,kl| {max_parts:.3e}, \
+         max|params| {dp:.3e}, max|adam_m| {dm:.3e}, max|adam_v| {dv:.3e}, step_out {}",
+        fx.steps, state.step
+    );
+    let tol = fx.tolerance;
+    assert!(
+        (max_loss as f64) <= tol.loss_abs,
+        "loss diff {max_loss} > {}",
+        tol.loss_abs
+    );
+    assert!((max_parts as f64) <= tol.loss_abs, "ce/kl diff {max_parts}");
+    assert!(
+        (dp as f64) <= tol.params_abs,
+        "params diff {dp} > {}",
+        tol.params_abs
+    );
+    assert!((dm as f64) <= tol.params_abs && (dv as f64) <= tol.params_abs);
+    assert_eq!(state.step, fx.state.step + fx.steps as f32);
+}
+
+#[test]
+fn ort_decoder_logits_match_the_fixture() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let mut eng = OrtEngine::new(&pkg, &SessionOptions::default()).unwrap();
+    let adapter = pkg.adapter().unwrap();
+    let logits = eng
+        .logits(
+            adapter.as_slice(),
+            fx.batch.features.view(),
+            fx.batch.has_image.view(),
+            fx.batch.tokens.view(),
+        )
+        .unwrap();
+    let d = max_abs_diff(&logits, &fx.expect_logits);
+    println!("ORT decoder logits vs JAX: max|diff| {d:.3e}");
+    assert!(d <= 1e-3, "{d}");
+}
+
+#[test]
+fn ort_decoder_refuses_wrong_shapes_with_a_clear_message() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let mut eng = OrtEngine::new(&pkg, &SessionOptions::default()).unwrap();
+    let err = eng
+        .logits(
+            &[0.0; 3],
+            fx.batch.features.view(),
+            fx.batch.has_image.view(),
+            fx.batch.tokens.view(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter has 3 values"), "{err}");
+}
+
+#[test]
+fn ort_answers_probes_and_batching_does_not_change_answers() {
+    let pkg = open();
+    let probes = pkg.probes().unwrap();
+    let mut eng = OrtEngine::new(&pkg, &SessionOptions::default()).unwrap();
+    let adapter = pkg.adapter().unwrap();
+    let tok = pkg.tokenizer();
+    let feats = generate::encode_images(&mut eng, probes.images.view()).unwrap();
+    let queries: Vec<Query> = probes
+        .probes
+        .iter()
+        .map(|p| Query {
+            question: p.question.clone(),
+            image: p.image,
+        })
+        .collect();
+    let all = generate::answer(&mut eng, adapter.as_slice(), &tok, feats.view(), &queries).unwrap();
+    let correct = all
+        .iter()
+        .zip(&probes.probes)
+        .filter(|(a, p)| **a == p.expect)
+        .count();
+    println!("ORT retained-probe accuracy: {correct}/{}", all.len());
+    for i in [0, queries.len() / 2, queries.len() - 1] {
+        let one = generate::answer(
+            &mut eng,
+            adapter.as_slice(),
+            &tok,
+            feats.view(),
+            &queries[i..=i],
+        )
+        .unwrap();
+        assert_eq!(one[0], all[i], "query {i} answered differently alone");
+    }
+    // Scores of the greedy answers are the best per-token choices: finite and <= 0.
+    let sc = generate::score(
+        &mut eng,
+        adapter.as_slice(),
+        &tok,
+        feats.view(),
+        &queries[..4],
+        &all[..4],
+    )
+    .unwrap();
+    assert!(sc.iter().flatten().all(|v| v.is_finite() && *v <= 0.0));
+}
+
+#[test]
+fn image_loading_refuses_missing_files_non_images_and_huge_dimensions() {
+    let tmp = TempDir::new("images");
+    let missing = tmp.0.join("nope.png");
+    let err = lethe_model::image::load_image(&missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope.png") && err.contains("cannot read"),
+        "{err}"
+    );
+
+    let junk = tmp.0.join("junk.png");
+    std::fs::write(&junk, b"this is not an image at all").unwrap();
+    let err = lethe_model::image::load_image(&junk)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("junk.png") && err.contains("not an image"),
+        "{err}"
+    );
+
+    let huge = tmp.0.join("huge.png");
+    std::fs::write(&huge, png_header(100_000, 100_000)).unwrap();
+    let err = lethe_model::image::load_image(&huge)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("huge.png") && err.contains("100000x100000"),
+        "{err}"
+    );
+
+    let good = tmp.0.join("good.png");
+    lethe_world_like_image().save(&good).unwrap();
+    let a = lethe_model::image::load_image(&good).unwrap();
+    assert_eq!(a.shape(), &[1, 64, 64, 3]);
+}
+
+fn lethe_world_like_image() -> image::RgbImage {
+    image::RgbImage::from_fn(100, 80, |x, y| image::Rgb([x as u8, y as u8, 128]))
+}
+
+/// A PNG signature and a valid IHDR claiming `w`x`h`, a token IDAT and IEND: no real pixel data.
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    // A tiny IDAT (an empty zlib stream) so that decoders get as far as reporting the size.
+    let idat = [
+        0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
+    ];
+    for (kind, data) in [
+        (&b"IHDR"[..], &ihdr[..]),
+        (&b"IDAT"[..], &idat[..]),
+        (&b"IEND"[..], &[][..]),
+    ] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
