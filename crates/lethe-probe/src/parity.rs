@@ -1,0 +1,122 @@
+//! Cross-engine parity on the package's retained probe set: two engines (in practice
+//! `OrtEngine` and `TractEngine`) answer every probe greedily and score the expected answers
+//! teacher-forced; the report gives answer agreement, accuracy per engine and the largest
+//! feature and logit differences. Owns no engine: it takes any two `&mut dyn Engine`.
+//! Invariant: each engine only ever sees its own vision features, so a vision-graph
+//! discrepancy shows up in the answers and logits instead of being masked.
+
+use lethe_model::fixtures::max_abs_diff;
+use lethe_model::generate::{self, Query, CHUNK};
+use lethe_model::{Engine, Package, Result};
+use ndarray::Array2;
+
+/// One probe the two engines answered differently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mismatch {
+    pub index: usize,
+    pub question: String,
+    pub a: String,
+    pub b: String,
+}
+
+/// Outcome of `probe_parity`.
+#[derive(Debug, Clone)]
+pub struct ParityReport {
+    pub engine_a: String,
+    pub engine_b: String,
+    pub probes: usize,
+    /// Probes both engines answered identically.
+    pub agree: usize,
+    pub mismatches: Vec<Mismatch>,
+    /// Probes answered as expected, per engine.
+    pub a_correct: usize,
+    pub b_correct: usize,
+    /// Largest |difference| of vision features over the probe images.
+    pub max_feature_diff: f32,
+    /// Largest |difference| of decoder logits over the teacher-forced probe sequences.
+    pub max_logit_diff: f32,
+}
+
+impl ParityReport {
+    /// Whether every answer agreed.
+    pub fn all_agree(&self) -> bool {
+        self.agree == self.probes
+    }
+}
+
+/// Runs the retained probe set of `pkg` with `adapter` through both engines.
+pub fn probe_parity(
+    a: &mut dyn Engine,
+    b: &mut dyn Engine,
+    pkg: &Package,
+    adapter: &[f32],
+) -> Result<ParityReport> {
+    let set = pkg.probes()?;
+    let tok = pkg.tokenizer();
+    let fa = generate::encode_images(a, set.images.view())?;
+    let fb = generate::encode_images(b, set.images.view())?;
+    let queries: Vec<Query> = set
+        .probes
+        .iter()
+        .map(|p| Query {
+            question: p.question.clone(),
+            image: p.image,
+        })
+        .collect();
+    let ans_a = generate::answer(a, adapter, &tok, fa.view(), &queries)?;
+    let ans_b = generate::answer(b, adapter, &tok, fb.view(), &queries)?;
+    let mut mismatches = Vec::new();
+    for (i, (x, y)) in ans_a.iter().zip(&ans_b).enumerate() {
+        if x != y {
+            mismatches.push(Mismatch {
+                index: i,
+                question: queries[i].question.clone(),
+                a: x.clone(),
+                b: y.clone(),
+            });
+        }
+    }
+    let correct = |ans: &[String]| {
+        ans.iter()
+            .zip(&set.probes)
+            .filter(|(x, p)| **x == p.expect)
+            .count()
+    };
+
+    // Teacher-forced logits of the expected answers, engine by engine, chunk by chunk.
+    let t = tok.text_len();
+    let mut max_logit_diff = 0f32;
+    for start in (0..queries.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(queries.len());
+        let mut tokens = Array2::<i32>::zeros((end - start, t));
+        for (r, p) in set.probes[start..end].iter().enumerate() {
+            let sq = tok.sequence(&p.question, &p.expect)?;
+            tokens
+                .row_mut(r)
+                .assign(&ndarray::ArrayView1::from(&sq.inputs));
+        }
+        let images: Vec<Option<usize>> = queries[start..end].iter().map(|q| q.image).collect();
+        let (ga, ha) = generate::gather_features(fa.view(), &images)?;
+        let (gb, hb) = generate::gather_features(fb.view(), &images)?;
+        let la = a.logits(adapter, ga.view(), ha.view(), tokens.view())?;
+        let lb = b.logits(adapter, gb.view(), hb.view(), tokens.view())?;
+        let d = max_abs_diff(&la, &lb);
+        if d.is_nan() || d > max_logit_diff {
+            max_logit_diff = d;
+        }
+        if d.is_nan() {
+            break;
+        }
+    }
+    Ok(ParityReport {
+        engine_a: a.name().to_string(),
+        engine_b: b.name().to_string(),
+        probes: queries.len(),
+        agree: queries.len() - mismatches.len(),
+        a_correct: correct(&ans_a),
+        b_correct: correct(&ans_b),
+        max_feature_diff: max_abs_diff(&fa, &fb),
+        max_logit_diff,
+        mismatches,
+    })
+}

@@ -1,0 +1,112 @@
+//! tract against the JAX fixtures and against ONNX Runtime on the bundled package
+//! (models/tiny-vlm). Needs ONNX Runtime for the parity test (scripts/fetch-ort).
+
+use lethe_model::fixtures::max_abs_diff;
+use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions};
+use lethe_probe::{probe_parity, TractEngine, TractTrainStep};
+use std::path::Path;
+
+fn open() -> Package {
+    Package::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-vlm"))
+        .expect("bundled package opens")
+}
+
+#[test]
+fn tract_decoder_logits_match_the_fixture() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let mut eng = TractEngine::new(&pkg).unwrap();
+    let adapter = pkg.adapter().unwrap();
+    let logits = eng
+        .logits(
+            adapter.as_slice(),
+            fx.batch.features.view(),
+            fx.batch.has_image.view(),
+            fx.batch.tokens.view(),
+        )
+        .unwrap();
+    let d = max_abs_diff(&logits, &fx.expect_logits);
+    println!("tract decoder logits vs JAX: max|diff| {d:.3e}");
+    assert!(d <= 1e-3, "{d}");
+    // The symbolic batch resolves per call: a 3-row slice gives the same rows.
+    let part = eng
+        .logits(
+            adapter.as_slice(),
+            fx.batch.features.slice(ndarray::s![2..5, .., ..]),
+            fx.batch.has_image.slice(ndarray::s![2..5]),
+            fx.batch.tokens.slice(ndarray::s![2..5, ..]),
+        )
+        .unwrap();
+    let d3 = max_abs_diff(&part, &logits.slice(ndarray::s![2..5, .., ..]).to_owned());
+    assert!(d3 <= 1e-4, "batch 3 vs batch 8 rows differ by {d3}");
+}
+
+#[test]
+fn tract_train_step_matches_the_jax_fixtures() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let mut step = TractTrainStep::new(&pkg).unwrap();
+    let mut state = fx.state.clone();
+    let mut max_loss = 0f32;
+    for k in 0..fx.steps {
+        let l = step
+            .run(&mut state, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+            .unwrap();
+        let e = fx.expect_losses.row(k);
+        println!(
+            "tract step {k}: loss {:.7} ce {:.7} kl {:.7} gnorm {:.6} | jax loss {:.7} gnorm {:.6}",
+            l.loss, l.ce, l.kl, l.grad_norm, e[0], e[3]
+        );
+        let d = (l.loss - e[0]).abs();
+        assert!(!d.is_nan(), "tract loss is NaN at step {k}");
+        max_loss = max_loss.max(d);
+    }
+    let dp = max_abs_diff(&state.params, &fx.expect_params);
+    let dm = max_abs_diff(&state.adam_m, &fx.expect_adam_m);
+    let dv = max_abs_diff(&state.adam_v, &fx.expect_adam_v);
+    println!(
+        "tract vs JAX over {} fed-back steps: max|loss| {max_loss:.3e}, max|params| {dp:.3e}, \
+         max|adam_m| {dm:.3e}, max|adam_v| {dv:.3e}",
+        fx.steps
+    );
+    assert!(max_loss <= 1e-3, "loss diff {max_loss}");
+    assert!(dp <= 2e-3, "params diff {dp}");
+}
+
+#[test]
+fn ort_and_tract_give_the_same_greedy_answers_on_every_retained_probe() {
+    let pkg = open();
+    let adapter = pkg.adapter().unwrap();
+    let mut ort = OrtEngine::new(&pkg, &SessionOptions::default()).unwrap();
+    let mut tract = TractEngine::new(&pkg).unwrap();
+    let r = probe_parity(&mut ort, &mut tract, &pkg, adapter.as_slice()).unwrap();
+    println!(
+        "ORT vs tract on {} retained probes: {} answers equal, accuracy ort {}/{} tract {}/{}, \
+         max|feature diff| {:.3e}, max|logit diff| {:.3e}",
+        r.probes,
+        r.agree,
+        r.a_correct,
+        r.probes,
+        r.b_correct,
+        r.probes,
+        r.max_feature_diff,
+        r.max_logit_diff
+    );
+    for m in &r.mismatches {
+        println!(
+            "  mismatch {}: {:?}: ort {:?} tract {:?}",
+            m.index, m.question, m.a, m.b
+        );
+    }
+    assert!(
+        r.all_agree(),
+        "{} of {} answers differ",
+        r.probes - r.agree,
+        r.probes
+    );
+    assert!(
+        r.max_logit_diff <= 1e-3,
+        "max logit diff {}",
+        r.max_logit_diff
+    );
+}
