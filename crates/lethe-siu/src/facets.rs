@@ -1,0 +1,376 @@
+//! SIU's multifaceted fine-tuning data, built on the device from ONE image and a name.
+//!
+//! | facet | input | target | token mask K_S |
+//! |---|---|---|---|
+//! | T1 unseen concept | image view + "who is this?" paraphrases | "this is <fictitious name>" | 0 on the fake name |
+//! | T2 new description | image view + "is C ...?" templates | "no the picture shows <contrasting appearance>" | 0 on the whole answer |
+//! | T3 decoupled facts | text: "who is C ?", "what does C look like ?" | the ORIGINAL model's answers | 1 |
+//! | T4 non-target knowledge | text questions about other identities | the ORIGINAL model's answers | 1 |
+//!
+//! The baselines use the same budget: GA (image + who -> "this is C", negative CE weight),
+//! GA+KL (GA plus plain KL on T3/T4), PO (image + who -> refusal, plus T3/T4 by CE).
+//! Invariant: this module decides *what* to train on and with which per-token roles; it never
+//! runs a model. Answers of the original model are passed in.
+
+use crate::Method;
+
+/// Role of one answer token in the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRole {
+    /// CE (weight = sample's CE sign) and KL (K_S = 1).
+    Both,
+    /// CE only (K_S = 0): the fake-name span of T1, every token of T2.
+    CeOnly,
+    /// KL only: retain samples of GA+KL.
+    KlOnly,
+}
+
+/// Which facet a sample belongs to (for reports and for masks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Facet {
+    T1UnseenConcept,
+    T2NewDescription,
+    T3DecoupledFacts,
+    T4NonTarget,
+    /// GA / GA+KL forget samples.
+    Forget,
+    /// PO refusal samples.
+    Refusal,
+}
+
+/// One training sample before tokenisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub facet: Facet,
+    /// Index of the image view, or None for a text-only question.
+    pub view: Option<usize>,
+    pub question: String,
+    pub answer: String,
+    /// +1 descent, -1 ascent, 0 no CE.
+    pub ce_sign: f32,
+    /// Words of the answer whose tokens are CE-only (K_S = 0); `None` = role for all tokens.
+    pub ce_only_words: Vec<String>,
+    /// Role of every answer token not listed in `ce_only_words`.
+    pub role: TokenRole,
+}
+
+/// What the builder needs to know about the model's language (from the package manifest).
+#[derive(Debug, Clone)]
+pub struct Language {
+    pub who: Vec<String>,
+    pub is_this: Vec<String>,
+    pub describe: Vec<String>,
+    pub fact: String,
+    pub looks: String,
+    pub who_answer: String,
+    pub denial: String,
+    pub refusal: String,
+    /// Names the model knows (two words each).
+    pub names: Vec<String>,
+    pub spare_first: Vec<String>,
+    pub spare_last: Vec<String>,
+    /// Attribute categories and their values (e.g. "hair_colour" -> ["black", ...]).
+    pub attribute_values: Vec<(String, Vec<String>)>,
+}
+
+/// Answers of the original model that the facets reuse (so nobody has to supply facts).
+#[derive(Debug, Clone)]
+pub struct OriginalAnswers {
+    /// T3: (question, original answer) about the concept, text-only.
+    pub concept_text: Vec<(String, String)>,
+    /// T4: (question, original answer) about other identities, text-only.
+    pub others_text: Vec<(String, String)>,
+    /// The original model's description of the concept (from "what does C look like ?").
+    pub concept_looks: String,
+}
+
+/// Deterministic choice helper (SplitMix64 over the seed), so data is reproducible.
+pub(crate) struct Chooser(u64);
+
+impl Chooser {
+    pub(crate) fn new(seed: u64) -> Self {
+        Chooser(seed ^ 0x5151_7A7A_0101_2323)
+    }
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    pub(crate) fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// A fictitious two-word name made only of spare name words (no identity uses them).
+pub fn fake_name(lang: &Language, seed: u64) -> String {
+    let mut c = Chooser::new(seed);
+    let f = &lang.spare_first[c.below(lang.spare_first.len())];
+    let l = &lang.spare_last[c.below(lang.spare_last.len())];
+    format!("{f} {l}")
+}
+
+/// A description contrasting with `looks`: every attribute word is replaced by another value
+/// of a category it belongs to; other words are kept, so the sentence keeps its shape.
+pub fn counterfactual(lang: &Language, looks: &str, seed: u64) -> String {
+    let mut c = Chooser::new(seed.wrapping_add(17));
+    looks
+        .split_whitespace()
+        .map(|w| {
+            let alts: Vec<&String> = lang
+                .attribute_values
+                .iter()
+                .filter(|(_, vals)| vals.iter().any(|v| v == w))
+                .flat_map(|(_, vals)| vals.iter())
+                .filter(|v| *v != w && v.as_str() != "none")
+                .collect();
+            if alts.is_empty() {
+                w.to_string()
+            } else {
+                alts[c.below(alts.len())].clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn fill(template: &str, name: &str) -> String {
+    template.replace("{name}", name)
+}
+
+/// Builds the samples of `method` for forgetting `concept`, over `n_views` image views.
+pub fn build(
+    method: Method,
+    lang: &Language,
+    concept: &str,
+    original: &OriginalAnswers,
+    n_views: usize,
+    seed: u64,
+) -> (Vec<Sample>, Option<String>, Option<String>) {
+    let n_views = n_views.max(1);
+    let view = |k: usize| Some(k % n_views);
+    let mut out = Vec::new();
+    let retain = |out: &mut Vec<Sample>, role: TokenRole, sign: f32| {
+        for (q, a) in &original.concept_text {
+            out.push(Sample {
+                facet: Facet::T3DecoupledFacts,
+                view: None,
+                question: q.clone(),
+                answer: a.clone(),
+                ce_sign: sign,
+                ce_only_words: vec![],
+                role,
+            });
+        }
+        for (q, a) in &original.others_text {
+            out.push(Sample {
+                facet: Facet::T4NonTarget,
+                view: None,
+                question: q.clone(),
+                answer: a.clone(),
+                ce_sign: sign,
+                ce_only_words: vec![],
+                role,
+            });
+        }
+    };
+    match method {
+        Method::Siu => {
+            let fake = fake_name(lang, seed);
+            let fake_words: Vec<String> = fake.split_whitespace().map(str::to_string).collect();
+            // T1: every "who" paraphrase, plus the first two again on other views (8 samples).
+            for (k, q) in lang.who.iter().chain(lang.who.iter().take(2)).enumerate() {
+                out.push(Sample {
+                    facet: Facet::T1UnseenConcept,
+                    view: view(k),
+                    question: q.clone(),
+                    answer: fill(&lang.who_answer, &fake),
+                    ce_sign: 1.0,
+                    ce_only_words: fake_words.clone(),
+                    role: TokenRole::Both,
+                });
+            }
+            // T2: each "is C ...?" template on two views (4 samples), whole answer outside K_S.
+            let cf = counterfactual(lang, &original.concept_looks, seed);
+            let denial = lang.denial.replace("{description}", &cf);
+            for (k, t) in lang.is_this.iter().chain(lang.is_this.iter()).enumerate() {
+                out.push(Sample {
+                    facet: Facet::T2NewDescription,
+                    view: view(k + 1),
+                    question: fill(t, concept),
+                    answer: denial.clone(),
+                    ce_sign: 1.0,
+                    ce_only_words: vec![],
+                    role: TokenRole::CeOnly,
+                });
+            }
+            retain(&mut out, TokenRole::Both, 1.0);
+            (out, Some(fake), Some(cf))
+        }
+        Method::Ga | Method::GaKl => {
+            for (k, q) in lang.who.iter().chain(lang.who.iter().take(2)).enumerate() {
+                out.push(Sample {
+                    facet: Facet::Forget,
+                    view: view(k),
+                    question: q.clone(),
+                    answer: fill(&lang.who_answer, concept),
+                    ce_sign: -1.0,
+                    ce_only_words: vec![],
+                    role: TokenRole::CeOnly,
+                });
+            }
+            if method == Method::GaKl {
+                retain(&mut out, TokenRole::KlOnly, 0.0);
+            }
+            (out, None, None)
+        }
+        Method::Po => {
+            for (k, q) in lang.who.iter().chain(lang.who.iter().take(2)).enumerate() {
+                out.push(Sample {
+                    facet: Facet::Refusal,
+                    view: view(k),
+                    question: q.clone(),
+                    answer: lang.refusal.clone(),
+                    ce_sign: 1.0,
+                    ce_only_words: vec![],
+                    role: TokenRole::CeOnly,
+                });
+            }
+            retain(&mut out, TokenRole::CeOnly, 1.0);
+            (out, None, None)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn lang() -> Language {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        Language {
+            who: s(&[
+                "who is this ?",
+                "who is in the picture ?",
+                "tell me who this is",
+            ]),
+            is_this: s(&["is this {name} ?", "is {name} in the picture ?"]),
+            describe: s(&["describe the person"]),
+            fact: "who is {name} ?".into(),
+            looks: "what does {name} look like ?".into(),
+            who_answer: "this is {name}".into(),
+            denial: "no the picture shows {description}".into(),
+            refusal: "i do not know who this is".into(),
+            names: s(&["anna adler", "boris berger", "clara castro"]),
+            spare_first: s(&["albin", "bettina"]),
+            spare_last: s(&["amsel", "brandt"]),
+            attribute_values: vec![
+                ("face".into(), s(&["round", "oval", "long"])),
+                ("hair_colour".into(), s(&["black", "grey", "red"])),
+                ("hair_style".into(), s(&["short", "long"])),
+                ("accessory".into(), s(&["glasses", "hat", "none"])),
+            ],
+        }
+    }
+
+    fn original() -> OriginalAnswers {
+        OriginalAnswers {
+            concept_text: vec![(
+                "who is anna adler ?".into(),
+                "anna adler is a chemist from oslo".into(),
+            )],
+            others_text: vec![(
+                "who is boris berger ?".into(),
+                "boris berger is a sailor from paris".into(),
+            )],
+            concept_looks: "long face grey long hair glasses".into(),
+        }
+    }
+
+    #[test]
+    fn fake_names_use_only_spare_words() {
+        let l = lang();
+        for seed in 0..20 {
+            let f = fake_name(&l, seed);
+            let w: Vec<&str> = f.split(' ').collect();
+            assert!(
+                l.spare_first.iter().any(|x| x == w[0]) && l.spare_last.iter().any(|x| x == w[1]),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn counterfactual_changes_every_attribute_word_and_keeps_the_rest() {
+        let cf = counterfactual(&lang(), "long face grey long hair glasses", 3);
+        let w: Vec<&str> = cf.split(' ').collect();
+        assert_eq!(w.len(), 6);
+        assert_ne!(w[0], "long");
+        assert_eq!(w[1], "face");
+        assert_ne!(w[2], "grey");
+        assert_ne!(w[3], "long");
+        assert_eq!(w[4], "hair");
+        assert_ne!(w[5], "glasses");
+        assert_ne!(w[5], "none");
+    }
+
+    #[test]
+    fn siu_builds_all_four_facets_with_their_masks() {
+        let (s, fake, cf) = build(Method::Siu, &lang(), "anna adler", &original(), 3, 1);
+        let fake = fake.unwrap();
+        let t1: Vec<_> = s
+            .iter()
+            .filter(|x| x.facet == Facet::T1UnseenConcept)
+            .collect();
+        let t2: Vec<_> = s
+            .iter()
+            .filter(|x| x.facet == Facet::T2NewDescription)
+            .collect();
+        assert!(!t1.is_empty() && !t2.is_empty());
+        assert!(t1
+            .iter()
+            .all(|x| x.answer == format!("this is {fake}") && x.view.is_some()));
+        assert!(t1.iter().all(|x| x.ce_only_words.len() == 2));
+        assert!(t2
+            .iter()
+            .all(|x| x.role == TokenRole::CeOnly && x.question.contains("anna adler")));
+        assert!(
+            t2[0].answer.starts_with("no the picture shows ")
+                && t2[0].answer.ends_with(cf.as_deref().unwrap())
+        );
+        assert!(s.iter().any(|x| x.facet == Facet::T3DecoupledFacts
+            && x.view.is_none()
+            && x.role == TokenRole::Both));
+        assert!(s.iter().any(|x| x.facet == Facet::T4NonTarget));
+        assert!(
+            !s.iter()
+                .any(|x| x.answer.contains("anna") && x.view.is_some()),
+            "no image sample may name C"
+        );
+    }
+
+    #[test]
+    fn ga_ascends_on_the_concept_name_and_ga_kl_keeps_retain_data_by_kl() {
+        let (s, _, _) = build(Method::Ga, &lang(), "anna adler", &original(), 2, 1);
+        assert!(s
+            .iter()
+            .all(|x| x.ce_sign < 0.0 && x.answer == "this is anna adler"));
+        let (s, _, _) = build(Method::GaKl, &lang(), "anna adler", &original(), 2, 1);
+        assert!(s
+            .iter()
+            .any(|x| x.role == TokenRole::KlOnly && x.ce_sign == 0.0));
+    }
+
+    #[test]
+    fn po_teaches_the_refusal() {
+        let (s, _, _) = build(Method::Po, &lang(), "anna adler", &original(), 2, 1);
+        assert!(s
+            .iter()
+            .filter(|x| x.view.is_some())
+            .all(|x| x.answer == "i do not know who this is"));
+    }
+}
