@@ -26,6 +26,9 @@ enum Command {
     /// The synthetic world the bundled model was trained on.
     #[command(subcommand)]
     World(cmd::world::WorldCmd),
+    /// The on-device model: ask it, evaluate it, self-check a package.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCmd),
     /// Make an Ed25519 key pair (operator or device): NAME.key (0600) and NAME.pub.
     Keygen(cmd::keys::KeygenArgs),
     /// Edit a trust store: add, revoke, rotate keys; k-of-n threshold.
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::World(c) => cmd::world::run(c),
+        Command::Model(c) => cmd::model::run(c),
         Command::Keygen(a) => cmd::keys::run(a),
         Command::Trust(c) => cmd::trust::run(c),
         Command::Sign(a) => cmd::sign::run(a),

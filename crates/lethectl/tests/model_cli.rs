@@ -1,0 +1,329 @@
+//! `lethectl model ...` end to end: ask (image, text-only, both engines), eval on a few
+//! seeds, and every bad input exits 2 with a one-line cause. Uses the bundled package
+//! (models/tiny-vlm) and needs ONNX Runtime (scripts/fetch-ort).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-vlm")
+}
+
+fn lethectl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lethectl"))
+        .args(args)
+        .output()
+        .expect("run lethectl")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("lethectl-model-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts exit 2 and a one-line error on stderr containing every needle.
+fn assert_bad_input(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {} stderr: {err}",
+        stdout(o)
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} missing in: {err}");
+    }
+}
+
+fn render(tmp: &TempDir, identity: u32, seed: u64) -> String {
+    let out = tmp.path(&format!("id{identity}-{seed}.png"));
+    let o = lethectl(&[
+        "world",
+        "render",
+        "--identity",
+        &identity.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+#[test]
+fn ask_about_an_image_prints_one_answer_with_either_engine() {
+    let tmp = TempDir::new("ask");
+    let img = render(&tmp, 0, 1_900_000);
+    let model = model_dir().display().to_string();
+    let mut answers = Vec::new();
+    for engine in ["ort", "tract"] {
+        let o = lethectl(&[
+            "model",
+            "ask",
+            "--model",
+            &model,
+            "--image",
+            &img,
+            "--prompt",
+            "who is this ?",
+            "--engine",
+            engine,
+        ]);
+        assert!(o.status.success(), "{engine}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        answers.push(out);
+    }
+    assert_eq!(answers[0], answers[1], "ORT and tract disagree");
+}
+
+#[test]
+fn ask_without_an_image_answers_text_only() {
+    let model = model_dir().display().to_string();
+    let o = lethectl(&[
+        "model",
+        "ask",
+        "--model",
+        &model,
+        "--prompt",
+        "who is anna adler?",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1);
+}
+
+#[test]
+fn eval_on_two_seeds_reports_every_task_with_counts() {
+    let model = model_dir().display().to_string();
+    let o = lethectl(&[
+        "model",
+        "eval",
+        "--model",
+        &model,
+        "--seeds",
+        "1000000..1000002",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON report");
+    let total = |t: &str| {
+        v["tasks"][t]["total"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("task {t}"))
+    };
+    assert_eq!(v["images"], 48);
+    assert_eq!(total("who"), 48 * 6);
+    assert_eq!(total("is_this_yes"), 48 * 2);
+    assert_eq!(total("is_this_no"), 48 * 2);
+    assert_eq!(total("describe"), 48 * 2);
+    assert_eq!(total("facts"), 24);
+    assert_eq!(total("looks"), 24);
+    assert_eq!(v["split"], "held-out");
+    let acc = v["overall"]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+
+    let o = lethectl(&[
+        "model",
+        "eval",
+        "--model",
+        &model,
+        "--seeds",
+        "1000000..1000001",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("overall"));
+}
+
+#[test]
+fn missing_model_folder_is_a_one_line_error() {
+    let o = lethectl(&[
+        "model",
+        "ask",
+        "--model",
+        "/no/such/model",
+        "--prompt",
+        "who is this ?",
+    ]);
+    assert_bad_input(&o, &["/no/such/model"]);
+}
+
+#[test]
+fn tampered_package_is_refused_naming_the_file() {
+    let tmp = TempDir::new("tamper");
+    let dst = tmp.0.join("pkg");
+    let src = model_dir();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("manifest.json")).unwrap()).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("manifest.json"), dst.join("manifest.json")).unwrap();
+    for name in manifest["files"].as_object().unwrap().keys() {
+        std::fs::create_dir_all(dst.join(name).parent().unwrap()).unwrap();
+        std::fs::copy(src.join(name), dst.join(name)).unwrap();
+    }
+    let mut bytes = std::fs::read(dst.join("adapter.bin")).unwrap();
+    bytes[100] ^= 0x80;
+    std::fs::write(dst.join("adapter.bin"), bytes).unwrap();
+    let o = lethectl(&[
+        "model",
+        "ask",
+        "--model",
+        dst.to_str().unwrap(),
+        "--prompt",
+        "who is this ?",
+    ]);
+    assert_bad_input(&o, &["adapter.bin", "SHA-256"]);
+}
+
+#[test]
+fn bad_images_are_one_line_errors_naming_the_file() {
+    let tmp = TempDir::new("images");
+    let model = model_dir().display().to_string();
+    let ask = |img: &str| {
+        lethectl(&[
+            "model",
+            "ask",
+            "--model",
+            &model,
+            "--image",
+            img,
+            "--prompt",
+            "who is this ?",
+        ])
+    };
+
+    let missing = tmp.path("missing.png");
+    assert_bad_input(&ask(&missing), &["missing.png", "cannot read"]);
+
+    let junk = tmp.path("junk.jpg");
+    std::fs::write(&junk, b"GIF? no, just text").unwrap();
+    assert_bad_input(&ask(&junk), &["junk.jpg", "not an image"]);
+
+    let huge = tmp.path("huge.png");
+    std::fs::write(&huge, png_header(100_000, 100_000)).unwrap();
+    assert_bad_input(&ask(&huge), &["huge.png", "100000x100000", "4096"]);
+}
+
+#[test]
+fn words_outside_the_vocabulary_are_named() {
+    let model = model_dir().display().to_string();
+    let o = lethectl(&[
+        "model",
+        "ask",
+        "--model",
+        &model,
+        "--prompt",
+        "who is gandalf ?",
+    ]);
+    assert_bad_input(&o, &["\"gandalf\"", "closed"]);
+}
+
+#[test]
+fn unknown_engine_is_a_one_line_error() {
+    let model = model_dir().display().to_string();
+    let o = lethectl(&[
+        "model",
+        "ask",
+        "--model",
+        &model,
+        "--prompt",
+        "who is this ?",
+        "--engine",
+        "onnx",
+    ]);
+    assert_bad_input(&o, &["unknown engine", "\"onnx\""]);
+}
+
+#[test]
+fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
+    let tmp = TempDir::new("badort");
+    let fake = tmp.path("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared library").unwrap();
+    let model = model_dir().display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_lethectl"))
+        .args([
+            "model",
+            "ask",
+            "--model",
+            &model,
+            "--prompt",
+            "who is anna adler ?",
+        ])
+        .env("ORT_DYLIB_PATH", &fake)
+        .output()
+        .unwrap();
+    assert_bad_input(
+        &o,
+        &[
+            "cannot load ONNX Runtime",
+            "libonnxruntime.so",
+            "scripts/fetch-ort",
+        ],
+    );
+}
+
+/// A PNG signature and a valid IHDR claiming `w`x`h`, a token IDAT and IEND: no real pixel data.
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    // A tiny IDAT (an empty zlib stream) so that decoders get as far as reporting the size.
+    let idat = [
+        0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
+    ];
+    for (kind, data) in [
+        (&b"IHDR"[..], &ihdr[..]),
+        (&b"IDAT"[..], &idat[..]),
+        (&b"IEND"[..], &[][..]),
+    ] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
