@@ -1,0 +1,448 @@
+//! The agent's configuration: a TOML file with command-line overrides, parsed and checked
+//! once at start-up. Every problem is reported at once (one line each), not the first only.
+//! Relative paths in the file are relative to the file's folder.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Execution providers in fallback order: tensorrt -> cuda -> cpu.
+pub const PROVIDERS: [&str; 3] = ["tensorrt", "cuda", "cpu"];
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device_id: String,
+    pub fleet: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The device's Ed25519 private key (`lethectl keygen`); its name must be `device_id`.
+    pub device_key: PathBuf,
+    /// Operator keys the device trusts (`lethectl trust`).
+    pub trust_store: PathBuf,
+    /// The model package folder.
+    pub model_dir: PathBuf,
+    /// Journal, adapter store, stored envelopes.
+    pub state_dir: PathBuf,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub broker: String,
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default = "default_provider")]
+    pub execution_provider: String,
+    /// Commands waiting behind the running one; a full queue answers `busy`.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Cap on an incoming MQTT packet (a command carries images).
+    #[serde(default = "default_packet")]
+    pub max_packet_bytes: usize,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Periodic self-check; 0 = only at start-up.
+    #[serde(default = "default_selfcheck")]
+    pub selfcheck_interval_s: u64,
+    #[serde(default = "yes")]
+    pub selfcheck_at_start: bool,
+    #[serde(default)]
+    pub update: UpdateConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
+}
+
+/// How the update runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Step budget (a command's `steps` can only lower it).
+    pub max_steps: usize,
+    pub min_steps: usize,
+    pub seed: u64,
+    pub views: usize,
+    pub lr: f32,
+    /// Forget even when the model does not recognise the concept in the image.
+    pub allow_mismatch: bool,
+    /// Slow every optimizer step by this much (tests use it to widen crash windows).
+    pub step_delay_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            max_steps: 40,
+            min_steps: 4,
+            seed: 0,
+            views: 4,
+            lr: 1e-3,
+            allow_mismatch: false,
+            step_delay_ms: 0,
+        }
+    }
+}
+
+/// Verification thresholds (tract, on the candidate, before any commit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Share of "who is this?" answers on the command's image not naming the concept.
+    pub min_efficacy: f64,
+    /// Same on held-out images: the command's augmented views, its verification images and
+    /// the package's retained probes of the concept.
+    pub min_generality: f64,
+    /// Largest allowed drop of accuracy on other identities, in points.
+    pub max_specificity_drop_points: f64,
+    /// Largest allowed perplexity increase, in percent.
+    pub max_fluency_increase_pct: f64,
+    /// Augmented views of the command's image added to the held-out set.
+    pub augmented_views: usize,
+    /// Other identities' retained probe images used (0 = all).
+    pub max_other_images: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            min_efficacy: 1.0,
+            min_generality: 0.5,
+            max_specificity_drop_points: 15.0,
+            max_fluency_increase_pct: 50.0,
+            augmented_views: 3,
+            max_other_images: 0,
+        }
+    }
+}
+
+fn default_provider() -> String {
+    "cpu".into()
+}
+fn default_queue() -> usize {
+    4
+}
+fn default_packet() -> usize {
+    2 << 20
+}
+fn default_keep_alive() -> u64 {
+    15
+}
+fn default_selfcheck() -> u64 {
+    3600
+}
+fn yes() -> bool {
+    true
+}
+
+/// Command-line overrides (each replaces the file's value).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub device_id: Option<String>,
+    pub fleet: Option<String>,
+    pub groups: Option<Vec<String>>,
+    pub device_key: Option<PathBuf>,
+    pub trust_store: Option<PathBuf>,
+    pub model_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub broker: Option<String>,
+    pub execution_provider: Option<String>,
+}
+
+/// All problems found in a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {source_name}: {}", problems.join("; "))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+/// The broker address parsed from `broker`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// Parses `mqtt://host:port`, `tcp://host:port`, `mqtts://host:port` or `ssl://host:port`.
+pub fn parse_broker(url: &str) -> Result<BrokerAddr, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("broker {url:?}: expected mqtt://host:port or mqtts://host:port"))?;
+    let tls = match scheme {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        s => {
+            return Err(format!(
+                "broker {url:?}: unknown scheme {s:?} (mqtt or mqtts)"
+            ))
+        }
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("broker {url:?}: bad port {p:?}"))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(format!("broker {url:?}: no host"));
+    }
+    Ok(BrokerAddr {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+impl Config {
+    /// Reads `path`, applies `ov`, resolves relative paths and checks everything.
+    pub fn load(path: &Path, ov: &Overrides) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base, ov).map_err(|mut e| {
+            e.source_name = name;
+            e
+        })
+    }
+
+    /// Parses TOML text; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path, ov: &Overrides) -> Result<Config, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError {
+            source_name: "(text)".into(),
+            problems: vec![e.message().to_string()],
+        })?;
+        c.apply(ov);
+        for p in [
+            &mut c.device_key,
+            &mut c.trust_store,
+            &mut c.model_dir,
+            &mut c.state_dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for p in [&mut c.ca_cert, &mut c.client_cert, &mut c.client_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    fn apply(&mut self, ov: &Overrides) {
+        macro_rules! o {
+            ($f:ident) => {
+                if let Some(v) = &ov.$f {
+                    self.$f = v.clone();
+                }
+            };
+        }
+        o!(device_id);
+        o!(fleet);
+        o!(groups);
+        o!(device_key);
+        o!(trust_store);
+        o!(model_dir);
+        o!(state_dir);
+        o!(broker);
+        o!(execution_provider);
+    }
+
+    /// Checks every field; returns all problems at once.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let ident = |field: &'static str, v: &str, p: &mut Vec<String>| {
+            if let Err(e) = lethe_proto::ident::Ident::new(field, v) {
+                p.push(format!("{field} {v:?}: {e}"));
+            }
+        };
+        ident("device_id", &self.device_id, &mut p);
+        ident("fleet", &self.fleet, &mut p);
+        for g in &self.groups {
+            ident("groups", g, &mut p);
+        }
+        for (field, path) in [
+            ("device_key", &self.device_key),
+            ("trust_store", &self.trust_store),
+        ] {
+            if !path.is_file() {
+                p.push(format!("{field}: no file at {}", path.display()));
+            }
+        }
+        if !self.model_dir.is_dir() {
+            p.push(format!(
+                "model_dir: no folder at {}",
+                self.model_dir.display()
+            ));
+        }
+        match parse_broker(&self.broker) {
+            Err(e) => p.push(e),
+            Ok(b) if !b.tls && (self.ca_cert.is_some() || self.client_cert.is_some()) => {
+                p.push("ca_cert/client_cert given but the broker URL is not mqtts://".into())
+            }
+            Ok(_) => {}
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            p.push("client_cert and client_key go together".into());
+        }
+        for (f, v) in [
+            ("ca_cert", &self.ca_cert),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ] {
+            if let Some(v) = v {
+                if !v.is_file() {
+                    p.push(format!("{f}: no file at {}", v.display()));
+                }
+            }
+        }
+        if !PROVIDERS.contains(&self.execution_provider.as_str()) {
+            p.push(format!(
+                "execution_provider {:?}: expected cpu, cuda or tensorrt",
+                self.execution_provider
+            ));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 64 {
+            p.push("queue_capacity must be 1..=64".into());
+        }
+        if !(64 << 10..=16 << 20).contains(&self.max_packet_bytes) {
+            p.push("max_packet_bytes must be 64 KiB..=16 MiB".into());
+        }
+        if self.max_packet_bytes < lethe_proto::envelope::MAX_ENVELOPE_BYTES + 1024 {
+            p.push(format!(
+                "max_packet_bytes {} is below the largest command envelope ({} bytes)",
+                self.max_packet_bytes,
+                lethe_proto::envelope::MAX_ENVELOPE_BYTES
+            ));
+        }
+        if self.update.max_steps == 0 || self.update.max_steps > 1000 {
+            p.push("update.max_steps must be 1..=1000".into());
+        }
+        if self.update.views == 0 || self.update.views > 32 {
+            p.push("update.views must be 1..=32".into());
+        }
+        if !(self.update.lr > 0.0 && self.update.lr <= 0.1) {
+            p.push("update.lr must be in (0, 0.1]".into());
+        }
+        for (f, v) in [
+            ("verify.min_efficacy", self.verify.min_efficacy),
+            ("verify.min_generality", self.verify.min_generality),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                p.push(format!(
+                    "{f} must be a number >= 0 (above 1 forces a rollback)"
+                ));
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                source_name: "(config)".into(),
+                problems: p,
+            })
+        }
+    }
+
+    /// The fallback chain starting at the configured provider.
+    pub fn provider_chain(&self) -> Vec<&'static str> {
+        let i = PROVIDERS
+            .iter()
+            .position(|p| *p == self.execution_provider)
+            .unwrap_or(PROVIDERS.len() - 1);
+        PROVIDERS[i..].to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_parse_with_default_ports() {
+        assert_eq!(
+            parse_broker("mqtt://127.0.0.1:1884").unwrap(),
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(parse_broker("mqtts://b.example").unwrap().port, 8883);
+        assert!(parse_broker("http://x:1").is_err());
+        assert!(parse_broker("mqtt://x:notaport").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            device_id = "-bad"
+            fleet = "lab"
+            device_key = "/nonexistent/k"
+            trust_store = "/nonexistent/t"
+            model_dir = "/nonexistent/m"
+            state_dir = "/tmp/x"
+            broker = "http://h"
+            execution_provider = "gpu"
+        "#;
+        let e = Config::from_toml(text, Path::new("/"), &Overrides::default()).unwrap_err();
+        let all = e.problems.join("\n");
+        for want in [
+            "device_id",
+            "device_key",
+            "trust_store",
+            "model_dir",
+            "broker",
+            "execution_provider",
+        ] {
+            assert!(all.contains(want), "{want} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e =
+            Config::from_toml("devce_id = 1", Path::new("/"), &Overrides::default()).unwrap_err();
+        assert!(e.problems[0].contains("unknown field"), "{:?}", e.problems);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_relative_paths_follow_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["k", "t"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        std::fs::create_dir(d.path().join("m")).unwrap();
+        let text = r#"
+            device_id = "cam-01"
+            fleet = "lab"
+            device_key = "k"
+            trust_store = "t"
+            model_dir = "m"
+            state_dir = "s"
+            broker = "mqtt://127.0.0.1:1883"
+        "#;
+        let ov = Overrides {
+            device_id: Some("cam-02".into()),
+            execution_provider: Some("tensorrt".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml(text, d.path(), &ov).unwrap();
+        assert_eq!(c.device_id, "cam-02");
+        assert_eq!(c.state_dir, d.path().join("s"));
+        assert_eq!(c.provider_chain(), vec!["tensorrt", "cuda", "cpu"]);
+        assert_eq!(c.queue_capacity, 4);
+    }
+}

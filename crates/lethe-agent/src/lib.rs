@@ -1,0 +1,28 @@
+//! lethe-agent: the daemon on one camera. It takes signed forget commands from MQTT, journals
+//! every step durably, runs the update (SIU on ONNX Runtime), verifies the candidate with an
+//! independent engine (tract), and commits the new adapter atomically or rolls back; it
+//! reports progress events, a retained status and a signed receipt per command.
+//!
+//! Key decision (design.md, decision 5): **the agent is a state machine over a durable
+//! journal.** [`state`] is the lifecycle as pure functions, [`journal`] makes each transition
+//! durable before it is acted on or acknowledged, and [`store`] is the only place that moves
+//! the current adapter. So a QoS 1 redelivery, an operator's resend or a `kill -9` at any
+//! point leaves a valid old or new model, and each command is applied at most once and
+//! reaches a reported terminal state.
+//!
+//! Async shape: one task polls the MQTT event loop and never blocks ([`mqtt`]); training and
+//! probing run on blocking threads ([`update`]); a bounded queue is the backpressure and a
+//! full queue answers `busy` ([`agent`]).
+
+pub mod agent;
+pub mod config;
+pub mod fsutil;
+pub mod journal;
+pub mod mqtt;
+pub mod selfcheck;
+pub mod state;
+pub mod store;
+pub mod update;
+
+pub use agent::{run, AgentHandle};
+pub use config::{Config, Overrides};

@@ -1,0 +1,511 @@
+//! The command lifecycle as data: journal events, the per-command state they fold into, and
+//! the pure functions that decide what is allowed and what to do after a restart.
+//!
+//!     received -> rejected
+//!              -> accepted -> preparing -> training(k/n)* -> verifying
+//!                          -> committing -> committed
+//!                          -> rolled_back | failed
+//!
+//! No I/O here: [`apply`] folds one event into a state or refuses an illegal transition,
+//! [`recovery`] says what a restarted agent must do with a command it finds unfinished.
+//! Invariant: a terminal state (rejected, committed, rolled_back, failed) never changes, so
+//! a command is applied at most once whatever is redelivered or replayed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One journal event. Serialised with a `state` tag, one JSON object per journal line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Event {
+    /// The envelope arrived and is stored under `commands/<env>.env`.
+    Received,
+    /// Refused (a rejection code from lethe-proto, or `busy`); model untouched.
+    Rejected {
+        code: String,
+        reason: String,
+        receipt: String,
+    },
+    /// Verified; the replay state now includes `issuer`/`seq`. `base_hash` is the adapter the
+    /// update starts from (a restart starts from it again).
+    Accepted {
+        id: String,
+        issuer: String,
+        seq: u64,
+        base_hash: String,
+        concept: String,
+    },
+    /// A restart after a crash: the job runs again from `base_hash`.
+    Restarted {
+        attempt: u32,
+    },
+    Preparing,
+    Training {
+        step: usize,
+        of: usize,
+        loss: f32,
+    },
+    Verifying,
+    /// Verification passed; the store is about to move `current` to `new_hash`.
+    Committing {
+        new_hash: String,
+        metrics: BTreeMap<String, f64>,
+    },
+    Committed {
+        new_hash: String,
+        receipt: String,
+    },
+    RolledBack {
+        reason: String,
+        receipt: String,
+    },
+    Failed {
+        reason: String,
+        receipt: String,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Received => "received",
+            Event::Rejected { .. } => "rejected",
+            Event::Accepted { .. } => "accepted",
+            Event::Restarted { .. } => "restarted",
+            Event::Preparing => "preparing",
+            Event::Training { .. } => "training",
+            Event::Verifying => "verifying",
+            Event::Committing { .. } => "committing",
+            Event::Committed { .. } => "committed",
+            Event::RolledBack { .. } => "rolled_back",
+            Event::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Where a command is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Received,
+    Rejected,
+    Accepted,
+    Preparing,
+    Training,
+    Verifying,
+    Committing,
+    Committed,
+    RolledBack,
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Rejected | Phase::Committed | Phase::RolledBack | Phase::Failed
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Received => "received",
+            Phase::Rejected => "rejected",
+            Phase::Accepted => "accepted",
+            Phase::Preparing => "preparing",
+            Phase::Training => "training",
+            Phase::Verifying => "verifying",
+            Phase::Committing => "committing",
+            Phase::Committed => "committed",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// Everything the journal knows about one command (keyed by the envelope's SHA-256).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandState {
+    pub env: String,
+    /// The verified command id; `None` until accepted (a rejected command is named
+    /// `env-<hash prefix>`: an unverified id is never used as a topic name).
+    pub id: Option<String>,
+    pub phase: Phase,
+    pub issuer: Option<String>,
+    pub seq: Option<u64>,
+    pub concept: Option<String>,
+    pub base_hash: Option<String>,
+    pub new_hash: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub step: Option<(usize, usize)>,
+    pub reason: Option<String>,
+    /// Hex of the signed receipt, once terminal.
+    pub receipt: Option<String>,
+    pub attempts: u32,
+    pub received_at: u64,
+}
+
+impl CommandState {
+    /// The name used in topics and receipts.
+    pub fn name(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| format!("env-{}", &self.env[..16.min(self.env.len())]))
+    }
+}
+
+/// An event that the state machine does not allow in the current phase.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition for {env}: {event} in phase {from}")]
+pub struct IllegalTransition {
+    pub env: String,
+    pub from: &'static str,
+    pub event: &'static str,
+}
+
+/// Folds `event` into the state of command `env` (None = not seen yet).
+pub fn apply(
+    prev: Option<&CommandState>,
+    env: &str,
+    t: u64,
+    event: &Event,
+) -> Result<CommandState, IllegalTransition> {
+    let illegal = |from: &'static str| IllegalTransition {
+        env: env.to_string(),
+        from,
+        event: event.name(),
+    };
+    let Some(prev) = prev else {
+        return match event {
+            Event::Received => Ok(CommandState {
+                env: env.to_string(),
+                id: None,
+                phase: Phase::Received,
+                issuer: None,
+                seq: None,
+                concept: None,
+                base_hash: None,
+                new_hash: None,
+                metrics: BTreeMap::new(),
+                step: None,
+                reason: None,
+                receipt: None,
+                attempts: 0,
+                received_at: t,
+            }),
+            _ => Err(illegal("(none)")),
+        };
+    };
+    let from = prev.phase;
+    if from.is_terminal() {
+        return Err(illegal(from.name()));
+    }
+    let mut s = prev.clone();
+    use Phase as P;
+    match (from, event) {
+        (
+            P::Received,
+            Event::Rejected {
+                code,
+                reason,
+                receipt,
+            },
+        ) => {
+            s.phase = P::Rejected;
+            s.reason = Some(format!("{code}: {reason}"));
+            s.receipt = Some(receipt.clone());
+        }
+        (
+            P::Received,
+            Event::Accepted {
+                id,
+                issuer,
+                seq,
+                base_hash,
+                concept,
+            },
+        ) => {
+            s.phase = P::Accepted;
+            s.id = Some(id.clone());
+            s.issuer = Some(issuer.clone());
+            s.seq = Some(*seq);
+            s.base_hash = Some(base_hash.clone());
+            s.concept = Some(concept.clone());
+            s.attempts = 1;
+        }
+        (
+            P::Accepted | P::Preparing | P::Training | P::Verifying | P::Committing,
+            Event::Restarted { attempt },
+        ) => {
+            s.phase = P::Accepted;
+            s.attempts = *attempt;
+            s.step = None;
+            s.new_hash = None;
+        }
+        (P::Accepted, Event::Preparing) => s.phase = P::Preparing,
+        (P::Preparing | P::Training, Event::Training { step, of, .. }) => {
+            s.phase = P::Training;
+            s.step = Some((*step, *of));
+        }
+        (P::Preparing | P::Training, Event::Verifying) => s.phase = P::Verifying,
+        (P::Verifying, Event::Committing { new_hash, metrics }) => {
+            s.phase = P::Committing;
+            s.new_hash = Some(new_hash.clone());
+            s.metrics = metrics.clone();
+        }
+        (P::Committing, Event::Committed { new_hash, receipt }) => {
+            s.phase = P::Committed;
+            s.new_hash = Some(new_hash.clone());
+            s.receipt = Some(receipt.clone());
+        }
+        (P::Verifying, Event::RolledBack { reason, receipt }) => {
+            s.phase = P::RolledBack;
+            s.reason = Some(reason.clone());
+            s.receipt = Some(receipt.clone());
+        }
+        (
+            P::Accepted | P::Preparing | P::Training | P::Verifying | P::Committing,
+            Event::Failed { reason, receipt },
+        ) => {
+            s.phase = P::Failed;
+            s.reason = Some(reason.clone());
+            s.receipt = Some(receipt.clone());
+        }
+        _ => return Err(illegal(from.name())),
+    }
+    Ok(s)
+}
+
+/// What a restarted agent does with a command it finds in the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Terminal: nothing to do but re-publish its receipt.
+    Done,
+    /// Only `received`: verify the stored envelope again.
+    Reverify,
+    /// Run the update again from `base` (the store still holds it as current).
+    Restart { base: String },
+    /// The store already moved `current` to `new_hash`: record `committed`.
+    FinishCommitted { new_hash: String },
+    /// The new version file is in the store but `current` was not moved: move it, then
+    /// record `committed`.
+    CompleteCommit { new_hash: String },
+    /// The store is at neither the base nor the new version: fail, report why.
+    Fail { reason: String },
+}
+
+/// Decides the recovery of `st` given the store's current hash and whether the store holds
+/// a valid version file of a given hash.
+pub fn recovery(st: &CommandState, current: &str, store_has: impl Fn(&str) -> bool) -> Recovery {
+    if st.phase.is_terminal() {
+        return Recovery::Done;
+    }
+    if st.phase == Phase::Received {
+        return Recovery::Reverify;
+    }
+    let base = st.base_hash.clone().unwrap_or_default();
+    if st.phase == Phase::Committing {
+        if let Some(new) = &st.new_hash {
+            if new == current {
+                return Recovery::FinishCommitted {
+                    new_hash: new.clone(),
+                };
+            }
+            if current == base && store_has(new) {
+                return Recovery::CompleteCommit {
+                    new_hash: new.clone(),
+                };
+            }
+        }
+    }
+    if current == base {
+        Recovery::Restart { base }
+    } else {
+        Recovery::Fail {
+            reason: format!(
+                "the model changed under the command (base {}, now {})",
+                short(&base),
+                short(current)
+            ),
+        }
+    }
+}
+
+/// First 12 hex digits of a hash, for messages.
+pub fn short(h: &str) -> &str {
+    &h[..12.min(h.len())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted() -> Event {
+        Event::Accepted {
+            id: "op-1".into(),
+            issuer: "op".into(),
+            seq: 1,
+            base_hash: "base".into(),
+            concept: "anna adler".into(),
+        }
+    }
+
+    fn run(events: &[Event]) -> Result<CommandState, IllegalTransition> {
+        let mut s: Option<CommandState> = None;
+        for e in events {
+            s = Some(apply(s.as_ref(), "e1", 0, e)?);
+        }
+        Ok(s.unwrap())
+    }
+
+    #[test]
+    fn a_full_forget_folds_into_committed() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Training {
+                step: 1,
+                of: 2,
+                loss: 1.0,
+            },
+            Event::Training {
+                step: 2,
+                of: 2,
+                loss: 0.5,
+            },
+            Event::Verifying,
+            Event::Committing {
+                new_hash: "new".into(),
+                metrics: BTreeMap::new(),
+            },
+            Event::Committed {
+                new_hash: "new".into(),
+                receipt: "r".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::Committed);
+        assert_eq!(s.name(), "op-1");
+        assert_eq!(s.new_hash.as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_terminal_command_never_changes_again() {
+        let done = [
+            Event::Received,
+            Event::Rejected {
+                code: "expired".into(),
+                reason: "x".into(),
+                receipt: "r".into(),
+            },
+        ];
+        for e in [
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Restarted { attempt: 2 },
+        ] {
+            let mut evs = done.to_vec();
+            evs.push(e);
+            assert!(run(&evs).is_err());
+        }
+    }
+
+    #[test]
+    fn steps_cannot_be_skipped() {
+        assert!(run(&[Event::Received, Event::Preparing]).is_err());
+        assert!(run(&[Event::Received, accepted(), Event::Verifying]).is_err());
+        assert!(run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Committing {
+                new_hash: "n".into(),
+                metrics: BTreeMap::new()
+            }
+        ])
+        .is_err());
+        assert!(run(&[accepted()]).is_err());
+    }
+
+    #[test]
+    fn a_rejected_command_is_named_by_its_envelope_not_its_unverified_id() {
+        let s = apply(None, "0123456789abcdef0123", 0, &Event::Received).unwrap();
+        assert_eq!(s.name(), "env-0123456789abcdef");
+    }
+
+    #[test]
+    fn recovery_restarts_unfinished_work_from_the_recorded_base() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Training {
+                step: 1,
+                of: 4,
+                loss: 1.0,
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            recovery(&s, "base", |_| false),
+            Recovery::Restart {
+                base: "base".into()
+            }
+        );
+        assert!(matches!(
+            recovery(&s, "other", |_| false),
+            Recovery::Fail { .. }
+        ));
+    }
+
+    #[test]
+    fn recovery_finishes_a_commit_the_store_already_made() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Verifying,
+            Event::Committing {
+                new_hash: "new".into(),
+                metrics: BTreeMap::new(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            recovery(&s, "new", |_| true),
+            Recovery::FinishCommitted {
+                new_hash: "new".into()
+            }
+        );
+        assert_eq!(
+            recovery(&s, "base", |h| h == "new"),
+            Recovery::CompleteCommit {
+                new_hash: "new".into()
+            }
+        );
+        assert_eq!(
+            recovery(&s, "base", |_| false),
+            Recovery::Restart {
+                base: "base".into()
+            }
+        );
+    }
+
+    #[test]
+    fn recovery_reverifies_a_command_only_received_and_leaves_terminal_ones() {
+        let s = run(&[Event::Received]).unwrap();
+        assert_eq!(recovery(&s, "x", |_| false), Recovery::Reverify);
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Failed {
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(recovery(&s, "x", |_| false), Recovery::Done);
+    }
+}

@@ -1,0 +1,258 @@
+//! The adapter store: every adapter version the device has run, by content hash, and the
+//! `current` pointer. Design.md decision 2: commit = write the new version (temp, fsync,
+//! rename, fsync folder), then move the pointer the same way; rollback = point back.
+//!
+//! Layout under the store folder:
+//!     versions/<sha256>.bin   f32le adapter, named by its own hash
+//!     current                 JSON {"hash": ..., "previous": ...}
+//!
+//! Invariants: only this module renames into `current`; `current` always names a version
+//! file that was fully written and synced before the pointer moved; a version whose bytes do
+//! not hash to its name is never served (on open, a corrupt current falls back to the
+//! previous valid version, and says so).
+
+use crate::fsutil::{sha256_hex, sync_dir, write_atomic};
+use lethe_model::Adapter;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("adapter store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("adapter store {0}: no valid version (current and previous are missing or corrupt)")]
+    NoValidVersion(PathBuf),
+    #[error("adapter store: version {0} is not in the store or is corrupt")]
+    MissingVersion(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Pointer {
+    hash: String,
+    previous: Option<String>,
+}
+
+/// The open store.
+pub struct AdapterStore {
+    dir: PathBuf,
+    len: usize,
+    pointer: Pointer,
+    /// Set when open had to fall back from a corrupt current version.
+    pub recovered_from: Option<String>,
+}
+
+impl AdapterStore {
+    /// Opens the store in `dir`, seeding it with `initial` (the package's adapter) when empty.
+    pub fn open(dir: &Path, initial: &Adapter) -> Result<AdapterStore, StoreError> {
+        let io = |source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join("versions")).map_err(io)?;
+        let mut s = AdapterStore {
+            dir: dir.to_path_buf(),
+            len: initial.len(),
+            pointer: Pointer {
+                hash: String::new(),
+                previous: None,
+            },
+            recovered_from: None,
+        };
+        let ptr_path = dir.join("current");
+        let ptr: Option<Pointer> = std::fs::read(&ptr_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match ptr {
+            None => {
+                let h = s.put(initial)?;
+                s.set_pointer(Pointer {
+                    hash: h,
+                    previous: None,
+                })?;
+            }
+            Some(p) => {
+                if s.load(&p.hash).is_ok() {
+                    s.pointer = p;
+                } else if let Some(prev) = p.previous.clone().filter(|h| s.load(h).is_ok()) {
+                    s.recovered_from = Some(p.hash.clone());
+                    s.set_pointer(Pointer {
+                        hash: prev,
+                        previous: None,
+                    })?;
+                } else {
+                    return Err(StoreError::NoValidVersion(dir.to_path_buf()));
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    fn version_path(&self, hash: &str) -> PathBuf {
+        self.dir.join("versions").join(format!("{hash}.bin"))
+    }
+
+    /// Reads and hash-checks a version.
+    pub fn load(&self, hash: &str) -> Result<Adapter, StoreError> {
+        let bytes = std::fs::read(self.version_path(hash))
+            .map_err(|_| StoreError::MissingVersion(hash.to_string()))?;
+        if sha256_hex(&bytes) != hash {
+            return Err(StoreError::MissingVersion(hash.to_string()));
+        }
+        Adapter::from_bytes(&bytes, self.len)
+            .map_err(|_| StoreError::MissingVersion(hash.to_string()))
+    }
+
+    /// Whether a valid version file of `hash` exists.
+    pub fn has(&self, hash: &str) -> bool {
+        self.load(hash).is_ok()
+    }
+
+    /// Writes a version file durably (idempotent) and returns its hash.
+    pub fn put(&self, adapter: &Adapter) -> Result<String, StoreError> {
+        let bytes = adapter.to_bytes();
+        let h = sha256_hex(&bytes);
+        if !self.has(&h) {
+            let p = self.version_path(&h);
+            write_atomic(&p, &bytes).map_err(|source| StoreError::Io { path: p, source })?;
+        }
+        Ok(h)
+    }
+
+    fn set_pointer(&mut self, p: Pointer) -> Result<(), StoreError> {
+        let path = self.dir.join("current");
+        let bytes = serde_json::to_vec(&p).expect("pointer serialises");
+        write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path, source })?;
+        self.pointer = p;
+        Ok(())
+    }
+
+    /// Hash of the current version.
+    pub fn current_hash(&self) -> &str {
+        &self.pointer.hash
+    }
+
+    /// Hash of the version before the current one, kept for rollback.
+    pub fn previous_hash(&self) -> Option<&str> {
+        self.pointer.previous.as_deref()
+    }
+
+    /// The current adapter (hash-checked).
+    pub fn current(&self) -> Result<Adapter, StoreError> {
+        self.load(&self.pointer.hash)
+    }
+
+    /// Makes an already stored version current, keeping the old one as previous.
+    pub fn commit(&mut self, hash: &str) -> Result<(), StoreError> {
+        if !self.has(hash) {
+            return Err(StoreError::MissingVersion(hash.to_string()));
+        }
+        if self.pointer.hash == hash {
+            return Ok(());
+        }
+        let prev = self.pointer.hash.clone();
+        self.set_pointer(Pointer {
+            hash: hash.to_string(),
+            previous: Some(prev),
+        })
+    }
+
+    /// Points back to the previous version.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        let prev = self
+            .pointer
+            .previous
+            .clone()
+            .ok_or_else(|| StoreError::MissingVersion("(no previous version)".into()))?;
+        self.commit(&prev)
+    }
+
+    /// Removes version files other than current and previous.
+    pub fn prune(&self) -> Result<usize, StoreError> {
+        let vdir = self.dir.join("versions");
+        let io = |source| StoreError::Io {
+            path: vdir.clone(),
+            source,
+        };
+        let mut n = 0;
+        for e in std::fs::read_dir(&vdir).map_err(io)? {
+            let e = e.map_err(io)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let h = name.trim_end_matches(".bin");
+            if h != self.pointer.hash && Some(h) != self.pointer.previous.as_deref() {
+                std::fs::remove_file(e.path()).map_err(io)?;
+                n += 1;
+            }
+        }
+        sync_dir(&vdir).map_err(io)?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(x: f32) -> Adapter {
+        Adapter(vec![x; 8])
+    }
+
+    #[test]
+    fn an_empty_store_is_seeded_with_the_package_adapter() {
+        let d = tempfile::tempdir().unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s.current_hash(), a(1.0).sha256_hex());
+        assert_eq!(s.current().unwrap(), a(1.0));
+    }
+
+    #[test]
+    fn commit_keeps_the_previous_and_rollback_returns_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        let h2 = s.put(&a(2.0)).unwrap();
+        s.commit(&h2).unwrap();
+        let s2 = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s2.current_hash(), h2);
+        assert_eq!(s2.previous_hash(), Some(a(1.0).sha256_hex().as_str()));
+        s.rollback().unwrap();
+        assert_eq!(s.current().unwrap(), a(1.0));
+    }
+
+    #[test]
+    fn a_corrupt_current_version_falls_back_to_the_previous() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        let h2 = s.put(&a(2.0)).unwrap();
+        s.commit(&h2).unwrap();
+        std::fs::write(
+            d.path().join("versions").join(format!("{h2}.bin")),
+            b"garbage",
+        )
+        .unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s.current().unwrap(), a(1.0));
+        assert_eq!(s.recovered_from.as_deref(), Some(h2.as_str()));
+    }
+
+    #[test]
+    fn committing_an_unstored_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert!(s.commit(&"0".repeat(64)).is_err());
+        assert_eq!(s.current().unwrap(), a(1.0));
+    }
+
+    #[test]
+    fn prune_keeps_current_and_previous() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        for x in [2.0, 3.0] {
+            let h = s.put(&a(x)).unwrap();
+            s.commit(&h).unwrap();
+        }
+        assert_eq!(s.prune().unwrap(), 1);
+        assert!(s.has(&a(3.0).sha256_hex()) && s.has(&a(2.0).sha256_hex()));
+    }
+}

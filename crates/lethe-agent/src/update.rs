@@ -1,0 +1,316 @@
+//! The update itself, synchronous (it runs on a blocking thread): SIU through lethe-siu on
+//! ONNX Runtime, then verification of the candidate with tract (lethe-probe), an engine that
+//! did not train it, against the thresholds in the configuration.
+//!
+//! Verification set: the command's image (efficacy); held-out images of the concept: the
+//! package's retained probe images of it, the command's verification images and augmented
+//! views of the command's image made with a seed the training did not use (generality);
+//! the retained probes of everyone else (specificity, fluency).
+//! Invariant: nothing here writes a file or touches the adapter store; the caller commits.
+
+use crate::config::{Config, VerifyConfig};
+use lethe_model::{Adapter, ModelError, OrtEngine, Package, Provider, SessionOptions, TrainStep};
+use lethe_probe::TractEngine;
+use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
+use lethe_siu::unlearn::language;
+use lethe_siu::{forget, Method, Options, Progress, Report, SiuError};
+use ndarray::{concatenate, s, Array4, Axis};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    #[error("update: {0}")]
+    Siu(#[from] SiuError),
+    #[error("image {index}: {reason}")]
+    Image { index: usize, reason: String },
+    #[error("stopped by shutdown between optimizer steps")]
+    Cancelled,
+}
+
+/// The package and both engines, loaded once.
+pub struct Engines {
+    pub pkg: Package,
+    pub ort: OrtEngine,
+    pub train: TrainStep,
+    pub tract: TractEngine,
+    /// The execution provider actually used.
+    pub provider: String,
+    /// Why the configured provider was not used, if it was not.
+    pub provider_note: Option<String>,
+}
+
+/// Picks the first provider of `chain` this build of lethe-model offers.
+pub fn choose_provider(chain: &[&str]) -> (Provider, String, Option<String>) {
+    let mut skipped = Vec::new();
+    for p in chain {
+        match *p {
+            "cpu" => {
+                let note = (!skipped.is_empty()).then(|| {
+                    format!(
+                        "{} not available in this build of lethe-model (CPU only); fell back to cpu",
+                        skipped.join(", ")
+                    )
+                });
+                return (Provider::Cpu, "cpu".into(), note);
+            }
+            other => skipped.push(other.to_string()),
+        }
+    }
+    (
+        Provider::Cpu,
+        "cpu".into(),
+        Some("empty provider chain; using cpu".into()),
+    )
+}
+
+impl Engines {
+    /// Opens (and hash-checks) the package and builds the ORT and tract engines.
+    pub fn load(cfg: &Config) -> Result<Engines, UpdateError> {
+        let pkg = Package::open(&cfg.model_dir)?;
+        let (provider, name, note) = choose_provider(&cfg.provider_chain());
+        let mut so = SessionOptions::default();
+        so.provider(provider);
+        let ort = OrtEngine::new(&pkg, &so)?;
+        let train = TrainStep::new(&pkg, &so)?;
+        let tract = TractEngine::new(&pkg)?;
+        Ok(Engines {
+            pkg,
+            ort,
+            train,
+            tract,
+            provider: name,
+            provider_note: note,
+        })
+    }
+}
+
+/// What the update is asked to do (from a verified command).
+pub struct Job<'a> {
+    pub concept: &'a str,
+    pub image: &'a [u8],
+    pub verify_images: Vec<&'a [u8]>,
+    pub method: Option<Method>,
+    pub steps: Option<usize>,
+}
+
+/// Progress of an update, for the journal and the events.
+#[derive(Debug, Clone)]
+pub enum UpdateEvent {
+    Training { step: usize, of: usize, loss: f32 },
+    Verifying,
+}
+
+/// The verdict of verification.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub adapter: Adapter,
+    pub report: Report,
+    pub metrics: Metrics,
+    /// `None` = passed; `Some(why)` = failed the thresholds.
+    pub failed: Option<String>,
+    pub verify_ms: f64,
+}
+
+impl Outcome {
+    /// Numbers for the receipt (at most 32, identifier names).
+    pub fn receipt_metrics(&self) -> BTreeMap<String, f64> {
+        let m = &self.metrics;
+        let mut out = BTreeMap::new();
+        let mut put = |k: &str, v: f64| {
+            if v.is_finite() {
+                out.insert(k.to_string(), v);
+            }
+        };
+        put("efficacy", m.efficacy);
+        put("generality", m.generality);
+        put("c_dis", m.c_dis);
+        put("specificity_before", m.specificity_before);
+        put("specificity_after", m.specificity_after);
+        put("factual_retention", m.factual_retention);
+        put("fluency_ppl_before", m.fluency_ppl_before);
+        put("fluency_ppl_after", m.fluency_ppl_after);
+        put("steps", self.report.steps.len() as f64);
+        put("train_ms", self.report.train_ms);
+        put("update_ms", self.report.total_ms);
+        put("verify_ms", self.verify_ms);
+        out
+    }
+}
+
+fn decode(bytes: &[u8], index: usize) -> Result<Array4<f32>, UpdateError> {
+    lethe_model::image::decode_image(bytes, Path::new(&format!("command image {index}"))).map_err(
+        |e| UpdateError::Image {
+            index,
+            reason: e.to_string(),
+        },
+    )
+}
+
+/// Runs SIU from `base`, then verifies the candidate with tract.
+pub fn run(
+    eng: &mut Engines,
+    cfg: &Config,
+    job: &Job,
+    base: &Adapter,
+    cancel: &AtomicBool,
+    on: &mut dyn FnMut(UpdateEvent),
+) -> Result<Outcome, UpdateError> {
+    let image = decode(job.image, 0)?;
+    let mut extra = Vec::new();
+    for (i, b) in job.verify_images.iter().enumerate() {
+        extra.push(decode(b, i + 1)?);
+    }
+    let u = &cfg.update;
+    let mut opts = Options::new(job.method.unwrap_or(Method::Siu));
+    opts.max_steps = job.steps.map_or(u.max_steps, |s| s.min(u.max_steps)).max(1);
+    opts.min_steps = u.min_steps.min(opts.max_steps);
+    opts.seed = u.seed;
+    opts.views = u.views;
+    opts.lr = u.lr;
+    opts.allow_mismatch = u.allow_mismatch;
+    let delay = Duration::from_millis(u.step_delay_ms);
+    let Engines {
+        pkg,
+        ort,
+        train,
+        tract,
+        ..
+    } = eng;
+    let max_steps = opts.max_steps;
+    let mut step = |s: &mut _, b: &_, lr, wc, wk| {
+        // The safe point: between optimizer steps.
+        if cancel.load(Ordering::SeqCst) {
+            return Err(ModelError::Shape("cancelled by shutdown".into()));
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        train.run(s, b, lr, wc, wk)
+    };
+    let result = forget(
+        pkg,
+        ort,
+        &mut step,
+        base,
+        image.view(),
+        job.concept,
+        &opts,
+        &mut |p| {
+            if let Progress::Step { step, losses, .. } = p {
+                on(UpdateEvent::Training {
+                    step: *step,
+                    of: max_steps,
+                    loss: losses.loss,
+                });
+            }
+        },
+    );
+    if cancel.load(Ordering::SeqCst) {
+        return Err(UpdateError::Cancelled);
+    }
+    let out = result?;
+    on(UpdateEvent::Verifying);
+    let t0 = Instant::now();
+    let lang = language(pkg);
+    let probes = pkg.probes()?;
+    let concept = lethe_siu::unlearn::normalise(job.concept);
+    let mut set = EvalSet::from_probes(&lang, &probes, &concept, image.clone());
+    let v = &cfg.verify;
+    let views = lethe_siu::augment::views(
+        image.slice(s![0, .., .., ..]),
+        v.augmented_views + 1,
+        u.seed.wrapping_add(0x5eed),
+    );
+    let mut held = vec![set.concept_images.clone()];
+    held.extend(extra);
+    for view in views.into_iter().skip(1) {
+        held.push(view.insert_axis(Axis(0)));
+    }
+    let refs: Vec<_> = held.iter().map(|a| a.view()).collect();
+    set.concept_images = concatenate(Axis(0), &refs).expect("images share [64,64,3]");
+    if v.max_other_images > 0 && set.other_images.shape()[0] > v.max_other_images {
+        let n = v.max_other_images;
+        set.other_images = set.other_images.slice(s![..n, .., .., ..]).to_owned();
+        set.other_names.truncate(n);
+        set.other_descriptions.truncate(n);
+    }
+    let metrics = evaluate(
+        tract,
+        &pkg.tokenizer(),
+        &lang,
+        base.as_slice(),
+        out.adapter.as_slice(),
+        &set,
+    )?;
+    let failed = judge(&metrics, v);
+    Ok(Outcome {
+        adapter: out.adapter,
+        report: out.report,
+        metrics,
+        failed,
+        verify_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Checks metrics against the thresholds; `Some(reasons)` when any fails.
+pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
+    let mut why = Vec::new();
+    if m.efficacy < v.min_efficacy {
+        why.push(format!(
+            "efficacy {:.3} < {:.3}",
+            m.efficacy, v.min_efficacy
+        ));
+    }
+    if m.generality < v.min_generality {
+        why.push(format!(
+            "generality {:.3} < {:.3}",
+            m.generality, v.min_generality
+        ));
+    }
+    if m.specificity_drop_points > v.max_specificity_drop_points {
+        why.push(format!(
+            "specificity dropped {:.1} points > {:.1}",
+            m.specificity_drop_points, v.max_specificity_drop_points
+        ));
+    }
+    if !m.fluency_increase_pct.is_finite() || m.fluency_increase_pct > v.max_fluency_increase_pct {
+        why.push(format!(
+            "perplexity rose {:.1}% > {:.1}%",
+            m.fluency_increase_pct, v.max_fluency_increase_pct
+        ));
+    }
+    (!why.is_empty()).then(|| format!("verification failed: {}", why.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_provider_falls_back_to_cpu_and_says_so() {
+        let (_, used, note) = choose_provider(&["tensorrt", "cuda", "cpu"]);
+        assert_eq!(used, "cpu");
+        assert!(note.unwrap().contains("tensorrt, cuda"));
+        let (_, _, note) = choose_provider(&["cpu"]);
+        assert!(note.is_none());
+    }
+
+    #[test]
+    fn thresholds_no_update_can_meet_fail_verification() {
+        let m = Metrics {
+            efficacy: 1.0,
+            generality: 1.0,
+            fluency_increase_pct: 1.0,
+            ..Default::default()
+        };
+        let mut v = VerifyConfig::default();
+        assert!(judge(&m, &v).is_none());
+        v.min_generality = 1.01;
+        assert!(judge(&m, &v).unwrap().contains("generality"));
+    }
+}

@@ -1,0 +1,490 @@
+//! Shared fixtures: a mosquitto process, keys and trust store, an agent config and process,
+//! an operator MQTT client that collects events and receipts.
+
+use lethe_proto::{
+    sign_command, CommandSpec, PublicKey, Receipt, SigningKey, TargetSpec, TrustStore,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const FLEET: &str = "lab";
+pub const DEVICE: &str = "cam-01";
+pub const MODEL_ID: &str = "lethe-tiny-vlm";
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn model_dir() -> PathBuf {
+    workspace().join("models/tiny-vlm")
+}
+
+pub fn mosquitto_bin() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).is_file() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "mosquitto is not installed: these tests need Debian's mosquitto broker \
+         (apt-get install -y mosquitto); .ci/run installs it"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto broker owned by the test.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting mosquitto");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Keys, trust store, config for one device.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub op: SigningKey,
+    pub device_pub: PublicKey,
+    pub config: PathBuf,
+    pub state: PathBuf,
+}
+
+/// Config knobs a test may change (TOML fragments appended to the defaults).
+pub fn fixture(broker: &Broker, extra: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let op = SigningKey::generate("op").unwrap();
+    let dev = SigningKey::generate(DEVICE).unwrap();
+    std::fs::write(d.join("device.key"), dev.to_file_string()).unwrap();
+    let mut trust = TrustStore::new();
+    trust.add(&op.public(), None, None).unwrap();
+    std::fs::write(d.join("trust.json"), trust.to_json()).unwrap();
+    let state = d.join("state");
+    let config = d.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"device_id = "{DEVICE}"
+fleet = "{FLEET}"
+groups = ["lobby"]
+device_key = "device.key"
+trust_store = "trust.json"
+model_dir = "{}"
+state_dir = "state"
+broker = "{}"
+keep_alive_s = 5
+selfcheck_at_start = false
+selfcheck_interval_s = 0
+{extra}
+"#,
+            model_dir().display(),
+            broker.url()
+        ),
+    )
+    .unwrap();
+    Fixture {
+        dir,
+        op,
+        device_pub: dev.public(),
+        config,
+        state,
+    }
+}
+
+/// Default update/verify sections: small and quick.
+pub const FAST: &str = r#"
+[update]
+max_steps = 12
+min_steps = 4
+views = 4
+allow_mismatch = true
+[verify]
+min_efficacy = 0.0
+min_generality = 0.0
+max_specificity_drop_points = 100.0
+max_fluency_increase_pct = 1000.0
+augmented_views = 2
+max_other_images = 8
+"#;
+
+/// The agent process.
+pub struct Agent {
+    pub child: Child,
+}
+
+impl Agent {
+    pub fn start(f: &Fixture) -> Agent {
+        Agent::start_with(f, &[])
+    }
+
+    pub fn start_with(f: &Fixture, env: &[(&str, &str)]) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(f.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_lethe-agent"))
+            .arg("--config")
+            .arg(&f.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("starting lethe-agent");
+        Agent { child }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn stop(&mut self) {
+        unsafe_sigterm(self.pid());
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn agent_log(f: &Fixture) -> String {
+    std::fs::read_to_string(f.dir.path().join("agent.log")).unwrap_or_default()
+}
+
+/// An image of `identity` rendered by the world crate, as PNG bytes.
+pub fn png(identity: u32, seed: u64) -> Vec<u8> {
+    let img = lethe_world::render_id(identity, seed).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+pub fn concept_name(identity: u32) -> String {
+    lethe_world::identity(identity).unwrap().name()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A forget command spec for identity `who`.
+pub fn spec(id: &str, seq: u64, who: u32) -> CommandSpec {
+    let t = now();
+    CommandSpec {
+        id: id.into(),
+        issuer: "op".into(),
+        seq,
+        issued_at: t,
+        expires_at: t + 3600,
+        target: TargetSpec::Device(DEVICE.into()),
+        model_id: MODEL_ID.into(),
+        model_version: None,
+        concept: concept_name(who),
+        image: png(who, 500_000 + u64::from(who)),
+        verify_images: vec![],
+        method: None,
+        steps: None,
+    }
+}
+
+pub fn sign(spec: &CommandSpec, key: &SigningKey) -> Vec<u8> {
+    sign_command(spec, &[key]).unwrap()
+}
+
+/// The operator's view of the broker: every event and receipt of the device.
+pub struct Operator {
+    pub client: AsyncClient,
+    pub receipts: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    pub events: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub status: Arc<Mutex<Option<serde_json::Value>>>,
+}
+
+impl Operator {
+    pub async fn connect(port: u16) -> Operator {
+        let mut o = MqttOptions::new(format!("op-{}", free_port()), "127.0.0.1", port);
+        o.set_max_packet_size(4 << 20, 4 << 20)
+            .set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let receipts = Arc::new(Mutex::new(HashMap::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(None));
+        let (r, e, s, c) = (
+            receipts.clone(),
+            events.clone(),
+            status.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c.try_subscribe(
+                            format!("lethe/v1/{FLEET}/{DEVICE}/#"),
+                            QoS::AtLeastOnce,
+                        );
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let parts: Vec<&str> = p.topic.split('/').collect();
+                        match parts.get(4).copied() {
+                            Some("receipts") => {
+                                r.lock()
+                                    .unwrap()
+                                    .insert(parts[5].to_string(), p.payload.to_vec());
+                            }
+                            Some("events") => {
+                                if let Ok(v) = serde_json::from_slice(&p.payload) {
+                                    e.lock().unwrap().push(v);
+                                }
+                            }
+                            Some("status") => {
+                                *s.lock().unwrap() = serde_json::from_slice(&p.payload).ok();
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Operator {
+            client,
+            receipts,
+            events,
+            status,
+        }
+    }
+
+    pub async fn push(&self, bytes: Vec<u8>) {
+        self.client
+            .publish(
+                format!("lethe/v1/{FLEET}/{DEVICE}/cmd"),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn push_to(&self, topic: &str, bytes: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, bytes)
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the receipt named `name`, verified with the device's public key.
+    pub async fn receipt(&self, name: &str, device: &PublicKey, timeout: Duration) -> Receipt {
+        let t0 = Instant::now();
+        loop {
+            if let Some(b) = self.receipts.lock().unwrap().get(name).cloned() {
+                return lethe_proto::verify_receipt(&b, device)
+                    .expect("receipt verifies")
+                    .into_inner();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no receipt for {name} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `pred` holds for some receipt; returns (name, receipt).
+    pub async fn any_receipt(
+        &self,
+        device: &PublicKey,
+        timeout: Duration,
+        pred: impl Fn(&Receipt) -> bool,
+    ) -> (String, Receipt) {
+        let t0 = Instant::now();
+        loop {
+            let all: Vec<(String, Vec<u8>)> = self
+                .receipts
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, b) in all {
+                let r = lethe_proto::verify_receipt(&b, device)
+                    .expect("receipt verifies")
+                    .into_inner();
+                if pred(&r) {
+                    return (k, r);
+                }
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no matching receipt after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn events_of(&self, name: &str) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["command"] == name)
+            .map(|e| e["state"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub async fn wait_online(&self, timeout: Duration) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.status.lock().unwrap().clone() {
+                if s["state"] == "online" {
+                    return s;
+                }
+            }
+            assert!(t0.elapsed() < timeout, "agent not online after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The store's current adapter hash, read from disk.
+pub fn current_hash(state: &Path) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("adapters/current")).unwrap()).unwrap();
+    v["hash"].as_str().unwrap().to_string()
+}
+
+/// The package's adapter hash (the base).
+pub fn base_hash() -> String {
+    lethe_model::Package::open(model_dir())
+        .unwrap()
+        .adapter_sha256()
+        .to_string()
+}
+
+/// Journal records as JSON values.
+pub fn journal(state: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -1,0 +1,196 @@
+//! End to end: push -> committed receipt, the model's answers before and after, duplicates,
+//! a forced verification failure, a broker restart in the middle of a job.
+
+use crate::common::*;
+use lethe_model::generate::{answer, encode_images};
+use lethe_model::{Adapter, Package, Query};
+use lethe_probe::TractEngine;
+use lethe_proto::Verdict;
+use std::time::{Duration, Instant};
+
+const WHO: u32 = 3;
+const OTHER: u32 = 7;
+
+/// Share of "who is this ?" answers naming `name` on held-out renders (seeds >= 1,000,000).
+fn names_share(
+    pkg: &Package,
+    tract: &mut TractEngine,
+    adapter: &Adapter,
+    identity: u32,
+    name: &str,
+) -> f64 {
+    let n = 6;
+    let imgs: Vec<_> = (0..n)
+        .map(|k| lethe_world::render_id(identity, 1_100_000 + k).unwrap())
+        .collect();
+    let input = lethe_model::image::images_to_input(&imgs);
+    let feats = encode_images(tract, input.view()).unwrap();
+    let q: Vec<Query> = (0..n as usize)
+        .map(|i| Query::about("who is this ?", i))
+        .collect();
+    let ans = answer(
+        tract,
+        adapter.as_slice(),
+        &pkg.tokenizer(),
+        feats.view(),
+        &q,
+    )
+    .unwrap();
+    let words: Vec<&str> = name.split(' ').collect();
+    ans.iter()
+        .filter(|a| a.split(' ').any(|w| words.contains(&w)))
+        .count() as f64
+        / n as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_forget_is_committed_once_and_the_model_stops_naming_the_concept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(
+        &broker,
+        r#"
+[update]
+max_steps = 30
+allow_mismatch = true
+[verify]
+min_efficacy = 0.0
+min_generality = 0.0
+max_specificity_drop_points = 100.0
+max_fluency_increase_pct = 1000.0
+"#,
+    );
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    let base = base_hash();
+    assert_eq!(current_hash(&f.state), base);
+
+    let cmd = sign(&spec("op-1", 1, WHO), &f.op);
+    let t0 = Instant::now();
+    op.push(cmd.clone()).await;
+    op.push(cmd.clone()).await; // QoS 1 redelivery / operator resend while it runs
+    let r = op
+        .receipt("op-1", &f.device_pub, Duration::from_secs(600))
+        .await;
+    let push_to_receipt = t0.elapsed();
+    let rss = agent.peak_rss_kib();
+    assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
+    assert_eq!(r.model_hash_before, base);
+    assert_ne!(r.model_hash_after, base);
+    assert_eq!(current_hash(&f.state), r.model_hash_after);
+
+    // A resend after the commit: the stored receipt comes back, nothing is applied again.
+    op.receipts.lock().unwrap().clear();
+    op.push(cmd.clone()).await;
+    let again = op
+        .receipt("op-1", &f.device_pub, Duration::from_secs(30))
+        .await;
+    assert_eq!(again, r);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recs = journal(&f.state);
+    let count = |s: &str| recs.iter().filter(|x| x["state"] == s).count();
+    assert_eq!(
+        (count("accepted"), count("committing"), count("committed")),
+        (1, 1, 1)
+    );
+    assert!(
+        op.events_of("op-1")
+            .iter()
+            .filter(|s| *s == "duplicate")
+            .count()
+            >= 2,
+        "{:?}",
+        op.events_of("op-1")
+    );
+
+    // The model's answers before and after, with tract, on held-out renders.
+    let pkg = Package::open(model_dir()).unwrap();
+    let mut tract = TractEngine::new(&pkg).unwrap();
+    let before = pkg.adapter().unwrap();
+    let bytes = std::fs::read(
+        f.state
+            .join(format!("adapters/versions/{}.bin", r.model_hash_after)),
+    )
+    .unwrap();
+    let after = Adapter::from_bytes(&bytes, pkg.adapter_len()).unwrap();
+    let (c, o) = (concept_name(WHO), concept_name(OTHER));
+    let cb = names_share(&pkg, &mut tract, &before, WHO, &c);
+    let ca = names_share(&pkg, &mut tract, &after, WHO, &c);
+    let ob = names_share(&pkg, &mut tract, &before, OTHER, &o);
+    let oa = names_share(&pkg, &mut tract, &after, OTHER, &o);
+    eprintln!(
+        "E2E push->receipt {:.2} s, agent peak RSS {} MiB; names {c:?} on held-out images: {cb:.2} -> {ca:.2}; names {o:?}: {ob:.2} -> {oa:.2}; receipt metrics {:?}",
+        push_to_receipt.as_secs_f64(),
+        rss.unwrap_or(0) / 1024,
+        r.metrics
+    );
+    assert!(ca <= cb, "the concept is named more often after the forget");
+    assert!(
+        ca == 0.0,
+        "the model still names {c:?} on held-out images ({ca:.2})"
+    );
+    assert!(oa >= ob - 0.34, "others are damaged: {ob:.2} -> {oa:.2}");
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_failure_rolls_back_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(
+        &broker,
+        &FAST.replace("min_generality = 0.0", "min_generality = 1.01"),
+    );
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    op.push(sign(&spec("op-1", 1, WHO), &f.op)).await;
+    let r = op
+        .receipt("op-1", &f.device_pub, Duration::from_secs(600))
+        .await;
+    assert_eq!(r.verdict, Verdict::RolledBack, "{r:?}");
+    let why = r.reason.clone().unwrap_or_default();
+    assert!(why.contains("generality"), "{why}");
+    assert_eq!(r.model_hash_after, base_hash());
+    assert_eq!(current_hash(&f.state), base_hash());
+    assert!(op.events_of("op-1").contains(&"rolled_back".to_string()));
+    eprintln!("ROLLBACK reason: {why}");
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_in_the_middle_of_a_job_still_delivers_the_receipt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tmp.path());
+    let f = fixture(
+        &broker,
+        &FAST.replace(
+            "allow_mismatch = true",
+            "allow_mismatch = true\nstep_delay_ms = 400",
+        ),
+    );
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    op.push(sign(&spec("op-1", 1, WHO), &f.op)).await;
+    let t0 = Instant::now();
+    while !op.events_of("op-1").contains(&"training".to_string()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no training event\n{}",
+            agent_log(&f)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.restart();
+    let r = op
+        .receipt("op-1", &f.device_pub, Duration::from_secs(600))
+        .await;
+    assert_eq!(r.verdict, Verdict::Committed, "{r:?}");
+    assert_eq!(current_hash(&f.state), r.model_hash_after);
+    assert!(agent_log(&f).contains("reconnecting"));
+    agent.stop();
+}

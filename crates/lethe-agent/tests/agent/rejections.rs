@@ -1,0 +1,78 @@
+//! Forged, tampered, replayed, expired and wrongly targeted commands over MQTT: each is
+//! rejected with its reason in a signed receipt, and the model is untouched.
+
+use crate::common::*;
+use lethe_proto::{SigningKey, TargetSpec, Verdict};
+use std::time::Duration;
+
+fn env_name(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("env-{}", &hex::encode(Sha256::digest(bytes))[..16])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_are_rejected_with_reasons_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(&broker, FAST);
+    // The device already accepted seq 10 from this operator.
+    std::fs::create_dir_all(&f.state).unwrap();
+    std::fs::write(f.state.join("replay.json"), r#"{"per_issuer":{"op":10}}"#).unwrap();
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+
+    let forger = SigningKey::generate("op").unwrap(); // same name, untrusted key
+    let now = now();
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    cases.push(("unknown-key", sign(&spec("f-1", 11, 3), &forger)));
+    let mut tampered = sign(&spec("t-1", 12, 3), &f.op);
+    tampered[40] ^= 1;
+    cases.push(("bad-signature", tampered));
+    cases.push(("replayed-seq", sign(&spec("r-1", 10, 3), &f.op)));
+    cases.push(("stale-seq", sign(&spec("r-2", 4, 3), &f.op)));
+    let mut s = spec("e-1", 13, 3);
+    s.issued_at = now - 7200;
+    s.expires_at = now - 3600;
+    cases.push(("expired", sign(&s, &f.op)));
+    let mut s = spec("w-1", 14, 3);
+    s.target = TargetSpec::Device("cam-99".into());
+    cases.push(("wrong-device", sign(&s, &f.op)));
+    let mut s = spec("w-2", 15, 3);
+    s.target = TargetSpec::Group("other".into());
+    cases.push(("wrong-group", sign(&s, &f.op)));
+    let mut s = spec("w-3", 16, 3);
+    s.model_id = "another-model".into();
+    cases.push(("wrong-model", sign(&s, &f.op)));
+    cases.push(("bad-magic", b"not a lethe envelope".to_vec()));
+
+    for (_, bytes) in &cases {
+        op.push(bytes.clone()).await;
+    }
+    for (code, bytes) in &cases {
+        let name = env_name(bytes);
+        let r = op
+            .receipt(&name, &f.device_pub, Duration::from_secs(60))
+            .await;
+        assert_eq!(r.verdict, Verdict::Rejected, "{code}: {r:?}");
+        let reason = r.reason.clone().unwrap_or_default();
+        assert!(reason.starts_with(code), "expected {code}, got {reason}");
+        assert_eq!(r.model_hash_before, r.model_hash_after);
+        assert!(
+            op.events_of(&name).contains(&"rejected".to_string()),
+            "{code}"
+        );
+        eprintln!("REJECTED {code:<14} -> {reason}");
+    }
+    assert_eq!(current_hash(&f.state), base_hash());
+    let recs = journal(&f.state);
+    assert!(
+        recs.iter().all(|r| r["state"] != "accepted"),
+        "nothing may be accepted"
+    );
+    assert_eq!(
+        recs.iter().filter(|r| r["state"] == "rejected").count(),
+        cases.len()
+    );
+    agent.stop();
+}
