@@ -9,7 +9,6 @@ use lethe_proto::Verdict;
 use std::time::{Duration, Instant};
 
 const WHO: u32 = 3;
-const OTHER: u32 = 7;
 
 /// Share of "who is this ?" answers naming `name` on held-out renders (seeds >= 1,000,000).
 fn names_share(
@@ -66,7 +65,27 @@ max_fluency_increase_pct = 1000.0
     let base = base_hash();
     assert_eq!(current_hash(&f.state), base);
 
-    let cmd = sign(&spec("op-1", 1, WHO), &f.op);
+    // Forget the identity the bundled model names most reliably on held-out images, and
+    // watch the one it names next best: the test means something whatever the model.
+    let pkg = Package::open(model_dir()).unwrap();
+    let mut tract = TractEngine::new(&pkg).unwrap();
+    let before = pkg.adapter().unwrap();
+    let mut ranked: Vec<(f64, u32)> = (0..24)
+        .map(|i| {
+            (
+                names_share(&pkg, &mut tract, &before, i, &concept_name(i)),
+                i,
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (who, other) = (ranked[0].1, ranked[1].1);
+    assert!(
+        ranked[0].0 > 0.0,
+        "the bundled model names nobody on held-out images: {ranked:?}"
+    );
+
+    let cmd = sign(&spec("op-1", 1, who), &f.op);
     let t0 = Instant::now();
     op.push(cmd.clone()).await;
     op.push(cmd.clone()).await; // QoS 1 redelivery / operator resend while it runs
@@ -105,20 +124,17 @@ max_fluency_increase_pct = 1000.0
     );
 
     // The model's answers before and after, with tract, on held-out renders.
-    let pkg = Package::open(model_dir()).unwrap();
-    let mut tract = TractEngine::new(&pkg).unwrap();
-    let before = pkg.adapter().unwrap();
     let bytes = std::fs::read(
         f.state
             .join(format!("adapters/versions/{}.bin", r.model_hash_after)),
     )
     .unwrap();
     let after = Adapter::from_bytes(&bytes, pkg.adapter_len()).unwrap();
-    let (c, o) = (concept_name(WHO), concept_name(OTHER));
-    let cb = names_share(&pkg, &mut tract, &before, WHO, &c);
-    let ca = names_share(&pkg, &mut tract, &after, WHO, &c);
-    let ob = names_share(&pkg, &mut tract, &before, OTHER, &o);
-    let oa = names_share(&pkg, &mut tract, &after, OTHER, &o);
+    let (c, o) = (concept_name(who), concept_name(other));
+    let cb = names_share(&pkg, &mut tract, &before, who, &c);
+    let ca = names_share(&pkg, &mut tract, &after, who, &c);
+    let ob = names_share(&pkg, &mut tract, &before, other, &o);
+    let oa = names_share(&pkg, &mut tract, &after, other, &o);
     eprintln!(
         "E2E push->receipt {:.2} s, agent peak RSS {} MiB; names {c:?} on held-out images: {cb:.2} -> {ca:.2}; names {o:?}: {ob:.2} -> {oa:.2}; receipt metrics {:?}",
         push_to_receipt.as_secs_f64(),
