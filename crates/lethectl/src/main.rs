@@ -41,6 +41,14 @@ enum Command {
     /// Device status receipts.
     #[command(subcommand)]
     Receipt(cmd::receipt::ReceiptCmd),
+    /// Publish a signed command to its device or group over MQTT.
+    Push(cmd::fleet::PushArgs),
+    /// Follow a command on devices: progress bars, verified receipts (exit 0 all committed).
+    Watch(cmd::fleet::WatchArgs),
+    /// Fleet summary from the devices' retained status.
+    Status(cmd::fleet::StatusArgs),
+    /// The whole loop in one process: broker, agent, signed forget, receipt, answers.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,10 @@ fn main() -> ExitCode {
         Command::Sign(a) => cmd::sign::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Receipt(c) => cmd::receipt::run(c),
+        Command::Push(a) => cmd::fleet::push(a),
+        Command::Watch(a) => cmd::fleet::watch(a),
+        Command::Status(a) => cmd::fleet::status(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -11,3 +11,7 @@ pub mod sign;
 pub mod trust;
 pub mod verify;
 pub mod model;
+
+// Fleet over MQTT (lethe-agent's topics) and the in-process demo.
+pub mod demo;
+pub mod fleet;
