@@ -29,6 +29,11 @@ enum Command {
     /// The on-device model: ask it, evaluate it, self-check a package.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
+    /// Forget a concept shown in one image, offline: writes a new package.
+    Forget(cmd::forget::ForgetArgs),
+    /// MMUBench-style unlearning benchmarks on the bundled world.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
     /// Make an Ed25519 key pair (operator or device): NAME.key (0600) and NAME.pub.
     Keygen(cmd::keys::KeygenArgs),
     /// Edit a trust store: add, revoke, rotate keys; k-of-n threshold.
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::World(c) => cmd::world::run(c),
         Command::Model(c) => cmd::model::run(c),
+        Command::Forget(a) => cmd::forget::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Keygen(a) => cmd::keys::run(a),
         Command::Trust(c) => cmd::trust::run(c),
         Command::Sign(a) => cmd::sign::run(a),

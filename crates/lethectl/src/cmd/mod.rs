@@ -4,13 +4,15 @@
 pub mod world;
 
 // Signed commands (lethe-proto): keys, trust store, signing, verification, receipts.
+pub mod bench;
+pub mod forget;
 mod fsutil;
 pub mod keys;
+pub mod model;
 pub mod receipt;
 pub mod sign;
 pub mod trust;
 pub mod verify;
-pub mod model;
 
 // Fleet over MQTT (lethe-agent's topics) and the in-process demo.
 pub mod demo;

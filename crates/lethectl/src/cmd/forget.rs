@@ -1,0 +1,214 @@
+//! `lethectl forget`: make a model package forget a concept shown in one image, offline,
+//! and write the result as a new complete package. Training runs on ONNX Runtime; the
+//! metrics are measured with tract on the package's retained probe set (an independent
+//! engine). Nothing is written unless the concept is forgotten.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lethe_model::{AdapterVersionInfo, OrtEngine, Package, SessionOptions, TrainStep};
+use lethe_probe::TractEngine;
+use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
+use lethe_siu::unlearn::language;
+use lethe_siu::{forget, Method, Options, Progress, Report};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// The model package to start from.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// One image of the concept.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The concept's name, e.g. "anna adler".
+    #[arg(long)]
+    pub concept: String,
+    /// Where to write the new package (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "siu")]
+    pub method: Method,
+    /// Step budget (the stopping rule usually ends earlier).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Proceed even if the model does not recognise the concept in the image.
+    #[arg(long)]
+    pub allow_mismatch: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Builds run options from the common flags.
+pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64) -> Options {
+    let mut o = Options::new(method);
+    if let Some(s) = steps {
+        o.max_steps = s;
+    }
+    if let Some(l) = lr {
+        o.lr = l;
+    }
+    o.seed = seed;
+    o
+}
+
+/// A progress bar for a run (hidden when `quiet`).
+pub fn progress_bar(max_steps: usize, quiet: bool) -> ProgressBar {
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(max_steps as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Updates `pb` from a run's progress events.
+pub fn show(pb: &ProgressBar, p: &Progress) {
+    match p {
+        Progress::Prepared { samples, views } => {
+            pb.set_prefix(format!("forgetting ({samples} samples, {views} views)"))
+        }
+        Progress::Step { step, losses, .. } => {
+            pb.set_position(*step as u64);
+            pb.set_message(format!(
+                "loss {:.3} ce {:.3} kl {:.3}",
+                losses.loss, losses.ce, losses.kl
+            ));
+        }
+        Progress::Checked { step, forgotten } => {
+            if *forgotten {
+                pb.set_message(format!("forgotten at step {step}; confirming"));
+            }
+        }
+    }
+}
+
+pub fn run(a: ForgetArgs) -> Result<ExitCode> {
+    if a.out.exists() {
+        anyhow::bail!("{} already exists; choose a new --out", a.out.display());
+    }
+    let pkg = Package::open(&a.model)?;
+    let image = lethe_model::image::load_image(&a.image)?;
+    let opts = options(a.method, a.steps, a.lr, a.seed);
+    let mut engine = OrtEngine::new(&pkg, &SessionOptions::default())?;
+    let mut trainer = TrainStep::new(&pkg, &SessionOptions::default())?;
+    let base = pkg.adapter()?;
+    let pb = progress_bar(opts.max_steps, a.json);
+    let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+    let out = forget(
+        &pkg,
+        &mut engine,
+        &mut step,
+        &base,
+        image.view(),
+        &a.concept,
+        &opts,
+        &mut |p| show(&pb, p),
+    )?;
+    pb.finish_and_clear();
+    let r = &out.report;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !r.forgotten {
+        if a.json {
+            println!("{}", serde_json::json!({"forgotten": false, "report": r}));
+        } else {
+            print_report(r);
+        }
+        eprintln!(
+            "not forgotten: {}; nothing written (try more --steps or a higher --lr)",
+            r.stop_reason
+        );
+        return Ok(ExitCode::from(1));
+    }
+    // Independent measurement with tract on the package's retained probes.
+    let lang = language(&pkg);
+    let probes = pkg.probes()?;
+    let set = EvalSet::from_probes(&lang, &probes, &r.concept, image.clone());
+    let mut tract = TractEngine::new(&pkg)?;
+    let m = evaluate(
+        &mut tract,
+        &pkg.tokenizer(),
+        &lang,
+        base.as_slice(),
+        out.adapter.as_slice(),
+        &set,
+    )?;
+    let info = AdapterVersionInfo {
+        version: format!(
+            "forget-{}-{}",
+            r.concept.replace(' ', "-"),
+            &out.adapter.sha256_hex()[..12]
+        ),
+        made_by: Some(format!(
+            "lethectl forget --method {} --concept {:?}",
+            r.method.name(),
+            r.concept
+        )),
+    };
+    pkg.write_copy_with_adapter(&a.out, &out.adapter, &info)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"forgotten": true, "out": a.out, "report": r, "metrics": m, "concept_probe_images": set.concept_images.shape()[0]})
+        );
+    } else {
+        print_report(r);
+        print_metrics(&m, set.concept_images.shape()[0]);
+        println!("wrote {} (adapter {})", a.out.display(), info.version);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &Report) {
+    println!("concept           {}", r.concept);
+    println!("method            {}", r.method.name());
+    println!("model said before {:?}", r.original_answer);
+    if let Some(f) = &r.fake_name {
+        println!("fictitious name   {f}");
+    }
+    println!("steps             {} ({})", r.steps.len(), r.stop_reason);
+    if let Some(last) = r.steps.last() {
+        println!(
+            "last loss         {:.4} (ce {:.4}, kl {:.4})",
+            last.loss, last.ce, last.kl
+        );
+    }
+    println!(
+        "time              {:.0} ms total: prepare {:.0} ms, {:.1} ms/step (ORT), checks {:.0} ms",
+        r.total_ms, r.prepare_ms, r.mean_step_ms, r.check_ms
+    );
+}
+
+fn print_metrics(m: &Metrics, n_concept_images: usize) {
+    println!(
+        "metrics (tract, retained probe set; {n_concept_images} held-out images of the concept):"
+    );
+    println!("  efficacy          {:.1}%", 100.0 * m.efficacy);
+    println!("  generality        {:.1}%", 100.0 * m.generality);
+    println!("  C-Dis             {:.3}", m.c_dis);
+    println!(
+        "  specificity       {:.1}% -> {:.1}% ({:+.1} points)",
+        100.0 * m.specificity_before,
+        100.0 * m.specificity_after,
+        -m.specificity_drop_points
+    );
+    println!("  factual retention {:.1}%", 100.0 * m.factual_retention);
+    println!(
+        "  fluency (ppl)     {:.3} -> {:.3} ({:+.1}%)",
+        m.fluency_ppl_before, m.fluency_ppl_after, m.fluency_increase_pct
+    );
+    println!("  diversity         {:.3}", m.diversity);
+}
