@@ -272,42 +272,30 @@ pub fn evaluate(
     // Fluency: the original model's answers on other images and text questions.
     let concept_ids = tok.encode(c)?;
     let of = encode_images(engine, set.other_images.view())?;
-    let ppl_b = perplexity(
-        engine,
-        before,
-        tok,
-        of.view(),
-        &b.other_queries,
-        &b.other_answers,
-        &concept_ids,
-    )? * 0.5
-        + perplexity(
+    // Equal weight to image answers and text answers, as the original model gave them.
+    let mut fluency = |adapter: &[f32]| -> Result<f64> {
+        let img = perplexity(
             engine,
-            before,
+            adapter,
+            tok,
+            of.view(),
+            &b.other_queries,
+            &b.other_answers,
+            &concept_ids,
+        )?;
+        let txt = perplexity(
+            engine,
+            adapter,
             tok,
             of.view(),
             &b.text_queries[2..],
             &b.text_answers[2..],
             &concept_ids,
-        )? * 0.5;
-    let ppl_a = perplexity(
-        engine,
-        after,
-        tok,
-        of.view(),
-        &b.other_queries,
-        &b.other_answers,
-        &concept_ids,
-    )? * 0.5
-        + perplexity(
-            engine,
-            after,
-            tok,
-            of.view(),
-            &b.text_queries[2..],
-            &b.text_answers[2..],
-            &concept_ids,
-        )? * 0.5;
+        )?;
+        Ok(0.5 * (img + txt))
+    };
+    let ppl_b = fluency(before)?;
+    let ppl_a = fluency(after)?;
 
     // Diversity of the updated model's answers (all of them).
     let all: Vec<&String> = a
