@@ -52,6 +52,11 @@ impl GraphDims {
         }
     }
 
+    /// The vision output for an empty batch (engines need not run a graph for it).
+    pub fn no_features(&self) -> Array3<f32> {
+        Array3::zeros((0, self.n_image_tokens, self.feature_dim))
+    }
+
     /// Checks a vision input; returns the batch size.
     pub fn check_images(&self, images: &ArrayView4<f32>) -> Result<usize> {
         let s = self.image_size;
@@ -141,11 +146,7 @@ impl Engine for OrtEngine {
     fn features(&mut self, images: ArrayView4<f32>) -> Result<Array3<f32>> {
         let b = self.dims.check_images(&images)?;
         if b == 0 {
-            return Ok(Array3::zeros((
-                0,
-                self.dims.n_image_tokens,
-                self.dims.feature_dim,
-            )));
+            return Ok(self.dims.no_features());
         }
         let images = images.as_standard_layout();
         let t = TensorRef::from_array_view(&images).map_err(ModelError::ort("image input"))?;

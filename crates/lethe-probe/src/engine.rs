@@ -61,11 +61,7 @@ impl Engine for TractEngine {
     fn features(&mut self, images: ArrayView4<f32>) -> Result<Array3<f32>> {
         let b = self.dims.check_images(&images)?;
         if b == 0 {
-            return Ok(Array3::zeros((
-                0,
-                self.dims.n_image_tokens,
-                self.dims.feature_dim,
-            )));
+            return Ok(self.dims.no_features());
         }
         let t = Tensor::from(images.to_owned());
         let outs = self

@@ -290,30 +290,24 @@ fn replay_on_tract(
 ) -> Result<TractCmp> {
     let mut opts = options(Method::Siu, Some(steps.max(1)), c.lr, 0);
     opts.fixed_steps = true;
+    // The same forget, once per train-step engine; generation and checks stay on ORT.
+    let (pkg, ort) = (&e.pkg, &mut e.ort);
+    let mut run = |step: &mut lethe_siu::unlearn::StepFn| {
+        forget(
+            pkg,
+            ort,
+            step,
+            base,
+            set.train_image.view(),
+            &set.concept,
+            &opts,
+            &mut |_| {},
+        )
+    };
     let trainer = &mut e.trainer;
-    let mut s_ort = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
-    let o = forget(
-        &e.pkg,
-        &mut e.ort,
-        &mut s_ort,
-        base,
-        set.train_image.view(),
-        &set.concept,
-        &opts,
-        &mut |_| {},
-    )?;
+    let o = run(&mut |s, b, lr, wc, wk| trainer.run(s, b, lr, wc, wk))?;
     let mut tt = TractTrainStep::new(&e.pkg)?;
-    let mut s_tract = |s: &mut _, b: &_, lr, wc, wk| tt.run(s, b, lr, wc, wk);
-    let t = forget(
-        &e.pkg,
-        &mut e.ort,
-        &mut s_tract,
-        base,
-        set.train_image.view(),
-        &set.concept,
-        &opts,
-        &mut |_| {},
-    )?;
+    let t = run(&mut |s, b, lr, wc, wk| tt.run(s, b, lr, wc, wk))?;
     let max_diff = o
         .adapter
         .as_slice()
