@@ -1,10 +1,12 @@
 //! The command lifecycle as data: journal events, the per-command state they fold into, and
 //! the pure functions that decide what is allowed and what to do after a restart.
 //!
-//!     received -> rejected
-//!              -> accepted -> preparing -> training(k/n)* -> verifying
-//!                          -> committing -> committed
-//!                          -> rolled_back | failed
+//! ```text
+//! received -> rejected
+//!          -> accepted -> preparing -> training(k/n)* -> verifying
+//!                      -> committing -> committed
+//!                      -> rolled_back | failed
+//! ```
 //!
 //! No I/O here: [`apply`] folds one event into a state or refuses an illegal transition,
 //! [`recovery`] says what a restarted agent must do with a command it finds unfinished.

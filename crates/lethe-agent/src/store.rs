@@ -3,8 +3,10 @@
 //! rename, fsync folder), then move the pointer the same way; rollback = point back.
 //!
 //! Layout under the store folder:
-//!     versions/<sha256>.bin   f32le adapter, named by its own hash
-//!     current                 JSON {"hash": ..., "previous": ...}
+//! ```text
+//! versions/<sha256>.bin   f32le adapter, named by its own hash
+//! current                 JSON {"hash": ..., "previous": ...}
+//! ```
 //!
 //! Invariants: only this module renames into `current`; `current` always names a version
 //! file that was fully written and synced before the pointer moved; a version whose bytes do
