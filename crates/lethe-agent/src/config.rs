@@ -2,11 +2,9 @@
 //! once at start-up. Every problem is reported at once (one line each), not the first only.
 //! Relative paths in the file are relative to the file's folder.
 
+use lethe_model::{GpuOptions, Provider};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// Execution providers in fallback order: tensorrt -> cuda -> cpu.
-pub const PROVIDERS: [&str; 3] = ["tensorrt", "cuda", "cpu"];
 
 /// Everything the agent needs to run.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,8 +30,13 @@ pub struct Config {
     pub client_cert: Option<PathBuf>,
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// Preferred ONNX Runtime execution provider for the train step and ORT inference:
+    /// `tensorrt`, `cuda` or `cpu`; sessions fall back tensorrt -> cuda -> cpu.
     #[serde(default = "default_provider")]
     pub execution_provider: String,
+    /// Options of the GPU providers.
+    #[serde(default)]
+    pub gpu: GpuConfig,
     /// Commands waiting behind the running one; a full queue answers `busy`.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
@@ -81,6 +84,24 @@ impl Default for UpdateConfig {
             step_delay_ms: 0,
         }
     }
+}
+
+/// GPU execution provider options (`[gpu]`), used when `execution_provider` is `cuda` or
+/// `tensorrt` and the ONNX Runtime library offers it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// CUDA device ordinal.
+    pub device_id: u32,
+    /// TensorRT fp16 engines (off: the train step is checked in fp32).
+    pub fp16: bool,
+    /// TensorRT engine and timing cache folder; relative paths follow the config file.
+    /// Default: `<state_dir>/trt-cache`.
+    pub trt_engine_cache_dir: Option<PathBuf>,
+    /// TensorRT builder workspace limit in MiB (0 or absent: TensorRT's default).
+    pub trt_workspace_mb: u64,
+    /// CUDA memory arena limit in MiB (0 or absent: no limit).
+    pub cuda_memory_limit_mb: u64,
 }
 
 /// Verification thresholds (tract, on the candidate, before any commit).
@@ -229,9 +250,17 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        for p in [&mut c.ca_cert, &mut c.client_cert, &mut c.client_key]
-            .into_iter()
-            .flatten()
+        if c.gpu.trt_engine_cache_dir.is_none() {
+            c.gpu.trt_engine_cache_dir = Some(c.state_dir.join("trt-cache"));
+        }
+        for p in [
+            &mut c.ca_cert,
+            &mut c.client_cert,
+            &mut c.client_key,
+            &mut c.gpu.trt_engine_cache_dir,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -308,11 +337,16 @@ impl Config {
                 }
             }
         }
-        if !PROVIDERS.contains(&self.execution_provider.as_str()) {
+        if Provider::parse(&self.execution_provider).is_none() {
             p.push(format!(
                 "execution_provider {:?}: expected cpu, cuda or tensorrt",
                 self.execution_provider
             ));
+        }
+        if self.gpu.trt_workspace_mb > 1 << 20 || self.gpu.cuda_memory_limit_mb > 1 << 20 {
+            p.push(
+                "gpu.trt_workspace_mb and gpu.cuda_memory_limit_mb are MiB, at most 1048576".into(),
+            );
         }
         if self.queue_capacity == 0 || self.queue_capacity > 64 {
             p.push("queue_capacity must be 1..=64".into());
@@ -356,13 +390,21 @@ impl Config {
         }
     }
 
-    /// The fallback chain starting at the configured provider.
-    pub fn provider_chain(&self) -> Vec<&'static str> {
-        let i = PROVIDERS
-            .iter()
-            .position(|p| *p == self.execution_provider)
-            .unwrap_or(PROVIDERS.len() - 1);
-        PROVIDERS[i..].to_vec()
+    /// The configured provider (checked at load; `cpu` if the field was never checked).
+    pub fn provider(&self) -> Provider {
+        Provider::parse(&self.execution_provider).unwrap_or(Provider::Cpu)
+    }
+
+    /// The GPU options in lethe-model's terms (MiB turned into bytes, 0 into "no limit").
+    pub fn gpu_options(&self) -> GpuOptions {
+        let mib = |v: u64| (v > 0).then(|| v << 20);
+        GpuOptions {
+            device_id: self.gpu.device_id,
+            fp16: self.gpu.fp16,
+            trt_engine_cache_dir: self.gpu.trt_engine_cache_dir.clone(),
+            trt_workspace_bytes: mib(self.gpu.trt_workspace_mb),
+            cuda_memory_limit_bytes: mib(self.gpu.cuda_memory_limit_mb),
+        }
     }
 }
 
@@ -442,7 +484,52 @@ mod tests {
         let c = Config::from_toml(text, d.path(), &ov).unwrap();
         assert_eq!(c.device_id, "cam-02");
         assert_eq!(c.state_dir, d.path().join("s"));
-        assert_eq!(c.provider_chain(), vec!["tensorrt", "cuda", "cpu"]);
+        assert_eq!(c.provider(), Provider::TensorRt);
         assert_eq!(c.queue_capacity, 4);
+        // GPU defaults: device 0, fp32, engine cache in the state folder, no limits.
+        let g = c.gpu_options();
+        assert_eq!(g.device_id, 0);
+        assert!(!g.fp16);
+        assert_eq!(g.trt_engine_cache_dir, Some(d.path().join("s/trt-cache")));
+        assert_eq!(
+            (g.trt_workspace_bytes, g.cuda_memory_limit_bytes),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn gpu_options_are_read_from_their_table() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["k", "t"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        std::fs::create_dir(d.path().join("m")).unwrap();
+        let text = r#"
+            device_id = "cam-01"
+            fleet = "lab"
+            device_key = "k"
+            trust_store = "t"
+            model_dir = "m"
+            state_dir = "s"
+            broker = "mqtt://127.0.0.1:1883"
+            execution_provider = "cuda"
+            [gpu]
+            device_id = 1
+            fp16 = true
+            trt_engine_cache_dir = "trt"
+            trt_workspace_mb = 512
+            cuda_memory_limit_mb = 2048
+        "#;
+        let c = Config::from_toml(text, d.path(), &Overrides::default()).unwrap();
+        assert_eq!(c.provider(), Provider::Cuda);
+        let g = c.gpu_options();
+        assert_eq!(g.device_id, 1);
+        assert!(g.fp16);
+        assert_eq!(g.trt_engine_cache_dir, Some(d.path().join("trt")));
+        assert_eq!(g.trt_workspace_bytes, Some(512 << 20));
+        assert_eq!(g.cuda_memory_limit_bytes, Some(2048 << 20));
+        let bad = text.replace("fp16 = true", "fp16 = true\nfp64 = true");
+        let e = Config::from_toml(&bad, d.path(), &Overrides::default()).unwrap_err();
+        assert!(e.problems[0].contains("fp64"), "{:?}", e.problems);
     }
 }

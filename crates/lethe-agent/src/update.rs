@@ -9,7 +9,7 @@
 //! Invariant: nothing here writes a file or touches the adapter store; the caller commits.
 
 use crate::config::{Config, VerifyConfig};
-use lethe_model::{Adapter, ModelError, OrtEngine, Package, Provider, SessionOptions, TrainStep};
+use lethe_model::{Adapter, ModelError, OrtEngine, Package, SessionOptions, TrainStep};
 use lethe_probe::TractEngine;
 use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
 use lethe_siu::unlearn::language;
@@ -44,47 +44,25 @@ pub struct Engines {
     pub provider_note: Option<String>,
 }
 
-/// Picks the first provider of `chain` this build of lethe-model offers.
-pub fn choose_provider(chain: &[&str]) -> (Provider, String, Option<String>) {
-    let mut skipped = Vec::new();
-    for p in chain {
-        match *p {
-            "cpu" => {
-                let note = (!skipped.is_empty()).then(|| {
-                    format!(
-                        "{} not available in this build of lethe-model (CPU only); fell back to cpu",
-                        skipped.join(", ")
-                    )
-                });
-                return (Provider::Cpu, "cpu".into(), note);
-            }
-            other => skipped.push(other.to_string()),
-        }
-    }
-    (
-        Provider::Cpu,
-        "cpu".into(),
-        Some("empty provider chain; using cpu".into()),
-    )
-}
-
 impl Engines {
     /// Opens (and hash-checks) the package and builds the ORT and tract engines.
     pub fn load(cfg: &Config) -> Result<Engines, UpdateError> {
         let pkg = Package::open(&cfg.model_dir)?;
-        let (provider, name, note) = choose_provider(&cfg.provider_chain());
         let mut so = SessionOptions::default();
-        so.provider(provider);
+        so.provider(cfg.provider()).gpu(cfg.gpu_options());
         let ort = OrtEngine::new(&pkg, &so)?;
         let train = TrainStep::new(&pkg, &so)?;
         let tract = TractEngine::new(&pkg)?;
+        // The update's optimizer steps run on the train-step session: its provider is the
+        // one status and receipts report.
+        let report = train.provider().clone();
         Ok(Engines {
             pkg,
             ort,
             train,
             tract,
-            provider: name,
-            provider_note: note,
+            provider: report.used.name().to_string(),
+            provider_note: report.note(),
         })
     }
 }
@@ -290,15 +268,6 @@ pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_missing_provider_falls_back_to_cpu_and_says_so() {
-        let (_, used, note) = choose_provider(&["tensorrt", "cuda", "cpu"]);
-        assert_eq!(used, "cpu");
-        assert!(note.unwrap().contains("tensorrt, cuda"));
-        let (_, _, note) = choose_provider(&["cpu"]);
-        assert!(note.is_none());
-    }
 
     #[test]
     fn thresholds_no_update_can_meet_fail_verification() {

@@ -5,7 +5,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::package::Package;
-use crate::runtime::{build_session, SessionOptions};
+use crate::runtime::{build_session, ProviderReport, SessionOptions};
 use ndarray::{Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Ix3};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -120,16 +120,36 @@ pub struct OrtEngine {
     vision: Session,
     decoder: Session,
     dims: GraphDims,
+    provider: ProviderReport,
 }
 
 impl OrtEngine {
     /// Opens both inference graphs of a (verified) package.
     pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<OrtEngine> {
+        let (vision, v) = build_session(&pkg.vision_path(), opts)?;
+        let (decoder, d) = build_session(&pkg.decoder_path(), opts)?;
+        let mut fallbacks = v.fallbacks;
+        for f in d.fallbacks {
+            if !fallbacks.contains(&f) {
+                fallbacks.push(f);
+            }
+        }
         Ok(OrtEngine {
-            vision: build_session(&pkg.vision_path(), opts)?,
-            decoder: build_session(&pkg.decoder_path(), opts)?,
+            vision,
+            decoder,
             dims: GraphDims::from_package(pkg),
+            // The engine is as fast as its slower session: report the later provider of
+            // the chain if the two differ.
+            provider: ProviderReport {
+                used: v.used.max(d.used),
+                fallbacks,
+            },
         })
+    }
+
+    /// The execution provider the sessions run on.
+    pub fn provider(&self) -> &ProviderReport {
+        &self.provider
     }
 
     /// The graph dimensions this engine checks against.

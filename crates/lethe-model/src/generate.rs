@@ -80,7 +80,10 @@ pub fn gather_features(
     Ok((out, has))
 }
 
-/// Greedy answers as token ids (without eos).
+/// Greedy answers as token ids (without eos). Invariant: an answer always leaves room for
+/// eos, so every generated answer can be laid out again by [`Tokenizer::sequence`] (SIU
+/// trains on the model's own answers): a model that never says eos is cut at
+/// `text_len - 1` tokens.
 pub fn answer_tokens(
     engine: &mut dyn Engine,
     adapter: &[f32],
@@ -123,7 +126,7 @@ pub fn answer_tokens(
                 answers[start + r].push(next);
                 tokens[[r, lens[r]]] = next;
                 lens[r] += 1;
-                if lens[r] < t_len {
+                if lens[r] + 1 < t_len {
                     still.push(r);
                 }
             }
@@ -319,6 +322,48 @@ mod tests {
             e.calls, 2,
             "one call per generated token, finished rows dropped"
         );
+    }
+
+    /// A model that never says eos: always `yes`.
+    struct Rambler;
+
+    impl Engine for Rambler {
+        fn name(&self) -> &str {
+            "rambler"
+        }
+        fn features(&mut self, images: ArrayView4<f32>) -> Result<Array3<f32>> {
+            Ok(Array3::from_elem((images.shape()[0], 1, 2), 1.0))
+        }
+        fn logits(
+            &mut self,
+            _adapter: &[f32],
+            _features: ArrayView3<f32>,
+            _has_image: ArrayView1<f32>,
+            tokens: ArrayView2<i32>,
+        ) -> Result<Array3<f32>> {
+            let (b, t) = tokens.dim();
+            let mut out = Array3::zeros((b, t, 8));
+            out.slice_mut(s![.., .., 5]).fill(1.0);
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn an_answer_without_eos_is_cut_so_it_still_fits_a_training_sequence() {
+        let t = tok();
+        let feats = Array3::zeros((0, 1, 2));
+        let got = answer(
+            &mut Rambler,
+            &[],
+            &t,
+            feats.view(),
+            &[Query::text("is this")],
+        )
+        .unwrap();
+        // [bos] is this [sep] = 4 of 8 positions; 3 answer words leave room for eos.
+        assert_eq!(got, vec!["yes yes yes"]);
+        let seq = t.sequence("is this", &got[0]).unwrap();
+        assert_eq!(seq.len, 8);
     }
 
     #[test]

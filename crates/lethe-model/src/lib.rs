@@ -38,6 +38,6 @@ pub use fixtures::Fixtures;
 pub use generate::{answer, logprobs, score, Query};
 pub use manifest::Manifest;
 pub use package::{AdapterVersionInfo, Package, Probe, ProbeSet};
-pub use runtime::{Provider, SessionOptions};
+pub use runtime::{GpuOptions, Provider, ProviderReport, SessionOptions};
 pub use tokenizer::{Sequence, Tokenizer};
 pub use train::{StepLosses, TrainBatch, TrainShape, TrainState, TrainStep};

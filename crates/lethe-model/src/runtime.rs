@@ -21,13 +21,77 @@ pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 /// Environment variable naming the library to load (set it on a Jetson).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
-/// Where sessions run. Only the CPU provider exists today; CUDA and TensorRT (with CPU
-/// fallback, for the Jetson build of ONNX Runtime) are a later issue and slot in here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// An ONNX Runtime execution provider Lethe can ask for. On a Jetson the train step runs on
+/// TensorRT or CUDA; here (PyPI's CPU library) only `Cpu` is in the library, and a session
+/// asked for a GPU provider falls back along [`Provider::chain_from`] to the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Provider {
+    /// NVIDIA TensorRT (registered together with CUDA, which takes the nodes TensorRT
+    /// does not).
+    TensorRt,
+    /// NVIDIA CUDA.
+    Cuda,
     /// ONNX Runtime's default CPU execution provider.
     #[default]
     Cpu,
+}
+
+impl Provider {
+    /// Every provider, in fallback order.
+    pub const ALL: [Provider; 3] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu];
+
+    /// The name used in configuration, status and receipts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+
+    /// Parses a configuration name (`tensorrt`, `cuda`, `cpu`).
+    pub fn parse(s: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The name ONNX Runtime lists in `GetAvailableProviders`.
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            Provider::TensorRt => "TensorrtExecutionProvider",
+            Provider::Cuda => "CUDAExecutionProvider",
+            Provider::Cpu => "CPUExecutionProvider",
+        }
+    }
+
+    /// The fallback chain starting at `self`: tensorrt -> cuda -> cpu. Always ends with
+    /// `Cpu`, so a missing GPU provider never fails a session.
+    pub fn chain_from(self) -> Vec<Provider> {
+        Provider::ALL.into_iter().filter(|p| *p >= self).collect()
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of the GPU providers (ignored by the CPU provider).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GpuOptions {
+    /// CUDA device ordinal (a Jetson has one: 0).
+    pub device_id: u32,
+    /// Let TensorRT build fp16 engines. Off by default: the train step's gradients are
+    /// checked against fp32 fixtures, and fp16 changes them.
+    pub fp16: bool,
+    /// Where TensorRT keeps built engines (building one takes minutes on a Jetson; the cache
+    /// makes every later start fast). `None`: no cache.
+    pub trt_engine_cache_dir: Option<PathBuf>,
+    /// TensorRT builder workspace limit in bytes (`None`: TensorRT's default).
+    pub trt_workspace_bytes: Option<u64>,
+    /// CUDA memory arena limit in bytes (`None`: no limit). A Jetson shares its memory
+    /// between CPU and GPU, so the camera pipeline needs this bounded.
+    pub cuda_memory_limit_bytes: Option<u64>,
 }
 
 /// How ONNX Runtime sessions are built.
@@ -35,8 +99,10 @@ pub enum Provider {
 pub struct SessionOptions {
     /// Intra-op threads per session (default 2: a Jetson-class CPU shares its cores).
     pub intra_threads: usize,
-    /// Execution provider.
+    /// The preferred execution provider; sessions fall back along its chain.
     pub provider: Provider,
+    /// GPU provider options.
+    pub gpu: GpuOptions,
 }
 
 impl Default for SessionOptions {
@@ -44,6 +110,7 @@ impl Default for SessionOptions {
         SessionOptions {
             intra_threads: 2,
             provider: Provider::Cpu,
+            gpu: GpuOptions::default(),
         }
     }
 }
@@ -55,11 +122,149 @@ impl SessionOptions {
         self
     }
 
-    /// Sets the execution provider.
+    /// Sets the preferred execution provider.
     pub fn provider(&mut self, p: Provider) -> &mut Self {
         self.provider = p;
         self
     }
+
+    /// Sets the GPU provider options.
+    pub fn gpu(&mut self, g: GpuOptions) -> &mut Self {
+        self.gpu = g;
+        self
+    }
+}
+
+/// Which provider a session actually runs on, and why any preferred one was passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderReport {
+    /// The provider the session was built with.
+    pub used: Provider,
+    /// One line per provider of the chain that was skipped or failed, in chain order.
+    pub fallbacks: Vec<String>,
+}
+
+impl ProviderReport {
+    /// The fallback lines joined into one note, `None` when the preferred provider is used.
+    pub fn note(&self) -> Option<String> {
+        (!self.fallbacks.is_empty()).then(|| self.fallbacks.join("; "))
+    }
+}
+
+/// One attempt at building a session: the providers registered, in priority order. TensorRT
+/// is registered with CUDA behind it (ONNX Runtime gives CUDA the nodes TensorRT rejects);
+/// CPU registers nothing (it is ONNX Runtime's implicit last resort).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub provider: Provider,
+    pub register: Vec<Provider>,
+}
+
+/// Plans the attempts for `preferred` given the providers the loaded library offers (names
+/// as `GetAvailableProviders` gives them). Providers the library lacks are skipped with a
+/// note; the plan always ends with the CPU attempt.
+pub fn plan_attempts(preferred: Provider, available: &[String]) -> (Vec<Attempt>, Vec<String>) {
+    let has = |p: Provider| available.iter().any(|a| a == p.ort_name());
+    let mut attempts = Vec::new();
+    let mut skipped = Vec::new();
+    for p in preferred.chain_from() {
+        match p {
+            Provider::Cpu => attempts.push(Attempt {
+                provider: p,
+                register: Vec::new(),
+            }),
+            _ if !has(p) => skipped.push(format!(
+                "{p}: not in this ONNX Runtime library (it offers {})",
+                if available.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    available.join(", ")
+                }
+            )),
+            Provider::TensorRt => attempts.push(Attempt {
+                provider: p,
+                register: if has(Provider::Cuda) {
+                    vec![Provider::TensorRt, Provider::Cuda]
+                } else {
+                    vec![Provider::TensorRt]
+                },
+            }),
+            Provider::Cuda => attempts.push(Attempt {
+                provider: p,
+                register: vec![Provider::Cuda],
+            }),
+        }
+    }
+    (attempts, skipped)
+}
+
+/// The ONNX Runtime provider options (keys as in ONNX Runtime's provider documentation) for
+/// one GPU provider, from `gpu`. Empty for the CPU provider.
+pub fn provider_settings(p: Provider, gpu: &GpuOptions) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    match p {
+        Provider::Cpu => return out,
+        Provider::Cuda => {
+            out.push(("device_id", gpu.device_id.to_string()));
+            if let Some(limit) = gpu.cuda_memory_limit_bytes {
+                out.push(("gpu_mem_limit", limit.to_string()));
+            }
+        }
+        Provider::TensorRt => {
+            out.push(("device_id", gpu.device_id.to_string()));
+            out.push(("trt_fp16_enable", u8::from(gpu.fp16).to_string()));
+            if let Some(dir) = &gpu.trt_engine_cache_dir {
+                let dir = dir.display().to_string();
+                out.push(("trt_engine_cache_enable", "1".into()));
+                out.push(("trt_engine_cache_path", dir.clone()));
+                out.push(("trt_timing_cache_enable", "1".into()));
+                out.push(("trt_timing_cache_path", dir));
+            }
+            if let Some(bytes) = gpu.trt_workspace_bytes {
+                out.push(("trt_max_workspace_size", bytes.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The ORT registration of one GPU provider with `gpu`'s options, erroring instead of
+/// falling back silently, so the caller knows which provider the session really has.
+fn dispatch(p: Provider, gpu: &GpuOptions) -> Option<ort::ep::ExecutionProviderDispatch> {
+    use ort::ep::{ArbitrarilyConfigurableExecutionProvider, TensorRT, CUDA};
+    let settings = provider_settings(p, gpu);
+    let ep = match p {
+        Provider::Cpu => return None,
+        Provider::Cuda => settings
+            .into_iter()
+            .fold(CUDA::default(), |ep, (k, v)| ep.with_arbitrary_config(k, v))
+            .build(),
+        Provider::TensorRt => settings
+            .into_iter()
+            .fold(TensorRT::default(), |ep, (k, v)| {
+                ep.with_arbitrary_config(k, v)
+            })
+            .build(),
+    };
+    Some(ep.error_on_failure())
+}
+
+/// The execution providers the loaded ONNX Runtime library was built with.
+pub fn available_providers() -> Result<Vec<String>> {
+    environment()?;
+    let mut out = Vec::new();
+    for p in Provider::ALL {
+        let ok = match p {
+            Provider::TensorRt => <ort::ep::TensorRT as ort::ep::ExecutionProvider>::is_available(),
+            Provider::Cuda => <ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available(),
+            Provider::Cpu => Ok(true),
+        }
+        .map_err(|e| ModelError::OrtInit(format!("listing execution providers: {e}")))?;
+        if ok {
+            out.push(p.ort_name().to_string());
+        }
+    }
+    Ok(out)
 }
 
 /// The architecture directory name under `.cache/ort/`.
@@ -169,8 +374,41 @@ fn init_environment() -> std::result::Result<Environment, String> {
         })
 }
 
-/// Builds a session for one graph file with the given options.
-pub(crate) fn build_session(path: &Path, opts: &SessionOptions) -> Result<Session> {
+/// Builds a session for one graph file, trying the providers of `opts.provider`'s chain in
+/// order until one builds (a GPU provider that fails to register or to build the session is
+/// noted and passed over; the CPU attempt is last). Returns the session and which provider
+/// it runs on.
+pub(crate) fn build_session(
+    path: &Path,
+    opts: &SessionOptions,
+) -> Result<(Session, ProviderReport)> {
+    let (attempts, mut fallbacks) = if opts.provider == Provider::Cpu {
+        plan_attempts(Provider::Cpu, &[])
+    } else {
+        plan_attempts(opts.provider, &available_providers()?)
+    };
+    let mut last_err = None;
+    for a in attempts {
+        match build_with(path, opts, &a.register) {
+            Ok(session) => {
+                return Ok((
+                    session,
+                    ProviderReport {
+                        used: a.provider,
+                        fallbacks,
+                    },
+                ))
+            }
+            Err(e) if a.provider != Provider::Cpu => {
+                fallbacks.push(format!("{}: {e}", a.provider));
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("the plan ends with the CPU attempt"))
+}
+
+fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Result<Session> {
     let env = environment()?;
     let file = path.display().to_string();
     let err = |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::OrtSession {
@@ -189,9 +427,12 @@ pub(crate) fn build_session(path: &Path, opts: &SessionOptions) -> Result<Sessio
         // Warnings (e.g. unused initializers of JAX-exported graphs) are noise on a CLI.
         .with_log_level(LogLevel::Error)
         .map_err(err)?;
-    match opts.provider {
-        // The default provider list is CPU only; CUDA/TensorRT registration goes here.
-        Provider::Cpu => {}
+    let eps: Vec<_> = register
+        .iter()
+        .filter_map(|p| dispatch(*p, &opts.gpu))
+        .collect();
+    if !eps.is_empty() {
+        builder = builder.with_execution_providers(eps).map_err(err)?;
     }
     builder
         .commit_from_file(path)
@@ -204,6 +445,129 @@ pub(crate) fn build_session(path: &Path, opts: &SessionOptions) -> Result<Sessio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(ps: &[Provider]) -> Vec<String> {
+        ps.iter().map(|p| p.ort_name().to_string()).collect()
+    }
+
+    #[test]
+    fn provider_names_round_trip_and_chains_end_with_cpu() {
+        for p in Provider::ALL {
+            assert_eq!(Provider::parse(p.name()), Some(p));
+            assert_eq!(*p.chain_from().last().unwrap(), Provider::Cpu);
+        }
+        assert_eq!(Provider::parse("gpu"), None);
+        assert_eq!(
+            Provider::TensorRt.chain_from(),
+            vec![Provider::TensorRt, Provider::Cuda, Provider::Cpu]
+        );
+        assert_eq!(
+            Provider::Cuda.chain_from(),
+            vec![Provider::Cuda, Provider::Cpu]
+        );
+        assert_eq!(Provider::Cpu.chain_from(), vec![Provider::Cpu]);
+    }
+
+    #[test]
+    fn a_cpu_only_library_skips_the_gpu_providers_with_a_reason() {
+        let (attempts, skipped) = plan_attempts(Provider::TensorRt, &names(&[Provider::Cpu]));
+        assert_eq!(
+            attempts,
+            vec![Attempt {
+                provider: Provider::Cpu,
+                register: vec![]
+            }]
+        );
+        assert_eq!(skipped.len(), 2);
+        assert!(skipped[0].starts_with("tensorrt: not in this ONNX Runtime library"));
+        assert!(skipped[1].starts_with("cuda: "));
+        assert!(skipped[0].contains("CPUExecutionProvider"), "{skipped:?}");
+    }
+
+    #[test]
+    fn tensorrt_is_registered_with_cuda_behind_it_then_cuda_then_cpu() {
+        let (attempts, skipped) = plan_attempts(Provider::TensorRt, &names(&Provider::ALL));
+        assert!(skipped.is_empty());
+        let got: Vec<_> = attempts
+            .iter()
+            .map(|a| (a.provider, a.register.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Provider::TensorRt, vec![Provider::TensorRt, Provider::Cuda]),
+                (Provider::Cuda, vec![Provider::Cuda]),
+                (Provider::Cpu, vec![]),
+            ]
+        );
+        // A library with TensorRT but no CUDA provider registers TensorRT alone.
+        let (attempts, skipped) = plan_attempts(
+            Provider::TensorRt,
+            &names(&[Provider::TensorRt, Provider::Cpu]),
+        );
+        assert_eq!(attempts[0].register, vec![Provider::TensorRt]);
+        assert_eq!(skipped.len(), 1);
+        // Asking for CUDA never tries TensorRT.
+        let (attempts, _) = plan_attempts(Provider::Cuda, &names(&Provider::ALL));
+        assert!(attempts.iter().all(|a| a.provider != Provider::TensorRt));
+    }
+
+    #[test]
+    fn the_report_note_is_empty_only_without_fallbacks() {
+        let r = ProviderReport {
+            used: Provider::Cuda,
+            fallbacks: vec![],
+        };
+        assert_eq!(r.note(), None);
+        let r = ProviderReport {
+            used: Provider::Cpu,
+            fallbacks: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(r.note().as_deref(), Some("a; b"));
+    }
+
+    #[test]
+    fn gpu_options_become_onnx_runtime_provider_options() {
+        let gpu = GpuOptions {
+            device_id: 1,
+            fp16: true,
+            trt_engine_cache_dir: Some(PathBuf::from("/var/lib/lethe/trt")),
+            trt_workspace_bytes: Some(1 << 30),
+            cuda_memory_limit_bytes: Some(1 << 29),
+        };
+        assert!(provider_settings(Provider::Cpu, &gpu).is_empty());
+        assert!(dispatch(Provider::Cpu, &gpu).is_none());
+        let cuda = provider_settings(Provider::Cuda, &gpu);
+        assert_eq!(
+            cuda,
+            vec![
+                ("device_id", "1".into()),
+                ("gpu_mem_limit", "536870912".into())
+            ]
+        );
+        let trt: std::collections::BTreeMap<_, _> = provider_settings(Provider::TensorRt, &gpu)
+            .into_iter()
+            .collect();
+        assert_eq!(trt["device_id"], "1");
+        assert_eq!(trt["trt_fp16_enable"], "1");
+        assert_eq!(trt["trt_engine_cache_enable"], "1");
+        assert_eq!(trt["trt_engine_cache_path"], "/var/lib/lethe/trt");
+        assert_eq!(trt["trt_max_workspace_size"], "1073741824");
+        // Defaults: fp32, no cache, no limits.
+        let trt = provider_settings(Provider::TensorRt, &GpuOptions::default());
+        assert_eq!(
+            trt,
+            vec![("device_id", "0".into()), ("trt_fp16_enable", "0".into())]
+        );
+        assert_eq!(
+            dispatch(Provider::TensorRt, &gpu).unwrap().name(),
+            "TensorrtExecutionProvider"
+        );
+        assert_eq!(
+            dispatch(Provider::Cuda, &gpu).unwrap().name(),
+            "CUDAExecutionProvider"
+        );
+    }
 
     #[test]
     fn explicit_env_path_wins_over_cache() {

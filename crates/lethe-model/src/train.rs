@@ -7,7 +7,7 @@
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::package::Package;
-use crate::runtime::{build_session, SessionOptions};
+use crate::runtime::{build_session, ProviderReport, SessionOptions};
 use ndarray::{arr0, Array1, Array2, Array3, Ix1};
 use ort::session::Session;
 use ort::value::{Tensor, TensorRef};
@@ -137,12 +137,13 @@ impl TrainShape {
 pub struct TrainStep {
     session: Session,
     shape: TrainShape,
+    provider: ProviderReport,
 }
 
 impl TrainStep {
     /// Opens train_step.onnx and checks its interface against the manifest.
     pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
-        let session = build_session(&pkg.train_step_path(), opts)?;
+        let (session, provider) = build_session(&pkg.train_step_path(), opts)?;
         let spec = &pkg.manifest().graphs.train_step;
         let ins: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
@@ -168,7 +169,16 @@ impl TrainStep {
                 }
             }
         }
-        Ok(TrainStep { session, shape })
+        Ok(TrainStep {
+            session,
+            shape,
+            provider,
+        })
+    }
+
+    /// The execution provider the session runs on.
+    pub fn provider(&self) -> &ProviderReport {
+        &self.provider
     }
 
     /// The graph's fixed shapes.

@@ -353,3 +353,51 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !c
 }
+
+/// Asking for TensorRT never fails a session: on a library without the GPU providers (PyPI's
+/// CPU build, as here and in CI) the sessions fall back to the CPU and say why; on a library
+/// with them the sessions run there. Either way the numbers agree with the CPU session.
+#[test]
+fn a_gpu_provider_falls_back_along_its_chain_and_reports_the_one_used() {
+    use lethe_model::runtime::available_providers;
+    use lethe_model::{GpuOptions, Provider};
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let available = available_providers().unwrap();
+    assert!(available.iter().any(|p| p == "CPUExecutionProvider"));
+    let mut gpu = SessionOptions::default();
+    gpu.provider(Provider::TensorRt).gpu(GpuOptions {
+        fp16: false,
+        trt_engine_cache_dir: Some(std::env::temp_dir().join("lethe-trt-cache-test")),
+        ..Default::default()
+    });
+    let mut cpu_step = TrainStep::new(&pkg, &SessionOptions::default()).unwrap();
+    let mut gpu_step = TrainStep::new(&pkg, &gpu).unwrap();
+    assert_eq!(cpu_step.provider().used, Provider::Cpu);
+    assert_eq!(cpu_step.provider().note(), None);
+    let report = gpu_step.provider().clone();
+    println!("asked tensorrt, library offers {available:?}: {report:?}");
+    if available.iter().any(|p| p == "TensorrtExecutionProvider") {
+        assert_ne!(report.used, Provider::Cpu, "{report:?}");
+    } else {
+        assert_eq!(report.used, Provider::Cpu);
+        let note = report.note().unwrap();
+        assert!(
+            note.contains("tensorrt: not in this ONNX Runtime library")
+                && note.contains("cuda: not in this ONNX Runtime library"),
+            "{note}"
+        );
+    }
+    let (mut a, mut b) = (fx.state.clone(), fx.state.clone());
+    let la = cpu_step
+        .run(&mut a, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+        .unwrap();
+    let lb = gpu_step
+        .run(&mut b, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+        .unwrap();
+    assert!((la.loss - lb.loss).abs() <= fx.tolerance.loss_abs as f32);
+    assert!(max_abs_diff(&a.params, &b.params) as f64 <= fx.tolerance.params_abs);
+    // The inference engine reports the same way.
+    let eng = OrtEngine::new(&pkg, &gpu).unwrap();
+    assert_eq!(eng.provider().used, report.used);
+}

@@ -139,7 +139,11 @@ async fn kill_9_at_random_points_leaves_a_valid_model_and_one_terminal_state() {
             assert_eq!(terminal, 1, "iteration {i}: {terminal} terminal records");
             assert!(mine.iter().filter(|x| x["state"] == "committed").count() <= 1);
         }
-        eprintln!("CRASH iteration {i}: killed after {delay:.2} s in phase {phase}; outcome {} in {took:.1} s", r.verdict.name());
+        eprintln!(
+            "CRASH iteration {i}: killed after {delay:.2} s in phase {phase}; outcome {} in {took:.1} s{}",
+            r.verdict.name(),
+            r.reason.as_deref().map(|w| format!(" ({w})")).unwrap_or_default()
+        );
         agent.stop();
     }
     eprintln!(

@@ -154,18 +154,31 @@ max_fluency_increase_pct = 1000.0
 async fn a_verification_failure_rolls_back_and_says_why() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(tmp.path());
+    // Also: TensorRT asked for on a CPU-only ONNX Runtime library. The forget still runs,
+    // on the CPU, and status and receipt say so.
     let f = fixture(
         &broker,
-        &FAST.replace("min_generality = 0.0", "min_generality = 1.01"),
+        &format!(
+            "execution_provider = \"tensorrt\"\n{}[gpu]\nfp16 = true\ntrt_workspace_mb = 256\n",
+            FAST.replace("min_generality = 0.0", "min_generality = 1.01")
+        ),
     );
     let mut agent = Agent::start(&f);
     let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let status = op.wait_online(Duration::from_secs(120)).await;
+    assert_eq!(status["provider_requested"], "tensorrt", "{status}");
+    assert_eq!(status["execution_provider"], "cpu", "{status}");
+    let note = status["provider_note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("tensorrt: not in this ONNX Runtime library"),
+        "{status}"
+    );
     op.push(sign(&spec("op-1", 1, WHO), &f.op)).await;
     let r = op
         .receipt("op-1", &f.device_pub, Duration::from_secs(600))
         .await;
     assert_eq!(r.verdict, Verdict::RolledBack, "{r:?}");
+    assert_eq!(r.execution_provider.as_deref(), Some("cpu"));
     let why = r.reason.clone().unwrap_or_default();
     assert!(why.contains("generality"), "{why}");
     assert_eq!(r.model_hash_after, base_hash());
