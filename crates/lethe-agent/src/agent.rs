@@ -421,8 +421,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                                 sh.event(&st.name(), "accepted", serde_json::json!({"concept": st.concept}));
                                 if let Some(permit) = permit { permit.send(st.env.clone()); }
                             } else {
-                                log!("rejected {}: {}", st.name(), st.reason.as_deref().unwrap_or(""));
-                                sh.event(&st.name(), "rejected", serde_json::json!({"reason": st.reason}));
+                                let what = st.phase.name();
+                                log!("{what} {}: {}", st.name(), st.reason.as_deref().unwrap_or(""));
+                                sh.event(&st.name(), what, serde_json::json!({"reason": st.reason}));
                                 sh.publish_receipt(&st);
                             }
                             sh.publish_status();
@@ -508,12 +509,16 @@ fn spawn_selfcheck(sh: Arc<Shared>) -> JoinHandle<()> {
 fn intake(sh: &Shared, bytes: &[u8], slot: bool) -> Result<Intake, AgentError> {
     let env = sha256_hex(bytes);
     let mut j = sh.journal.lock().unwrap();
-    if let Some(st) = j.get(&env) {
-        return Ok(Intake::Duplicate(st.clone()));
+    match j.get(&env) {
+        // Deferred (busy) before: nothing was applied, decide again.
+        Some(st) if st.phase == Phase::Deferred => {}
+        Some(st) => return Ok(Intake::Duplicate(st.clone())),
+        None => {
+            let path = sh.commands_dir.join(format!("{env}.env"));
+            write_atomic(&path, bytes).map_err(io(format!("storing {}", path.display())))?;
+            j.append(&env, Event::Received)?;
+        }
     }
-    let path = sh.commands_dir.join(format!("{env}.env"));
-    write_atomic(&path, bytes).map_err(io(format!("storing {}", path.display())))?;
-    j.append(&env, Event::Received)?;
     let st = decide(sh, &mut j, &env, bytes, slot)?;
     Ok(Intake::Decided(st))
 }
@@ -530,9 +535,9 @@ fn decide(
     let current = sh.store.lock().unwrap().current_hash().to_string();
     // Everything but replay first, so that a resend of a known id is recognised as such.
     let verdict = match verify_command(bytes, &sh.trust, &sh.device, &ReplayState::new(), now) {
-        Err(r) => Err((r.code().to_string(), r.to_string())),
+        Err(r) => Err((r.code().to_string(), r.to_string(), None)),
         Ok((cmd, _)) => {
-            if let Some(known) = j.by_id(cmd.id.as_str()) {
+            if let Some(known) = j.by_id(cmd.id.as_str()).filter(|k| k.env != env) {
                 Err((
                     "duplicate-id".to_string(),
                     format!(
@@ -540,17 +545,20 @@ fn decide(
                         cmd.id.as_str(),
                         known.phase.name()
                     ),
+                    None,
                 ))
             } else {
                 let replay = sh.replay.lock().unwrap().clone();
                 match replay.check(cmd.issuer.as_str(), cmd.seq) {
-                    Err(r) => Err((r.code().to_string(), r.to_string())),
+                    Err(r) => Err((r.code().to_string(), r.to_string(), None)),
                     Ok(_) if !slot => Err((
                         "busy".to_string(),
                         format!(
-                            "an update is running and {} more are queued; send again later",
+                            "an update is running and {} more are queued; send the same \
+                             command again later",
                             sh.cfg.queue_capacity
                         ),
+                        Some(cmd.id.as_str().to_string()),
                     )),
                     Ok(next) => Ok((cmd, next)),
                 }
@@ -574,8 +582,11 @@ fn decide(
             *sh.replay.lock().unwrap() = next;
             Ok(st.clone())
         }
-        Err((code, reason)) => {
-            let st = j.get(env).expect("received").clone();
+        Err((code, reason, busy_id)) => {
+            let mut st = j.get(env).expect("received").clone();
+            if busy_id.is_some() {
+                st.id = busy_id.clone();
+            }
             let receipt = sh.receipt(
                 &st,
                 Verdict::Rejected,
@@ -584,15 +595,20 @@ fn decide(
                 &current,
                 BTreeMap::new(),
             );
-            Ok(j.append(
-                env,
+            let event = if let Some(id) = busy_id {
+                Event::Deferred {
+                    id,
+                    reason,
+                    receipt,
+                }
+            } else {
                 Event::Rejected {
                     code,
                     reason,
                     receipt,
-                },
-            )?
-            .clone())
+                }
+            };
+            Ok(j.append(env, event)?.clone())
         }
     }
 }
@@ -612,6 +628,7 @@ async fn recover(sh: &Arc<Shared>, job_tx: &mpsc::Sender<String>) -> Result<(), 
                 recovery(&st, store.current_hash(), |h| store.has(h))
             };
             match plan {
+                Recovery::Wait => {}
                 Recovery::Done => {
                     // Receipts are retained: re-publish the recent ones in case the crash
                     // came before the broker had them.

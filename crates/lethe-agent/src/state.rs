@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! received -> rejected
+//!          -> deferred (busy) -> (resent) rejected | accepted | deferred
 //!          -> accepted -> preparing -> training(k/n)* -> verifying
 //!                      -> committing -> committed
 //!                      -> rolled_back | failed
@@ -11,7 +12,9 @@
 //! No I/O here: [`apply`] folds one event into a state or refuses an illegal transition,
 //! [`recovery`] says what a restarted agent must do with a command it finds unfinished.
 //! Invariant: a terminal state (rejected, committed, rolled_back, failed) never changes, so
-//! a command is applied at most once whatever is redelivered or replayed.
+//! a command is applied at most once whatever is redelivered or replayed. `deferred` (the
+//! queue was full) is not terminal: nothing was applied and the sequence number was not
+//! consumed, so a resend of the same envelope is decided again.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,6 +28,13 @@ pub enum Event {
     /// Refused (a rejection code from lethe-proto, or `busy`); model untouched.
     Rejected {
         code: String,
+        reason: String,
+        receipt: String,
+    },
+    /// Valid, but the queue was full (`busy`): not applied, sequence not consumed. A resend
+    /// of the same envelope is decided again.
+    Deferred {
+        id: String,
         reason: String,
         receipt: String,
     },
@@ -72,6 +82,7 @@ impl Event {
         match self {
             Event::Received => "received",
             Event::Rejected { .. } => "rejected",
+            Event::Deferred { .. } => "deferred",
             Event::Accepted { .. } => "accepted",
             Event::Restarted { .. } => "restarted",
             Event::Preparing => "preparing",
@@ -91,6 +102,7 @@ impl Event {
 pub enum Phase {
     Received,
     Rejected,
+    Deferred,
     Accepted,
     Preparing,
     Training,
@@ -113,6 +125,7 @@ impl Phase {
         match self {
             Phase::Received => "received",
             Phase::Rejected => "rejected",
+            Phase::Deferred => "deferred",
             Phase::Accepted => "accepted",
             Phase::Preparing => "preparing",
             Phase::Training => "training",
@@ -206,7 +219,7 @@ pub fn apply(
     use Phase as P;
     match (from, event) {
         (
-            P::Received,
+            P::Received | P::Deferred,
             Event::Rejected {
                 code,
                 reason,
@@ -218,7 +231,20 @@ pub fn apply(
             s.receipt = Some(receipt.clone());
         }
         (
-            P::Received,
+            P::Received | P::Deferred,
+            Event::Deferred {
+                id,
+                reason,
+                receipt,
+            },
+        ) => {
+            s.phase = P::Deferred;
+            s.id = Some(id.clone());
+            s.reason = Some(format!("busy: {reason}"));
+            s.receipt = Some(receipt.clone());
+        }
+        (
+            P::Received | P::Deferred,
             Event::Accepted {
                 id,
                 issuer,
@@ -283,6 +309,8 @@ pub fn apply(
 pub enum Recovery {
     /// Terminal: nothing to do but re-publish its receipt.
     Done,
+    /// Deferred (busy): nothing to do until the operator resends it.
+    Wait,
     /// Only `received`: verify the stored envelope again.
     Reverify,
     /// Run the update again from `base` (the store still holds it as current).
@@ -301,6 +329,9 @@ pub enum Recovery {
 pub fn recovery(st: &CommandState, current: &str, store_has: impl Fn(&str) -> bool) -> Recovery {
     if st.phase.is_terminal() {
         return Recovery::Done;
+    }
+    if st.phase == Phase::Deferred {
+        return Recovery::Wait;
     }
     if st.phase == Phase::Received {
         return Recovery::Reverify;
@@ -509,5 +540,45 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(recovery(&s, "x", |_| false), Recovery::Done);
+    }
+
+    #[test]
+    fn a_busy_command_is_deferred_and_decided_again_when_resent() {
+        let busy = Event::Deferred {
+            id: "op-1".into(),
+            reason: "queue full".into(),
+            receipt: "r1".into(),
+        };
+        let s = run(&[Event::Received, busy.clone()]).unwrap();
+        assert_eq!(s.phase, Phase::Deferred);
+        assert!(!s.phase.is_terminal());
+        assert_eq!(s.reason.as_deref(), Some("busy: queue full"));
+        assert_eq!(s.name(), "op-1", "verified, so named by its id");
+        assert_eq!(recovery(&s, "x", |_| false), Recovery::Wait);
+        // Resent while still busy, then resent and accepted: runs like any other.
+        let s = run(&[
+            Event::Received,
+            busy.clone(),
+            busy.clone(),
+            accepted(),
+            Event::Preparing,
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::Preparing);
+        assert_eq!(s.name(), "op-1");
+        // Or rejected on the resend (it expired meanwhile): terminal as usual.
+        let s = run(&[
+            Event::Received,
+            busy.clone(),
+            Event::Rejected {
+                code: "expired".into(),
+                reason: "x".into(),
+                receipt: "r2".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::Rejected);
+        // Deferred only from received or deferred.
+        assert!(run(&[Event::Received, accepted(), busy]).is_err());
     }
 }

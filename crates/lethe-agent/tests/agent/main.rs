@@ -8,4 +8,5 @@
 mod common;
 mod crash;
 mod e2e;
+mod fleet;
 mod rejections;

@@ -26,6 +26,8 @@ pub enum BenchCmd {
     Unlearn(UnlearnArgs),
     /// Forget K concepts one after another; how the model decays.
     Sequential(SequentialArgs),
+    /// Push to receipt through the agent, against the same update called directly.
+    Agent(super::bench_agent::AgentArgs),
 }
 
 #[derive(Args)]
@@ -192,6 +194,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Unlearn(a) => unlearn(a),
         BenchCmd::Sequential(a) => sequential(a),
+        BenchCmd::Agent(a) => super::bench_agent::run(a),
     }
 }
 

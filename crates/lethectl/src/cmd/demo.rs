@@ -7,18 +7,15 @@
 //! The package is used in place: the agent never writes it (its adapter versions live in
 //! the agent's state folder), so no copy is needed.
 
-use super::fleet::{publish, watch_receipts};
-use anyhow::{bail, Context, Result};
+use super::local::LocalDevice;
+use anyhow::{Context, Result};
 use clap::Args;
-use lethe_agent::{AgentHandle, Config, Overrides};
+use lethe_agent::AgentHandle;
 use lethe_model::generate::{answer, encode_images};
 use lethe_model::{Adapter, Package, Query};
 use lethe_probe::TractEngine;
-use lethe_proto::{sign_command, CommandSpec, SigningKey, TargetSpec, TrustStore};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -34,56 +31,6 @@ pub struct DemoArgs {
     /// Step budget of the update.
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn start_broker(port: u16) -> Result<()> {
-    let text = format!(
-        r#"id = 0
-[router]
-id = 0
-max_connections = 64
-max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:{port}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = 4194304
-max_inflight_count = 100
-dynamic_filters = true
-"#
-    );
-    let config: rumqttd::Config = toml::from_str(&text).context("broker config")?;
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        if let Err(e) = broker.start() {
-            eprintln!("broker stopped: {e}");
-        }
-    });
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("the in-process broker did not start on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn png(identity: u32, seed: u64) -> Result<Vec<u8>> {
-    let img = lethe_world::render_id(identity, seed)?;
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)?;
-    Ok(out.into_inner())
 }
 
 /// "who is this ?" on held-out renders of `identity`, with tract.
@@ -123,8 +70,6 @@ fn show(label: &str, name: &str, answers: &[String]) {
 
 pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let pkg = Package::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let work = tempfile::tempdir()?;
-    let d = work.path();
     let concept = lethe_world::identity(a.identity)
         .context("no such identity")?
         .name();
@@ -132,41 +77,20 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         .context("no such identity")?
         .name();
 
+    let mut dev = LocalDevice::new(
+        &a.model,
+        &pkg.manifest().model_id,
+        &format!("[update]\nmax_steps = {}\nallow_mismatch = true\n", a.steps),
+    )?;
     println!("== keys: an operator key the device trusts, and the device's own key");
-    let op = SigningKey::generate("operator")?;
-    let dev = SigningKey::generate("cam-01")?;
-    std::fs::write(d.join("device.key"), dev.to_file_string())?;
-    let mut trust = TrustStore::new();
-    trust.add(&op.public(), None, None)?;
-    std::fs::write(d.join("trust.json"), trust.to_json())?;
-    println!("  operator {}  device cam-01 {}", op.id(), dev.id());
-
-    let port = free_port()?;
-    start_broker(port)?;
-    let broker = format!("mqtt://127.0.0.1:{port}");
-    println!("== broker: rumqttd in-process on {broker}");
-
-    let model_dir = std::fs::canonicalize(&a.model)?;
-    let toml = format!(
-        r#"device_id = "cam-01"
-fleet = "demo"
-groups = ["lobby"]
-device_key = "device.key"
-trust_store = "trust.json"
-model_dir = "{}"
-state_dir = "state"
-broker = "{broker}"
-selfcheck_at_start = false
-selfcheck_interval_s = 0
-[update]
-max_steps = {}
-allow_mismatch = true
-"#,
-        model_dir.display(),
-        a.steps
+    println!(
+        "  operator {}  device {} {}",
+        dev.op.id(),
+        super::local::DEVICE,
+        dev.dev.id()
     );
-    let cfg = Config::from_toml(&toml, d, &Overrides::default())?;
-    let state = cfg.state_dir.clone();
+    println!("== broker: rumqttd in-process on {}", dev.broker);
+    let state = dev.cfg.state_dir.clone();
 
     println!("== the model BEFORE (tract, held-out images never trained on)");
     let mut tract = TractEngine::new(&pkg)?;
@@ -187,50 +111,24 @@ allow_mismatch = true
             "== agent: starting on the bundled model (state in {})",
             state.display()
         );
-        let agent = AgentHandle::spawn(cfg);
-        let t = lethe_agent::fsutil::now_unix();
-        let spec = CommandSpec {
-            id: "demo-1".into(),
-            issuer: "operator".into(),
-            seq: 1,
-            issued_at: t,
-            expires_at: t + 3600,
-            target: TargetSpec::Device("cam-01".into()),
-            model_id: pkg.manifest().model_id.clone(),
-            model_version: None,
-            concept: concept.clone(),
-            image: png(a.identity, 500_000 + u64::from(a.identity))?,
-            verify_images: vec![],
-            method: None,
-            steps: None,
-        };
-        let bytes = sign_command(&spec, &[&op])?;
-        let topic = lethe_agent::mqtt::device_cmd("demo", "cam-01");
+        let agent = AgentHandle::spawn(dev.cfg.clone());
+        let bytes = dev.forget_command("demo-1", a.identity)?;
+        let topic = lethe_agent::mqtt::device_cmd(super::local::FLEET, super::local::DEVICE);
+        // Wait for the agent to load the model and subscribe before pushing.
+        let v = dev.wait_online().await?;
+        println!(
+            "  agent online: model {} adapter {} provider {}",
+            v["model_id"],
+            &v["adapter_hash"].as_str().unwrap_or("")[..12],
+            v["execution_provider"]
+        );
         println!(
             "== push: forget {concept:?} (one image, signed by the operator, {} bytes) -> {topic}",
             bytes.len()
         );
-        // Wait for the agent to load the model and subscribe before pushing.
-        wait_online(&broker).await?;
-        let t0 = Instant::now();
-        publish(&broker, &topic, bytes).await?;
-        let mut devs = BTreeMap::new();
-        devs.insert("cam-01".to_string(), dev.public());
-        let got = watch_receipts(
-            &broker,
-            "demo",
-            "demo-1",
-            "-",
-            &devs,
-            Duration::from_secs(900),
-            false,
-        )
-        .await?;
-        let took = t0.elapsed();
+        let pushed = dev.push("demo-1", bytes, false).await;
         agent.stop().await?;
-        let Some(w) = got.into_iter().next() else {
-            bail!("no receipt from the agent")
-        };
+        let (w, took) = pushed?;
         let r = w.receipt;
         println!(
             "== receipt (signature verified with the device's public key), {:.1} s after the push",
@@ -254,35 +152,4 @@ allow_mismatch = true
         })
     })?;
     Ok(code)
-}
-
-async fn wait_online(broker: &str) -> Result<()> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let a = lethe_agent::config::parse_broker(broker).map_err(anyhow::Error::msg)?;
-    let (c, mut el) = AsyncClient::new(MqttOptions::new("demo-wait", a.host, a.port), 16);
-    let topic = lethe_agent::mqtt::status("demo", "cam-01");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        match tokio::time::timeout_at(deadline, el.poll()).await {
-            Err(_) => bail!("the agent did not come online"),
-            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                c.try_subscribe(&topic, QoS::AtLeastOnce)?
-            }
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                if v["state"] == "online" {
-                    println!(
-                        "  agent online: model {} adapter {} provider {}",
-                        v["model_id"],
-                        &v["adapter_hash"].as_str().unwrap_or("")[..12],
-                        v["execution_provider"]
-                    );
-                    let _ = c.disconnect().await;
-                    return Ok(());
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }

@@ -5,6 +5,7 @@ pub mod world;
 
 // Signed commands (lethe-proto): keys, trust store, signing, verification, receipts.
 pub mod bench;
+mod bench_agent;
 pub mod forget;
 mod fsutil;
 pub mod keys;
@@ -17,3 +18,4 @@ pub mod verify;
 // Fleet over MQTT (lethe-agent's topics) and the in-process demo.
 pub mod demo;
 pub mod fleet;
+mod local;

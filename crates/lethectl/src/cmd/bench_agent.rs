@@ -1,0 +1,193 @@
+//! `lethectl bench agent`: time from push to signed receipt on the bundled model, through
+//! the real pipeline (in-process broker, agent with journal, SIU on ONNX Runtime, tract
+//! verification, atomic commit, signed receipt), and the process's peak memory. The
+//! reference, side by side: the same update (`lethe_agent::update::run`, same config, same
+//! commands) called directly, without MQTT, journal, commit or signing. The ratio is what
+//! the agent's plumbing costs on top of the work itself.
+
+use super::local::LocalDevice;
+use anyhow::{Context, Result};
+use clap::Args;
+use lethe_agent::update::{self, Engines, Job};
+use lethe_agent::AgentHandle;
+use lethe_model::Package;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[arg(long, default_value = "models/tiny-vlm")]
+    pub model: PathBuf,
+    /// Forgets pushed one after another (different identities).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Step budget of each update.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+struct Run {
+    identity: u32,
+    verdict: String,
+    push_to_receipt_s: f64,
+    update_s: f64,
+    train_s: f64,
+    verify_s: f64,
+    reference_s: f64,
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (mean, min, max)
+}
+
+pub fn run(a: AgentArgs) -> Result<ExitCode> {
+    anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    let pkg = Package::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let n = lethe_world::identities().len();
+    let ids: Vec<u32> = (0..a.runs).map(|i| ((i * 7 + 3) % n) as u32).collect();
+    let mut dev = LocalDevice::new(
+        &a.model,
+        &pkg.manifest().model_id,
+        &format!("[update]\nmax_steps = {}\nallow_mismatch = true\n", a.steps),
+    )?;
+    let rss_before = peak_rss_mib();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut runs = Vec::new();
+    let (load_s, provider) = rt.block_on(async {
+        let t0 = Instant::now();
+        let agent = AgentHandle::spawn(dev.cfg.clone());
+        let status = dev.wait_online().await?;
+        let load_s = t0.elapsed().as_secs_f64();
+        for (k, &id) in ids.iter().enumerate() {
+            let name = format!("bench-{k}");
+            let bytes = dev.forget_command(&name, id)?;
+            let (w, took) = dev.push(&name, bytes, a.json).await?;
+            let m = &w.receipt.metrics;
+            let ms = |key: &str| m.get(key).copied().unwrap_or(f64::NAN) / 1000.0;
+            runs.push(Run {
+                identity: id,
+                verdict: w.receipt.verdict.name().to_string(),
+                push_to_receipt_s: took.as_secs_f64(),
+                update_s: ms("update_ms"),
+                train_s: ms("train_ms"),
+                verify_s: ms("verify_ms"),
+                reference_s: f64::NAN,
+            });
+        }
+        agent.stop().await?;
+        Ok::<_, anyhow::Error>((load_s, status["execution_provider"].to_string()))
+    })?;
+    let rss_agent = peak_rss_mib();
+
+    // Reference: the same updates called directly, each from the base adapter like the
+    // agent's first (the agent's later ones start from its previous commit; the work per
+    // update is the same).
+    let mut eng = Engines::load(&dev.cfg)?;
+    let base = eng.pkg.adapter()?;
+    let cancel = AtomicBool::new(false);
+    for (k, r) in runs.iter_mut().enumerate() {
+        let bytes = super::local::png(r.identity, 500_000 + u64::from(r.identity))?;
+        let concept = lethe_world::identity(r.identity)
+            .context("no such identity")?
+            .name();
+        let job = Job {
+            concept: &concept,
+            image: &bytes,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+        };
+        let t0 = Instant::now();
+        update::run(&mut eng, &dev.cfg, &job, &base, &cancel, &mut |_| {})
+            .with_context(|| format!("reference run {k}"))?;
+        r.reference_s = t0.elapsed().as_secs_f64();
+    }
+
+    let p2r: Vec<f64> = runs.iter().map(|r| r.push_to_receipt_s).collect();
+    let refs: Vec<f64> = runs.iter().map(|r| r.reference_s).collect();
+    let (pm, pmin, pmax) = stats(&p2r);
+    let (rm, rmin, rmax) = stats(&refs);
+    if a.json {
+        let rows: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "identity": r.identity, "verdict": r.verdict,
+                    "push_to_receipt_s": r.push_to_receipt_s, "update_s": r.update_s,
+                    "train_s": r.train_s, "verify_s": r.verify_s, "reference_s": r.reference_s,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "steps": a.steps, "provider": provider.trim_matches('"'),
+                "agent_start_s": load_s, "runs": rows,
+                "push_to_receipt_mean_s": pm, "reference_mean_s": rm, "ratio": pm / rm,
+                "peak_rss_mib_before_agent": rss_before, "peak_rss_mib": rss_agent,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "agent benchmark: {} forgets of {} steps, provider {provider}, agent start (model load, ORT + tract) {load_s:.1} s",
+        a.runs, a.steps
+    );
+    println!(
+        "{:>3} {:>9} {:>10} | {:>14} {:>8} {:>8} {:>8} | {:>11} {:>7}",
+        "#",
+        "identity",
+        "verdict",
+        "push->receipt",
+        "update",
+        "train",
+        "verify",
+        "reference",
+        "ratio"
+    );
+    for (k, r) in runs.iter().enumerate() {
+        println!(
+            "{:>3} {:>9} {:>10} | {:>12.2} s {:>6.2} s {:>6.2} s {:>6.2} s | {:>9.2} s {:>6.2}x",
+            k,
+            r.identity,
+            r.verdict,
+            r.push_to_receipt_s,
+            r.update_s,
+            r.train_s,
+            r.verify_s,
+            r.reference_s,
+            r.push_to_receipt_s / r.reference_s
+        );
+    }
+    println!(
+        "push->receipt mean {pm:.2} s (min {pmin:.2}, max {pmax:.2}); reference (update::run direct) mean {rm:.2} s (min {rmin:.2}, max {rmax:.2}); ratio {:.3}x",
+        pm / rm
+    );
+    let f = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0} MiB"));
+    println!(
+        "peak RSS of this process: {} before the agent started, {} after the agent's runs (agent + in-process broker + operator client)",
+        f(rss_before),
+        f(rss_agent)
+    );
+    Ok(ExitCode::SUCCESS)
+}
