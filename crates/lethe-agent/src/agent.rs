@@ -386,9 +386,27 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
 
+    // systemd (firmware/lethe-agent.service, Type=notify): ready now; the watchdog is fed
+    // from this loop, so a hung loop gets the agent restarted.
+    let sd = crate::sdnotify::Notifier::from_env();
+    let sd_say = |what: &str| {
+        if let Err(e) = sd.notify(what) {
+            log!("systemd notify {what:?}: {e}");
+        }
+    };
+    sd_say(&format!(
+        "READY=1\nSTATUS=online, adapter {}",
+        short(sh.store.lock().unwrap().current_hash())
+    ));
+    let ping = sd
+        .ping_every()
+        .unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
+    let mut watchdog = tokio::time::interval(ping);
+
     loop {
         tokio::select! {
             _ = shutdown.changed() => { if *shutdown.borrow() { break; } }
+            _ = watchdog.tick() => sd_say("WATCHDOG=1"),
             _ = tick.tick() => {
                 if selfcheck_task.as_ref().is_none_or(|t| t.is_finished()) {
                     selfcheck_task = Some(spawn_selfcheck(sh.clone()));
@@ -439,6 +457,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
 
     // Shutdown: stop the update at the next step boundary, wait, say offline, disconnect.
     log!("shutting down");
+    sd_say("STOPPING=1");
     sh.cancel.store(true, Ordering::SeqCst);
     drop(job_tx);
     let _ = worker.await;

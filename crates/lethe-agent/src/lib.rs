@@ -19,6 +19,7 @@ pub mod config;
 pub mod fsutil;
 pub mod journal;
 pub mod mqtt;
+pub mod sdnotify;
 pub mod selfcheck;
 pub mod state;
 pub mod store;

@@ -201,3 +201,54 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY once online, WATCHDOG at half the
+/// period while running, STOPPING on SIGTERM, on the socket systemd names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(&broker, FAST);
+    let sock_path = tmp.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut agent = Agent::start_with(
+        &f,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let recv = |sock: &UnixDatagram| {
+        let mut buf = [0u8; 512];
+        let k = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..k]).into_owned()
+    };
+    let first = recv(&sock);
+    assert!(first.starts_with("READY=1\nSTATUS=online"), "{first}");
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        if recv(&sock) == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    // 1 s apart for a 2 s watchdog (plus the one at start).
+    assert!((3..=6).contains(&pings), "{pings} watchdog pings in 3 s");
+    agent.stop();
+    let mut last = String::new();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while let Ok(m) = {
+        let mut buf = [0u8; 512];
+        sock.recv(&mut buf)
+            .map(|k| String::from_utf8_lossy(&buf[..k]).into_owned())
+    } {
+        last = m;
+        if last == "STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(last, "STOPPING=1");
+}
