@@ -51,14 +51,127 @@ pub fn free_port() -> u16 {
 /// A mosquitto broker owned by the test.
 pub struct Broker {
     pub port: u16,
+    /// A second, TLS listener (client certificates required), when started with one.
+    pub tls: Option<(u16, TlsFiles)>,
     dir: PathBuf,
     child: Option<Child>,
+}
+
+/// PEM files of a test PKI: a CA, the broker's certificate, a client certificate.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Makes a CA and certificates signed by it in `dir` with the openssl command.
+pub fn make_pki(dir: &Path, tag: &str) -> TlsFiles {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca_cn = format!("/CN=lethe-test-ca-{tag}");
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        &ca_cn,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&args);
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        let mut args = vec!["req"];
+        args.extend(ec);
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={name}");
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&args);
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                 extendedKeyUsage={usage}\n"
+            ),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
 }
 
 impl Broker {
     pub fn start(dir: &Path) -> Broker {
         let mut b = Broker {
             port: free_port(),
+            tls: None,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// A broker with a plain listener (the test's operator) and a TLS listener that
+    /// requires a client certificate signed by `pki`'s CA.
+    pub fn start_tls(dir: &Path, pki: &TlsFiles) -> Broker {
+        let mut b = Broker {
+            port: free_port(),
+            tls: Some((free_port(), pki.clone())),
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -68,14 +181,24 @@ impl Broker {
 
     fn spawn(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                self.port
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             listener {} 127.0.0.1\n",
+            self.port
+        );
+        if let Some((port, pki)) = &self.tls {
+            // Started as root, mosquitto would switch to its own user, which cannot read
+            // the test's keys in the test's private temporary folder.
+            text.push_str("user root\n");
+            text.push_str(&format!(
+                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+                 require_certificate true\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ));
+        }
+        std::fs::write(&conf, text).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -90,13 +213,16 @@ impl Broker {
             .expect("starting mosquitto");
         self.child = Some(child);
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "mosquitto did not start on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let ports = [Some(self.port), self.tls.as_ref().map(|t| t.0)];
+        for port in ports.into_iter().flatten() {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "mosquitto did not start on {port}\n{}",
+                    std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
