@@ -18,7 +18,7 @@ cross_log() { echo "cross: $*" >&2; }
 cross_apt_install() {
     local missing=() p
     for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+        [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] \
             || missing+=("$p")
     done
     [[ ${#missing[@]} -eq 0 ]] && return 0
@@ -40,7 +40,7 @@ cross_apt_install() {
 cross_ensure_toolchain() {
     command -v aarch64-linux-gnu-gcc >/dev/null && [[ -d /usr/aarch64-linux-gnu/lib ]] \
         || cross_apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-    if ! rustup target list --installed | grep -qx "$LETHE_CROSS_TARGET"; then
+    if ! grep -qx "$LETHE_CROSS_TARGET" <<<"$(rustup target list --installed)"; then
         cross_log "adding Rust target $LETHE_CROSS_TARGET (rustup)"
         rustup target add "$LETHE_CROSS_TARGET" >&2
     fi
