@@ -58,14 +58,42 @@ cross_ensure_qemu() {
     fi
 }
 
-# Exports the cargo variables for the aarch64 target.
+# The folder qemu-aarch64 gets as -L: Debian's arm64 cross libraries (loader, glibc,
+# libstdc++) plus an aarch64 /proc/cpuinfo.
+#
+# Why the cpuinfo: qemu-user (7.2, Debian 12) passes /proc/cpuinfo through from the x86
+# host. ONNX Runtime's CPU detection (pytorch/cpuinfo) parses it as ARM, finds no ARM
+# processor records and dereferences NULL: every ONNX Runtime session segfaults under
+# emulation. qemu resolves absolute paths of the emulated program inside the -L folder first
+# when they exist there, so proc/cpuinfo in that folder is what ONNX Runtime reads. It
+# describes one Cortex-A78AE (Jetson Orin's core: implementer 0x41, part 0xd42) per host CPU
+# that /sys/devices/system/cpu/present lists; the instruction-set features ONNX Runtime uses
+# come from the auxiliary vector (AT_HWCAP), which qemu sets for the CPU it emulates.
+cross_qemu_root() {
+    local root="$CARGO_TARGET_DIR/qemu-aarch64-root"
+    mkdir -p "$root/proc"
+    ln -sfn /usr/aarch64-linux-gnu/lib "$root/lib"
+    local n i
+    n="$(getconf _NPROCESSORS_CONF)"
+    {
+        for ((i = 0; i < n; i++)); do
+            printf 'processor\t: %d\nBogoMIPS\t: 62.50\n' "$i"
+            printf 'Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\n'
+            printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd42\nCPU revision\t: 1\n\n'
+        done
+    } >"$root/proc/cpuinfo"
+    LETHE_QEMU_ROOT="$root"
+}
+
+# Exports the cargo variables for the aarch64 target (and the qemu runner when
+# cross_ensure_qemu ran).
 cross_env() {
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
     export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
     export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
     if [[ -n "${LETHE_QEMU:-}" ]]; then
-        # -L: the dynamic loader and glibc of Debian's arm64 cross libc (libc6-arm64-cross).
-        export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$LETHE_QEMU -L /usr/aarch64-linux-gnu"
+        cross_qemu_root
+        export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$LETHE_QEMU -L $LETHE_QEMU_ROOT"
     fi
 }
 
