@@ -12,6 +12,7 @@ use crate::config::{parse_broker, Config};
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS, Transport,
 };
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -101,23 +102,37 @@ pub fn options(cfg: &Config, topics: &Topics) -> std::io::Result<MqttOptions> {
             true,
         ));
     if addr.tls {
-        // rustls on ring; install once per process (a second install is a harmless error).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = match &cfg.ca_cert {
-            Some(p) => std::fs::read(p)?,
-            None => Vec::new(),
-        };
-        let client_auth = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
+        let client = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
             _ => None,
         };
-        if ca.is_empty() && client_auth.is_none() {
-            o.set_transport(Transport::tls_with_default_config());
-        } else {
-            o.set_transport(Transport::tls(ca, client_auth, None));
-        }
+        o.set_transport(tls_transport(cfg.ca_cert.as_deref(), client)?);
     }
     Ok(o)
+}
+
+/// The transport for an `mqtts://` broker (agent and lethectl alike): verified against
+/// `ca_cert` (PEM) or, without one, the platform's roots; with a client certificate and key
+/// (PEM) for mutual TLS. Errors name the file that could not be read.
+pub fn tls_transport(
+    ca_cert: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> std::io::Result<Transport> {
+    // rustls on ring; install once per process (a second install is a harmless error).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+    };
+    let ca = ca_cert.map(read).transpose()?.unwrap_or_default();
+    let client_auth = match client {
+        Some((c, k)) => Some((read(c)?, read(k)?)),
+        None => None,
+    };
+    Ok(if ca.is_empty() && client_auth.is_none() {
+        Transport::tls_with_default_config()
+    } else {
+        Transport::tls(ca, client_auth, None)
+    })
 }
 
 /// What the poll task tells the agent.

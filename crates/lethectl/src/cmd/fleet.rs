@@ -21,12 +21,57 @@ use tokio::sync::mpsc;
 
 #[derive(Args)]
 pub struct BrokerArgs {
-    /// Broker, mqtt://host:port.
+    /// Broker, mqtt://host:port or mqtts://host:port.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
     /// Fleet name (the second topic level).
     #[arg(long)]
     pub fleet: String,
+    /// CA certificate (PEM) to verify an mqtts:// broker (default: the system's roots).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for brokers that require one; with --client-key.
+    #[arg(long, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM); with --client-cert.
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    pub fn conn(&self) -> Conn {
+        Conn {
+            url: self.broker.clone(),
+            ca_cert: self.ca_cert.clone(),
+            client: self.client_cert.clone().zip(self.client_key.clone()),
+        }
+    }
+}
+
+/// How to reach the broker: its URL and, for mqtts://, the TLS files.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub url: String,
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM).
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl Conn {
+    /// A plain mqtt:// broker.
+    pub fn plain(url: &str) -> Conn {
+        Conn {
+            url: url.to_string(),
+            ca_cert: None,
+            client: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 #[derive(Args)]
@@ -63,10 +108,13 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-fn client_for(broker: &str, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
-    let a = lethe_agent::config::parse_broker(broker).map_err(anyhow::Error::msg)?;
-    if a.tls {
-        bail!("lethectl speaks plain MQTT only for now; use an mqtt:// listener");
+fn client_for(broker: &Conn, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
+    let a = lethe_agent::config::parse_broker(&broker.url).map_err(anyhow::Error::msg)?;
+    if !a.tls && (broker.ca_cert.is_some() || broker.client.is_some()) {
+        bail!(
+            "--ca-cert/--client-cert are for an mqtts:// broker, not {}",
+            broker.url
+        );
     }
     let mut o = MqttOptions::new(
         format!("lethectl-{name}-{}", std::process::id()),
@@ -75,6 +123,16 @@ fn client_for(broker: &str, name: &str) -> Result<(AsyncClient, rumqttc::EventLo
     );
     o.set_max_packet_size(4 << 20, 4 << 20)
         .set_keep_alive(Duration::from_secs(10));
+    if a.tls {
+        let client = broker
+            .client
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        o.set_transport(lethe_agent::mqtt::tls_transport(
+            broker.ca_cert.as_deref(),
+            client,
+        )?);
+    }
     Ok(AsyncClient::new(o, 64))
 }
 
@@ -98,7 +156,7 @@ pub fn load_command(fleet: &str, path: &Path) -> Result<(Vec<u8>, String, String
 }
 
 /// Publishes `bytes` on `topic` (QoS 1) and waits for the broker's PUBACK.
-pub async fn publish(broker: &str, topic: &str, bytes: Vec<u8>) -> Result<()> {
+pub async fn publish(broker: &Conn, topic: &str, bytes: Vec<u8>) -> Result<()> {
     let (client, mut el) = client_for(broker, "push")?;
     client
         .publish(topic, QoS::AtLeastOnce, false, bytes)
@@ -130,7 +188,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn push(a: PushArgs) -> Result<ExitCode> {
     let (bytes, topic, id, _) = load_command(&a.b.fleet, &a.command)?;
     let n = bytes.len();
-    runtime()?.block_on(publish(&a.b.broker, &topic, bytes))?;
+    runtime()?.block_on(publish(&a.b.conn(), &topic, bytes))?;
     println!("pushed {id} ({n} bytes) to {topic}");
     Ok(ExitCode::SUCCESS)
 }
@@ -144,7 +202,7 @@ pub struct Watched {
 /// Follows events and receipts of command `id` (or its envelope name) on every device of
 /// `devices`, drawing a bar per device; returns verified receipts.
 pub async fn watch_receipts(
-    broker: &str,
+    broker: &Conn,
     fleet: &str,
     id: &str,
     env_name: &str,
@@ -266,7 +324,7 @@ pub fn watch(a: WatchArgs) -> Result<ExitCode> {
     let (_, _, id, env_name) = load_command(&a.b.fleet, &a.command)?;
     let devs = load_device_pubs(&a.device_pubs)?;
     let got = runtime()?.block_on(watch_receipts(
-        &a.b.broker,
+        &a.b.conn(),
         &a.b.fleet,
         &id,
         &env_name,
@@ -308,7 +366,7 @@ pub fn watch(a: WatchArgs) -> Result<ExitCode> {
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
     let fleet = a.b.fleet.clone();
     let docs = runtime()?.block_on(async move {
-        let (client, mut el) = client_for(&a.b.broker, "status")?;
+        let (client, mut el) = client_for(&a.b.conn(), "status")?;
         let mut docs: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.wait);
         loop {

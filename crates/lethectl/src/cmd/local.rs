@@ -3,7 +3,7 @@
 //! configuration on the given model package, all in a temporary folder removed on drop.
 //! The agent itself is started by the caller (`AgentHandle::spawn(dev.cfg.clone())`).
 
-use super::fleet::{publish, watch_receipts, Watched};
+use super::fleet::{publish, watch_receipts, Conn, Watched};
 use anyhow::{bail, Context, Result};
 use lethe_agent::{Config, Overrides};
 use lethe_proto::{sign_command, CommandSpec, SigningKey, TargetSpec, TrustStore};
@@ -102,9 +102,10 @@ selfcheck_interval_s = 0
         let mut devs = BTreeMap::new();
         devs.insert(DEVICE.to_string(), self.dev.public());
         let t0 = Instant::now();
-        publish(&self.broker, &topic, bytes).await?;
+        let conn = Conn::plain(&self.broker);
+        publish(&conn, &topic, bytes).await?;
         let got = watch_receipts(
-            &self.broker,
+            &conn,
             FLEET,
             id,
             "-",
