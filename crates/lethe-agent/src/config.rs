@@ -460,8 +460,8 @@ mod tests {
         assert!(e.problems[0].contains("unknown field"), "{:?}", e.problems);
     }
 
-    #[test]
-    fn flags_override_the_file_and_relative_paths_follow_the_file() {
+    /// A folder with the files a minimal config names, and that config's text.
+    fn minimal() -> (tempfile::TempDir, String) {
         let d = tempfile::tempdir().unwrap();
         for f in ["k", "t"] {
             std::fs::write(d.path().join(f), "x").unwrap();
@@ -476,12 +476,18 @@ mod tests {
             state_dir = "s"
             broker = "mqtt://127.0.0.1:1883"
         "#;
+        (d, text.to_string())
+    }
+
+    #[test]
+    fn flags_override_the_file_and_relative_paths_follow_the_file() {
+        let (d, text) = minimal();
         let ov = Overrides {
             device_id: Some("cam-02".into()),
             execution_provider: Some("tensorrt".into()),
             ..Default::default()
         };
-        let c = Config::from_toml(text, d.path(), &ov).unwrap();
+        let c = Config::from_toml(&text, d.path(), &ov).unwrap();
         assert_eq!(c.device_id, "cam-02");
         assert_eq!(c.state_dir, d.path().join("s"));
         assert_eq!(c.provider(), Provider::TensorRt);
@@ -499,19 +505,9 @@ mod tests {
 
     #[test]
     fn gpu_options_are_read_from_their_table() {
-        let d = tempfile::tempdir().unwrap();
-        for f in ["k", "t"] {
-            std::fs::write(d.path().join(f), "x").unwrap();
-        }
-        std::fs::create_dir(d.path().join("m")).unwrap();
-        let text = r#"
-            device_id = "cam-01"
-            fleet = "lab"
-            device_key = "k"
-            trust_store = "t"
-            model_dir = "m"
-            state_dir = "s"
-            broker = "mqtt://127.0.0.1:1883"
+        let (d, base) = minimal();
+        let text = base
+            + r#"
             execution_provider = "cuda"
             [gpu]
             device_id = 1
@@ -520,7 +516,7 @@ mod tests {
             trt_workspace_mb = 512
             cuda_memory_limit_mb = 2048
         "#;
-        let c = Config::from_toml(text, d.path(), &Overrides::default()).unwrap();
+        let c = Config::from_toml(&text, d.path(), &Overrides::default()).unwrap();
         assert_eq!(c.provider(), Provider::Cuda);
         let g = c.gpu_options();
         assert_eq!(g.device_id, 1);

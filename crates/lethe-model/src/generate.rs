@@ -266,10 +266,12 @@ mod tests {
     use super::*;
     use ndarray::{array, Array4};
 
-    /// A fake engine whose logits make row b answer `b+4`, then eos.
+    /// A fake engine whose logits make row b answer `b+4`, then eos; or, rambling, `yes`
+    /// forever.
     struct Fake {
         calls: usize,
         vocab: usize,
+        ramble: bool,
     }
 
     impl Engine for Fake {
@@ -293,6 +295,7 @@ mod tests {
                 for p in 0..t {
                     // After sep (2) answer 4 (+1 with an image), after an answer word: eos.
                     let next = match tokens[[r, p]] {
+                        _ if self.ramble => 5,
                         2 => 4 + has_image[r] as usize,
                         4 | 5 => 3,
                         _ => 0,
@@ -313,7 +316,11 @@ mod tests {
 
     #[test]
     fn greedy_answers_follow_argmax_and_stop_at_eos() {
-        let mut e = Fake { calls: 0, vocab: 8 };
+        let mut e = Fake {
+            calls: 0,
+            vocab: 8,
+            ramble: false,
+        };
         let feats = Array3::zeros((1, 1, 2));
         let q = [Query::text("is this"), Query::about("is this", 0)];
         let got = answer(&mut e, &[], &tok(), feats.view(), &q).unwrap();
@@ -324,36 +331,17 @@ mod tests {
         );
     }
 
-    /// A model that never says eos: always `yes`.
-    struct Rambler;
-
-    impl Engine for Rambler {
-        fn name(&self) -> &str {
-            "rambler"
-        }
-        fn features(&mut self, images: ArrayView4<f32>) -> Result<Array3<f32>> {
-            Ok(Array3::from_elem((images.shape()[0], 1, 2), 1.0))
-        }
-        fn logits(
-            &mut self,
-            _adapter: &[f32],
-            _features: ArrayView3<f32>,
-            _has_image: ArrayView1<f32>,
-            tokens: ArrayView2<i32>,
-        ) -> Result<Array3<f32>> {
-            let (b, t) = tokens.dim();
-            let mut out = Array3::zeros((b, t, 8));
-            out.slice_mut(s![.., .., 5]).fill(1.0);
-            Ok(out)
-        }
-    }
-
     #[test]
     fn an_answer_without_eos_is_cut_so_it_still_fits_a_training_sequence() {
         let t = tok();
         let feats = Array3::zeros((0, 1, 2));
+        let mut rambler = Fake {
+            calls: 0,
+            vocab: 8,
+            ramble: true,
+        };
         let got = answer(
-            &mut Rambler,
+            &mut rambler,
             &[],
             &t,
             feats.view(),
@@ -368,7 +356,11 @@ mod tests {
 
     #[test]
     fn query_about_a_missing_image_is_an_error() {
-        let mut e = Fake { calls: 0, vocab: 8 };
+        let mut e = Fake {
+            calls: 0,
+            vocab: 8,
+            ramble: false,
+        };
         let feats = Array3::zeros((1, 1, 2));
         let err = answer(
             &mut e,
@@ -382,7 +374,11 @@ mod tests {
 
     #[test]
     fn score_reads_answer_and_eos_log_probs() {
-        let mut e = Fake { calls: 0, vocab: 8 };
+        let mut e = Fake {
+            calls: 0,
+            vocab: 8,
+            ramble: false,
+        };
         let feats = Array3::zeros((0, 1, 2));
         let got = score(
             &mut e,
@@ -412,7 +408,11 @@ mod tests {
 
     #[test]
     fn encode_images_returns_one_row_per_image() {
-        let mut e = Fake { calls: 0, vocab: 8 };
+        let mut e = Fake {
+            calls: 0,
+            vocab: 8,
+            ramble: false,
+        };
         let imgs = Array4::zeros((130, 64, 64, 3));
         assert_eq!(
             encode_images(&mut e, imgs.view()).unwrap().shape(),
