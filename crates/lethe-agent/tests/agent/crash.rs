@@ -14,6 +14,20 @@ fn version_valid(state: &std::path::Path, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Phases the random kills aim at, with how long after entering one to kill (at most, s).
+const PHASES: [(&str, f64); 3] = [("preparing", 0.5), ("training", 2.5), ("verifying", 10.0)];
+const TERMINAL: [&str; 4] = ["committed", "rolled_back", "failed", "rejected"];
+
+/// The last journaled state of command `id` (None before it is accepted).
+fn phase_of(state: &std::path::Path, id: &str) -> Option<String> {
+    let recs = journal(state);
+    let env = recs.iter().find(|x| x["id"] == id)?["env"].clone();
+    recs.iter()
+        .rev()
+        .find(|x| x["env"] == env && x["state"].is_string())
+        .map(|x| x["state"].as_str().unwrap().to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_leaves_a_valid_model_and_one_terminal_state() {
     let iters: usize = std::env::var("LETHE_CRASH_ITERS")
@@ -40,7 +54,6 @@ async fn kill_9_at_random_points_leaves_a_valid_model_and_one_terminal_state() {
     };
     let mut killed_in: BTreeMap<String, usize> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    let mut span = 8.0f64;
     // Two deterministic crashes inside the commit, then `iters` at random delays.
     let forced = ["before-pointer", "after-pointer"];
     for i in 0..iters + forced.len() {
@@ -75,9 +88,28 @@ async fn kill_9_at_random_points_leaves_a_valid_model_and_one_terminal_state() {
                 t.elapsed().as_secs_f64()
             }
             None => {
-                let d = 0.3 + rand() * span;
+                // Cycle through the phases of an update, and kill at a random point inside
+                // the chosen one (its length differs by orders of magnitude, so a uniform
+                // delay over the whole job would almost never hit the short ones).
+                let (want, window) = PHASES[i % PHASES.len()];
+                let t = Instant::now();
+                loop {
+                    let p = phase_of(&f.state, &id);
+                    if p.as_deref() == Some(want)
+                        || p.as_deref().is_some_and(|p| TERMINAL.contains(&p))
+                    {
+                        break;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(600),
+                        "phase {want} not reached\n{}",
+                        agent_log(&f)
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let d = rand() * window;
                 tokio::time::sleep(Duration::from_secs_f64(d)).await;
-                d
+                t.elapsed().as_secs_f64()
             }
         };
         let phase = journal(&f.state)
@@ -104,7 +136,6 @@ async fn kill_9_at_random_points_leaves_a_valid_model_and_one_terminal_state() {
             .receipt(&id, &f.device_pub, Duration::from_secs(600))
             .await;
         let took = t0.elapsed().as_secs_f64();
-        span = span.max(took * 0.9).min(60.0);
         *outcomes.entry(r.verdict.name().to_string()).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let cur = current_hash(&f.state);
@@ -131,12 +162,11 @@ async fn kill_9_at_random_points_leaves_a_valid_model_and_one_terminal_state() {
             let mine: Vec<_> = recs.iter().filter(|x| x["env"] == env).collect();
             let terminal = mine
                 .iter()
-                .filter(|x| {
-                    ["committed", "rolled_back", "failed", "rejected"]
-                        .contains(&x["state"].as_str().unwrap_or(""))
-                })
+                .filter(|x| TERMINAL.contains(&x["state"].as_str().unwrap_or("")))
                 .count();
             assert_eq!(terminal, 1, "iteration {i}: {terminal} terminal records");
+            let restarts = mine.iter().filter(|x| x["state"] == "restarted").count();
+            assert!(restarts <= 1, "iteration {i}: restarted {restarts} times");
             assert!(mine.iter().filter(|x| x["state"] == "committed").count() <= 1);
         }
         eprintln!(
