@@ -1,9 +1,11 @@
 //! `lethectl bench agent`: time from push to signed receipt on the bundled model, through
 //! the real pipeline (in-process broker, agent with journal, SIU on ONNX Runtime, tract
 //! verification, atomic commit, signed receipt), and the process's peak memory. The
-//! reference, side by side: the same update (`lethe_agent::update::run`, same config, same
-//! commands) called directly, without MQTT, journal, commit or signing. The ratio is what
-//! the agent's plumbing costs on top of the work itself.
+//! reference, side by side: the same updates (`lethe_agent::update::run`, same config, same
+//! commands, chained from the same adapters) called directly, without MQTT, journal, commit
+//! or signing. The ratio is what the agent's plumbing costs on top of the work itself; the
+//! update is deterministic, so the reference must also reproduce the agent's adapters (checked
+//! and printed).
 
 use super::local::LocalDevice;
 use anyhow::{Context, Result};
@@ -47,6 +49,9 @@ struct Run {
     train_s: f64,
     verify_s: f64,
     reference_s: f64,
+    /// The agent's adapter after this command, and whether the direct run made the same.
+    after: String,
+    same_adapter: bool,
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -92,18 +97,23 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
                 train_s: ms("train_ms"),
                 verify_s: ms("verify_ms"),
                 reference_s: f64::NAN,
+                after: w.receipt.model_hash_after.clone(),
+                same_adapter: false,
             });
         }
         agent.stop().await?;
-        Ok::<_, anyhow::Error>((load_s, status["execution_provider"].to_string()))
+        let provider = status["execution_provider"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        Ok::<_, anyhow::Error>((load_s, provider))
     })?;
     let rss_agent = peak_rss_mib();
 
-    // Reference: the same updates called directly, each from the base adapter like the
-    // agent's first (the agent's later ones start from its previous commit; the work per
-    // update is the same).
+    // Reference: the same updates called directly, in the same order, each from the
+    // adapter the previous one produced (as the agent's commits chain).
     let mut eng = Engines::load(&dev.cfg)?;
-    let base = eng.pkg.adapter()?;
+    let mut base = eng.pkg.adapter()?;
     let cancel = AtomicBool::new(false);
     for (k, r) in runs.iter_mut().enumerate() {
         let bytes = super::local::png(r.identity, 500_000 + u64::from(r.identity))?;
@@ -118,9 +128,13 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
             steps: None,
         };
         let t0 = Instant::now();
-        update::run(&mut eng, &dev.cfg, &job, &base, &cancel, &mut |_| {})
+        let out = update::run(&mut eng, &dev.cfg, &job, &base, &cancel, &mut |_| {})
             .with_context(|| format!("reference run {k}"))?;
         r.reference_s = t0.elapsed().as_secs_f64();
+        if out.failed.is_none() {
+            base = out.adapter;
+        }
+        r.same_adapter = base.sha256_hex() == r.after;
     }
 
     let p2r: Vec<f64> = runs.iter().map(|r| r.push_to_receipt_s).collect();
@@ -135,59 +149,68 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
                     "identity": r.identity, "verdict": r.verdict,
                     "push_to_receipt_s": r.push_to_receipt_s, "update_s": r.update_s,
                     "train_s": r.train_s, "verify_s": r.verify_s, "reference_s": r.reference_s,
+                    "same_adapter_as_agent": r.same_adapter,
                 })
             })
             .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "steps": a.steps, "provider": provider.trim_matches('"'),
+                "steps": a.steps, "provider": provider,
                 "agent_start_s": load_s, "runs": rows,
                 "push_to_receipt_mean_s": pm, "reference_mean_s": rm, "ratio": pm / rm,
                 "peak_rss_mib_before_agent": rss_before, "peak_rss_mib": rss_agent,
             }))?
         );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "agent benchmark: {} forgets of {} steps, provider {provider}, agent start (model load, ORT + tract) {load_s:.1} s",
-        a.runs, a.steps
-    );
-    println!(
-        "{:>3} {:>9} {:>10} | {:>14} {:>8} {:>8} {:>8} | {:>11} {:>7}",
-        "#",
-        "identity",
-        "verdict",
-        "push->receipt",
-        "update",
-        "train",
-        "verify",
-        "reference",
-        "ratio"
-    );
-    for (k, r) in runs.iter().enumerate() {
+    } else {
         println!(
-            "{:>3} {:>9} {:>10} | {:>12.2} s {:>6.2} s {:>6.2} s {:>6.2} s | {:>9.2} s {:>6.2}x",
-            k,
-            r.identity,
-            r.verdict,
-            r.push_to_receipt_s,
-            r.update_s,
-            r.train_s,
-            r.verify_s,
-            r.reference_s,
-            r.push_to_receipt_s / r.reference_s
+            "agent benchmark: {} forgets of {} steps, provider {provider}, agent start (model load, ORT + tract) {load_s:.1} s",
+            a.runs, a.steps
+        );
+        println!(
+            "{:>3} {:>9} {:>10} | {:>14} {:>8} {:>8} {:>8} | {:>11} {:>7} {:>5}",
+            "#",
+            "identity",
+            "verdict",
+            "push->receipt",
+            "update",
+            "train",
+            "verify",
+            "reference",
+            "ratio",
+            "same"
+        );
+        for (k, r) in runs.iter().enumerate() {
+            println!(
+                "{:>3} {:>9} {:>10} | {:>12.2} s {:>6.2} s {:>6.2} s {:>6.2} s | {:>9.2} s {:>6.2}x {:>5}",
+                k,
+                r.identity,
+                r.verdict,
+                r.push_to_receipt_s,
+                r.update_s,
+                r.train_s,
+                r.verify_s,
+                r.reference_s,
+                r.push_to_receipt_s / r.reference_s,
+                if r.same_adapter { "yes" } else { "NO" }
+            );
+        }
+        println!(
+            "push->receipt mean {pm:.2} s (min {pmin:.2}, max {pmax:.2}); reference (update::run direct) mean {rm:.2} s (min {rmin:.2}, max {rmax:.2}); ratio {:.3}x",
+            pm / rm
+        );
+        let f = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0} MiB"));
+        println!(
+            "peak RSS of this process: {} before the agent started, {} after the agent's runs (agent + in-process broker + operator client)",
+            f(rss_before),
+            f(rss_agent)
         );
     }
-    println!(
-        "push->receipt mean {pm:.2} s (min {pmin:.2}, max {pmax:.2}); reference (update::run direct) mean {rm:.2} s (min {rmin:.2}, max {rmax:.2}); ratio {:.3}x",
-        pm / rm
-    );
-    let f = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0} MiB"));
-    println!(
-        "peak RSS of this process: {} before the agent started, {} after the agent's runs (agent + in-process broker + operator client)",
-        f(rss_before),
-        f(rss_agent)
-    );
-    Ok(ExitCode::SUCCESS)
+    // The direct runs must reproduce the agent's adapters: anything else is a bug.
+    Ok(if runs.iter().all(|r| r.same_adapter) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: the direct update made other adapters than the agent");
+        ExitCode::from(1)
+    })
 }
