@@ -14,8 +14,13 @@ use ort::session::Session;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The ONNX Runtime release Lethe is built and tested against.
+/// The ONNX Runtime release Lethe is built and tested against (the one scripts/fetch-ort
+/// installs).
 pub const ORT_VERSION: &str = "1.31.1";
+/// The oldest ONNX Runtime that loads: the `ort` crate is built at API level 19 (`api-19`),
+/// the lowest at which the bundled graphs load (1.18 lacks a CPU `Trilu` kernel), so a
+/// Jetson can use NVIDIA's 1.19+ CUDA/TensorRT builds. CI also runs the model tests on 1.19.2.
+pub const ORT_MIN_VERSION: &str = "1.19";
 /// File name of the library `scripts/fetch-ort` installs.
 pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 /// Environment variable naming the library to load (set it on a Jetson).
@@ -353,7 +358,7 @@ pub fn library_path() -> Option<PathBuf> {
 fn init_environment() -> std::result::Result<Environment, String> {
     let path = locate_library().map_err(|e| e.to_string())?;
     let hint = format!(
-        "Lethe needs ONNX Runtime {ORT_VERSION} (API 1.31 or newer): run scripts/fetch-ort or \
+        "Lethe needs ONNX Runtime {ORT_MIN_VERSION} or newer (tested with {ORT_VERSION}): run scripts/fetch-ort or \
          point {ORT_DYLIB_ENV} at a matching libonnxruntime.so"
     );
     let builder = ort::init_from(&path).map_err(|e| {
@@ -420,7 +425,8 @@ fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Resu
         message: e.to_string(),
     })?;
     let mut builder = builder
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        // `All` (ORT_ENABLE_ALL, 99) exists in every ONNX Runtime; `Level3` is 1.22+ only.
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?
         .with_intra_threads(opts.intra_threads.max(1))
         .map_err(err)?
