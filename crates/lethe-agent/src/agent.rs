@@ -235,12 +235,9 @@ enum Intake {
     Decided(CommandState),
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    let started_at = now_unix();
-    std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating state_dir"))?;
-    let commands_dir = cfg.state_dir.join("commands");
-    std::fs::create_dir_all(&commands_dir).map_err(io("creating state_dir/commands"))?;
+/// Reads and checks the device key (its name must be `device_id`) and the trust store.
+/// `lethe-agent --check` runs this too, so a unit's pre-start check catches bad files.
+pub fn load_identity(cfg: &Config) -> Result<(SigningKey, TrustStore), AgentError> {
     let key_text = std::fs::read_to_string(&cfg.device_key).map_err(io("reading device_key"))?;
     let key = SigningKey::from_file_str(&key_text).map_err(|source| AgentError::Proto {
         what: "device_key".into(),
@@ -258,6 +255,16 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         what: "trust_store".into(),
         source,
     })?;
+    Ok((key, trust))
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let started_at = now_unix();
+    std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating state_dir"))?;
+    let commands_dir = cfg.state_dir.join("commands");
+    std::fs::create_dir_all(&commands_dir).map_err(io("creating state_dir/commands"))?;
+    let (key, trust) = load_identity(&cfg)?;
     let c2 = cfg.clone();
     let engines = tokio::task::spawn_blocking(move || Engines::load(&c2))
         .await

@@ -64,6 +64,20 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // The files the configuration names must also parse: key (named device_id), trust
+        // store, model package (hashes).
+        let checked = lethe_agent::agent::load_identity(&cfg)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                lethe_model::Package::open(&cfg.model_dir)
+                    .map(|_| ())
+                    .map_err(|e| format!("model_dir: {e}"))
+            });
+        if let Err(e) = checked {
+            eprintln!("error: configuration {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }

@@ -252,3 +252,37 @@ async fn systemd_hears_ready_watchdog_and_stopping() {
     }
     assert_eq!(last, "STOPPING=1");
 }
+
+/// `lethe-agent --check` (the unit's ExecStartPre) reads the files the configuration names:
+/// a key named for another device or a damaged trust store fails there, before start-up.
+#[test]
+fn check_mode_parses_the_key_the_trust_store_and_the_package() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(&broker, FAST);
+    let check = || {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lethe-agent"))
+            .arg("--config")
+            .arg(&f.config)
+            .arg("--check")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    assert_eq!(check(), (0, "configuration ok\n".to_string()));
+    let key = f.dir.path().join("device.key");
+    let good = std::fs::read(&key).unwrap();
+    let other = lethe_proto::SigningKey::generate("cam-99").unwrap();
+    std::fs::write(&key, other.to_file_string()).unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("device_key is named \"cam-99\""), "{out}");
+    std::fs::write(&key, good).unwrap();
+    std::fs::write(f.dir.path().join("trust.json"), "{\"v\": 1, \"keys\": [").unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("trust_store"), "{out}");
+}
