@@ -90,20 +90,17 @@ fn push_over_mutual_tls_delivers_the_signed_bytes_and_tls_mistakes_are_clear_err
         pki.client_key.to_str().unwrap(),
     );
     let c = cmd.to_str().unwrap();
-    let (code, out, err) = lethectl(&[
-        "push",
-        "--broker",
+    // `lethectl push` of the command to `broker` in fleet "lab" with the given TLS flags.
+    let push = |broker: &str, tls_flags: &[&str]| {
+        let mut args = vec!["push", "--broker", broker, "--fleet", "lab"];
+        args.extend_from_slice(tls_flags);
+        args.push(c);
+        lethectl(&args)
+    };
+    let (code, out, err) = push(
         &tls,
-        "--fleet",
-        "lab",
-        "--ca-cert",
-        ca,
-        "--client-cert",
-        cc,
-        "--client-key",
-        ck,
-        c,
-    ]);
+        &["--ca-cert", ca, "--client-cert", cc, "--client-key", ck],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("pushed tls-push-1"), "{out}");
     let t0 = Instant::now();
@@ -120,36 +117,24 @@ fn push_over_mutual_tls_delivers_the_signed_bytes_and_tls_mistakes_are_clear_err
     );
 
     // The broker requires a client certificate.
-    let (code, out, err) = lethectl(&[
-        "push",
-        "--broker",
-        &tls,
-        "--fleet",
-        "lab",
-        "--ca-cert",
-        ca,
-        c,
-    ]);
+    let (code, out, err) = push(&tls, &["--ca-cert", ca]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains(&tls) && err.lines().count() == 1, "{err}");
     eprintln!("without a client certificate: {}", err.trim());
 
     // A broker certificate from another CA.
     let other = make_pki(&tmp.path().join("other"), "other");
-    let (code, _, err) = lethectl(&[
-        "push",
-        "--broker",
+    let (code, _, err) = push(
         &tls,
-        "--fleet",
-        "lab",
-        "--ca-cert",
-        other.ca.to_str().unwrap(),
-        "--client-cert",
-        cc,
-        "--client-key",
-        ck,
-        c,
-    ]);
+        &[
+            "--ca-cert",
+            other.ca.to_str().unwrap(),
+            "--client-cert",
+            cc,
+            "--client-key",
+            ck,
+        ],
+    );
     assert_eq!(code, 2);
     assert!(
         err.contains("UnknownIssuer") || err.contains("certificate"),
@@ -158,28 +143,10 @@ fn push_over_mutual_tls_delivers_the_signed_bytes_and_tls_mistakes_are_clear_err
 
     // TLS files with a plain URL, and a client certificate without its key.
     let plain = format!("mqtt://127.0.0.1:{}", broker.port);
-    let (code, _, err) = lethectl(&[
-        "push",
-        "--broker",
-        &plain,
-        "--fleet",
-        "lab",
-        "--ca-cert",
-        ca,
-        c,
-    ]);
+    let (code, _, err) = push(&plain, &["--ca-cert", ca]);
     assert_eq!(code, 2);
     assert!(err.contains("mqtts://"), "{err}");
-    let (code, _, err) = lethectl(&[
-        "push",
-        "--broker",
-        &tls,
-        "--fleet",
-        "lab",
-        "--client-cert",
-        cc,
-        c,
-    ]);
+    let (code, _, err) = push(&tls, &["--client-cert", cc]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--client-key"), "{err}");
 
