@@ -161,6 +161,24 @@ impl Shared {
         }
     }
 
+    /// Decides command `st`: signs its receipt (`verdict`, model `before` -> `after`) and
+    /// journals the terminal (or `deferred`) event `event(receipt)`, fsynced. Returns the terminal state;
+    /// announcing it (event, receipt topic) is the caller's.
+    #[allow(clippy::too_many_arguments)]
+    fn conclude(
+        &self,
+        j: &mut Journal,
+        st: &CommandState,
+        verdict: Verdict,
+        reason: Option<String>,
+        (before, after): (&str, &str),
+        metrics: BTreeMap<String, f64>,
+        event: impl FnOnce(String) -> Event,
+    ) -> Result<CommandState, AgentError> {
+        let receipt = self.receipt(st, verdict, reason, before, after, metrics);
+        Ok(j.append(&st.env, event(receipt))?.clone())
+    }
+
     /// Signs a receipt for `st` (hex of the envelope).
     fn receipt(
         &self,
@@ -613,28 +631,27 @@ fn decide(
             if busy_id.is_some() {
                 st.id = busy_id.clone();
             }
-            let receipt = sh.receipt(
+            let said = format!("{code}: {reason}");
+            sh.conclude(
+                j,
                 &st,
                 Verdict::Rejected,
-                Some(format!("{code}: {reason}")),
-                &current,
-                &current,
+                Some(said),
+                (&current, &current),
                 BTreeMap::new(),
-            );
-            let event = if let Some(id) = busy_id {
-                Event::Deferred {
-                    id,
-                    reason,
-                    receipt,
-                }
-            } else {
-                Event::Rejected {
-                    code,
-                    reason,
-                    receipt,
-                }
-            };
-            Ok(j.append(env, event)?.clone())
+                |receipt| match busy_id {
+                    Some(id) => Event::Deferred {
+                        id,
+                        reason,
+                        receipt,
+                    },
+                    None => Event::Rejected {
+                        code,
+                        reason,
+                        receipt,
+                    },
+                },
+            )
         }
     }
 }
@@ -664,7 +681,8 @@ async fn recover(sh: &Arc<Shared>, job_tx: &mpsc::Sender<String>) -> Result<(), 
                 }
                 Recovery::Reverify => {
                     let path = sh.commands_dir.join(format!("{}.env", st.env));
-                    let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+                    let bytes =
+                        std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
                     let slot = restarts.len() < sh.cfg.queue_capacity;
                     let st = decide(&sh, &mut j, &st.env, &bytes, slot)?;
                     log!("recovered {}: re-verified, {}", st.name(), st.phase.name());
@@ -676,29 +694,83 @@ async fn recover(sh: &Arc<Shared>, job_tx: &mpsc::Sender<String>) -> Result<(), 
                 }
                 Recovery::Restart { base } => {
                     if st.attempts >= 5 {
-                        let receipt = sh.receipt(&st, Verdict::Failed, Some(format!("gave up after {} attempts (the agent kept dying during this update)", st.attempts)), &base, &base, BTreeMap::new());
-                        let st = j.append(&st.env, Event::Failed { reason: "too many attempts".into(), receipt })?.clone();
+                        let why = format!(
+                            "gave up after {} attempts (the agent kept dying during this update)",
+                            st.attempts
+                        );
+                        let st = sh.conclude(
+                            &mut j,
+                            &st,
+                            Verdict::Failed,
+                            Some(why),
+                            (&base, &base),
+                            BTreeMap::new(),
+                            |receipt| Event::Failed {
+                                reason: "too many attempts".into(),
+                                receipt,
+                            },
+                        )?;
                         sh.publish_receipt(&st);
                         continue;
                     }
-                    log!("recovered {}: was {}, restarting from {} (attempt {})", st.name(), st.phase.name(), short(&base), st.attempts + 1);
-                    j.append(&st.env, Event::Restarted { attempt: st.attempts + 1 })?;
-                    sh.event(&st.name(), "restarted", serde_json::json!({"attempt": st.attempts + 1}));
+                    log!(
+                        "recovered {}: was {}, restarting from {} (attempt {})",
+                        st.name(),
+                        st.phase.name(),
+                        short(&base),
+                        st.attempts + 1
+                    );
+                    j.append(
+                        &st.env,
+                        Event::Restarted {
+                            attempt: st.attempts + 1,
+                        },
+                    )?;
+                    sh.event(
+                        &st.name(),
+                        "restarted",
+                        serde_json::json!({"attempt": st.attempts + 1}),
+                    );
                     restarts.push(st.env.clone());
                 }
                 Recovery::CompleteCommit { new_hash } | Recovery::FinishCommitted { new_hash } => {
                     sh.store.lock().unwrap().commit(&new_hash)?;
                     let base = st.base_hash.clone().unwrap_or_default();
-                    let receipt = sh.receipt(&st, Verdict::Committed, None, &base, &new_hash, st.metrics.clone());
-                    let st = j.append(&st.env, Event::Committed { new_hash: new_hash.clone(), receipt })?.clone();
-                    log!("recovered {}: commit of {} finished", st.name(), short(&new_hash));
-                    sh.event(&st.name(), "committed", serde_json::json!({"model_hash": new_hash, "recovered": true}));
+                    let st = sh.conclude(
+                        &mut j,
+                        &st,
+                        Verdict::Committed,
+                        None,
+                        (&base, &new_hash),
+                        st.metrics.clone(),
+                        |receipt| Event::Committed {
+                            new_hash: new_hash.clone(),
+                            receipt,
+                        },
+                    )?;
+                    log!(
+                        "recovered {}: commit of {} finished",
+                        st.name(),
+                        short(&new_hash)
+                    );
+                    sh.event(
+                        &st.name(),
+                        "committed",
+                        serde_json::json!({"model_hash": new_hash, "recovered": true}),
+                    );
                     sh.publish_receipt(&st);
                 }
                 Recovery::Fail { reason } => {
                     let cur = sh.store.lock().unwrap().current_hash().to_string();
-                    let receipt = sh.receipt(&st, Verdict::Failed, Some(reason.clone()), &cur, &cur, BTreeMap::new());
-                    let st = j.append(&st.env, Event::Failed { reason, receipt })?.clone();
+                    let st = sh.conclude(
+                        &mut j,
+                        &st,
+                        Verdict::Failed,
+                        Some(reason.clone()),
+                        (&cur, &cur),
+                        BTreeMap::new(),
+                        |receipt| Event::Failed { reason, receipt },
+                    )?;
                     sh.publish_receipt(&st);
                 }
             }
@@ -782,33 +854,22 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     let base_hash = st.base_hash.clone().unwrap_or_default();
     let fail = |reason: String| -> Result<(), AgentError> {
         log!("{name} failed: {reason}");
-        let cur = sh
-            .journal
-            .lock()
-            .unwrap()
-            .get(env)
-            .cloned()
-            .unwrap_or(st.clone());
-        let receipt = sh.receipt(
-            &cur,
-            Verdict::Failed,
-            Some(reason.clone()),
-            &base_hash,
-            &base_hash,
-            BTreeMap::new(),
-        );
-        let done = sh
-            .journal
-            .lock()
-            .unwrap()
-            .append(
-                env,
-                Event::Failed {
+        let done = {
+            let mut j = sh.journal.lock().unwrap();
+            let cur = j.get(env).cloned().unwrap_or(st.clone());
+            sh.conclude(
+                &mut j,
+                &cur,
+                Verdict::Failed,
+                Some(reason.clone()),
+                (&base_hash, &base_hash),
+                BTreeMap::new(),
+                |receipt| Event::Failed {
                     reason: reason.clone(),
                     receipt,
                 },
             )?
-            .clone();
+        };
         sh.event(&name, "failed", serde_json::json!({"reason": reason}));
         sh.publish_receipt(&done);
         Ok(())
@@ -871,26 +932,18 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     let cur = sh.journal.lock().unwrap().get(env).cloned().expect("known");
     if let Some(why) = &out.failed {
         // The candidate was never committed: the current version stays.
-        let receipt = sh.receipt(
+        let done = sh.conclude(
+            &mut sh.journal.lock().unwrap(),
             &cur,
             Verdict::RolledBack,
             Some(why.clone()),
-            &base_hash,
-            &base_hash,
+            (&base_hash, &base_hash),
             metrics.clone(),
-        );
-        let done = sh
-            .journal
-            .lock()
-            .unwrap()
-            .append(
-                env,
-                Event::RolledBack {
-                    reason: why.clone(),
-                    receipt,
-                },
-            )?
-            .clone();
+            |receipt| Event::RolledBack {
+                reason: why.clone(),
+                receipt,
+            },
+        )?;
         log!("{name} rolled back: {why}");
         sh.event(
             &name,
@@ -912,26 +965,18 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     crash_point("before-pointer");
     sh.store.lock().unwrap().commit(&new_hash)?;
     crash_point("after-pointer");
-    let receipt = sh.receipt(
+    let done = sh.conclude(
+        &mut sh.journal.lock().unwrap(),
         &cur,
         Verdict::Committed,
         None,
-        &base_hash,
-        &new_hash,
+        (&base_hash, &new_hash),
         metrics.clone(),
-    );
-    let done = sh
-        .journal
-        .lock()
-        .unwrap()
-        .append(
-            env,
-            Event::Committed {
-                new_hash: new_hash.clone(),
-                receipt,
-            },
-        )?
-        .clone();
+        |receipt| Event::Committed {
+            new_hash: new_hash.clone(),
+            receipt,
+        },
+    )?;
     if let Err(e) = sh.store.lock().unwrap().prune() {
         log!("pruning old adapter versions: {e}");
     }
