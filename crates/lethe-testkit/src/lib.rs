@@ -1,6 +1,7 @@
 //! Test-only helpers shared by the crates' integration tests: a real mosquitto broker
 //! started by the test on a random loopback port (plain, or plain + a TLS listener requiring
-//! client certificates), and a throwaway PKI made with the `openssl` command.
+//! client certificates), a throwaway PKI made with the `openssl` command, and hostile image
+//! headers.
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
 //! (.ci/run does); nothing is skipped silently. Never published; dev-dependency only.
@@ -233,4 +234,44 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A PNG signature and a valid IHDR claiming `w`x`h`, a token IDAT and IEND: no real pixel data.
+pub fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    // A tiny IDAT (an empty zlib stream) so that decoders get as far as reporting the size.
+    let idat = [
+        0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
+    ];
+    for (kind, data) in [
+        (&b"IHDR"[..], &ihdr[..]),
+        (&b"IDAT"[..], &idat[..]),
+        (&b"IEND"[..], &[][..]),
+    ] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
 }

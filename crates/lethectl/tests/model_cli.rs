@@ -2,6 +2,7 @@
 //! seeds, and every bad input exits 2 with a one-line cause. Uses the bundled package
 //! (models/tiny-vlm) and needs ONNX Runtime (scripts/fetch-ort).
 
+use lethe_testkit::png_header;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -286,44 +287,4 @@ fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
             "scripts/fetch-ort",
         ],
     );
-}
-
-/// A PNG signature and a valid IHDR claiming `w`x`h`, a token IDAT and IEND: no real pixel data.
-fn png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    // A tiny IDAT (an empty zlib stream) so that decoders get as far as reporting the size.
-    let idat = [
-        0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x01,
-    ];
-    for (kind, data) in [
-        (&b"IHDR"[..], &ihdr[..]),
-        (&b"IDAT"[..], &idat[..]),
-        (&b"IEND"[..], &[][..]),
-    ] {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut body = kind.to_vec();
-        body.extend_from_slice(data);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
-    }
-    out
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }
