@@ -889,12 +889,14 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         Err(e) => return fail(format!("base adapter: {e}")),
     };
     let Action::Forget(f) = &cmd.action;
+    let forgotten = sh.store.lock().unwrap().forgotten(&base_hash);
     let job = Job {
         concept: f.concept.as_str(),
         image: f.image.bytes(),
         verify_images: f.verify_images.iter().map(|i| i.bytes()).collect(),
         method: f.method.map(siu_method),
         steps: f.steps.map(|s| s as usize),
+        forgotten: forgotten.clone(),
     };
     let mut journal_err = None;
     let result = {
@@ -954,7 +956,15 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         return Ok(());
     }
     // Commit, bracketed by the journal: version file, `committing`, pointer, `committed`.
-    let new_hash = sh.store.lock().unwrap().put(&out.adapter)?;
+    let now_forgotten: Vec<String> = forgotten
+        .into_iter()
+        .chain([lethe_siu::unlearn::normalise(f.concept.as_str())])
+        .collect();
+    let new_hash = sh
+        .store
+        .lock()
+        .unwrap()
+        .put_forgetting(&out.adapter, &now_forgotten)?;
     sh.journal.lock().unwrap().append(
         env,
         Event::Committing {

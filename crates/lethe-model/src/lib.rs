@@ -37,7 +37,9 @@ pub use error::{ModelError, Result};
 pub use fixtures::Fixtures;
 pub use generate::{answer, logprobs, score, Query};
 pub use manifest::Manifest;
-pub use package::{AdapterVersionInfo, Package, Probe, ProbeSet};
+pub use package::{
+    AdapterVersionInfo, HeldOutWordings, Package, Probe, ProbeSet, RetainEntry, RetainSet, Wordings,
+};
 pub use runtime::{GpuOptions, Provider, ProviderReport, SessionOptions};
 pub use tokenizer::{Sequence, Tokenizer};
 pub use train::{StepLosses, TrainBatch, TrainShape, TrainState, TrainStep};

@@ -1,7 +1,10 @@
 //! `lethectl forget`: make a model package forget a concept shown in one image, offline,
 //! and write the result as a new complete package. Training runs on ONNX Runtime; the
-//! metrics are measured with tract on the package's retained probe set (an independent
-//! engine). Nothing is written unless the concept is forgotten.
+//! metrics are measured with tract on the package's retained probe set and its `verify`
+//! held-out wordings, as the agent does (an independent engine). Nothing is written unless
+//! the concept is forgotten. A package made by an earlier forget lists the concepts it
+//! forgot (`manifest.forgotten`); the next forget keeps them forgotten and the new package
+//! lists them all.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -10,6 +13,7 @@ use lethe_model::{AdapterVersionInfo, OrtEngine, Package, SessionOptions, TrainS
 use lethe_probe::TractEngine;
 use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
 use lethe_siu::unlearn::language;
+use lethe_siu::unlearn::Prior;
 use lethe_siu::{forget, Method, Options, Progress, Report};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +109,10 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
     let base = pkg.adapter()?;
     let pb = progress_bar(opts.max_steps, a.json);
     let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+    let prior = Prior {
+        forgotten: pkg.manifest().forgotten.clone(),
+        anchor: None,
+    };
     let out = forget(
         &pkg,
         &mut engine,
@@ -113,6 +121,7 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
         image.view(),
         &a.concept,
         &opts,
+        &prior,
         &mut |p| show(&pb, p),
     )?;
     pb.finish_and_clear();
@@ -135,7 +144,13 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
     // Independent measurement with tract on the package's retained probes.
     let lang = language(&pkg);
     let probes = pkg.probes()?;
-    let set = EvalSet::from_probes(&lang, &probes, &r.concept, image.clone());
+    let set = EvalSet::from_probes(
+        &lang,
+        &probes,
+        &r.concept,
+        image.clone(),
+        pkg.paraphrases()?.verify,
+    );
     let mut tract = TractEngine::new(&pkg)?;
     let m = evaluate(
         &mut tract,
@@ -156,6 +171,12 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
             r.method.name(),
             r.concept
         )),
+        forgotten: prior
+            .forgotten
+            .iter()
+            .cloned()
+            .chain([r.concept.clone()])
+            .collect(),
     };
     pkg.write_copy_with_adapter(&a.out, &out.adapter, &info)
         .with_context(|| format!("writing {}", a.out.display()))?;
@@ -196,6 +217,18 @@ fn print_metrics(m: &Metrics, n_concept_images: usize) {
     println!(
         "metrics (tract, retained probe set; {n_concept_images} held-out images of the concept):"
     );
+    println!(
+        "  leak              {:.1}% (held-out wordings: who {:.1}%, is-this {:.1}%)",
+        100.0 * m.leak,
+        100.0 * m.leak_who,
+        100.0 * m.leak_is_this
+    );
+    println!(
+        "  misattribution    {:.1}% (original model {:.1}%)",
+        100.0 * m.misattribution,
+        100.0 * m.misattribution_before
+    );
+    println!("  well-formed       {:.1}%", 100.0 * m.well_formed);
     println!("  efficacy          {:.1}%", 100.0 * m.efficacy);
     println!("  generality        {:.1}%", 100.0 * m.generality);
     println!("  C-Dis             {:.3}", m.c_dis);
@@ -211,4 +244,7 @@ fn print_metrics(m: &Metrics, n_concept_images: usize) {
         m.fluency_ppl_before, m.fluency_ppl_after, m.fluency_increase_pct
     );
     println!("  diversity         {:.3}", m.diversity);
+    for e in &m.bad_examples {
+        println!("  bad answer        {e}");
+    }
 }
