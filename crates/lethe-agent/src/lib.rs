@@ -3,7 +3,7 @@
 //! independent engine (tract), and commits the new adapter atomically or rolls back; it
 //! reports progress events, a retained status and a signed receipt per command.
 //!
-//! Key decision (design.md, decision 5): **the agent is a state machine over a durable
+//! Key decision (docs/design.md, decision 5): **the agent is a state machine over a durable
 //! journal.** [`state`] is the lifecycle as pure functions, [`journal`] makes each transition
 //! durable before it is acted on or acknowledged, and [`store`] is the only place that moves
 //! the current adapter. So a QoS 1 redelivery, an operator's resend or a `kill -9` at any

@@ -4,7 +4,7 @@
 //! headers.
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
-//! (.ci/run does); nothing is skipped silently. Never published; dev-dependency only.
+//! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ pub fn mosquitto_bin() -> PathBuf {
     }
     panic!(
         "mosquitto is not installed: these tests need Debian's mosquitto broker \
-         (apt-get install -y mosquitto); .ci/run installs it"
+         (apt-get install -y mosquitto); `./x test` installs it"
     );
 }
 
