@@ -12,12 +12,14 @@
 //!
 //! Async shape: one task polls the MQTT event loop and never blocks ([`mqtt`]); training and
 //! probing run on blocking threads ([`update`]); a bounded queue is the backpressure and a
-//! full queue answers `busy` ([`agent`]).
+//! full queue answers `busy` ([`agent`], split by job: intake, recovery, worker, status).
+//! Log lines are RFC 3339 UTC with a level, filtered by `RUST_LOG` ([`log`]).
 
 pub mod agent;
 pub mod config;
 pub mod fsutil;
 pub mod journal;
+pub mod log;
 pub mod mqtt;
 pub mod sdnotify;
 pub mod selfcheck;
