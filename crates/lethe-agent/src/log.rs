@@ -138,11 +138,13 @@ pub fn write(level: Level, msg: fmt::Arguments) {
     write_as(COMPONENT, level, msg);
 }
 
-macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
-macro_rules! warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
-macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
-macro_rules! debug { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
-pub(crate) use {debug, error, info, warn};
+macro_rules! error_ { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
+macro_rules! warn_ { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
+macro_rules! info_ { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
+macro_rules! debug_ { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Debug, format_args!($($t)*)) } }
+// Defined under other names and renamed on export: a single-segment `use warn` would be
+// ambiguous with the built-in `#[warn]` attribute; `crate::log::warn` is not.
+pub(crate) use {debug_ as debug, error_ as error, info_ as info, warn_ as warn};
 
 #[cfg(test)]
 mod tests {
