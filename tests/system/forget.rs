@@ -11,7 +11,7 @@ use lethe_system_tests::{arg, bin, lethectl, lethectl_ok, model_dir, retained};
 use lethe_testkit::{agent_toml, Broker, Daemon, FAST};
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const FLEET: &str = "lab";
 const DEVICE: &str = "cam-01";
@@ -92,6 +92,17 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
         &[("RUST_LOG", "info")],
     );
 
+    // The device announces itself (retained status) once it has loaded the model and
+    // subscribed: only then does a pushed command have someone to go to.
+    let t0 = Instant::now();
+    while fleet_status(&url)[DEVICE]["state"] != "online" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "the agent is not online\n{}",
+            agent_log()
+        );
+    }
+
     // A forget of identity 3, signed and pushed with the CLI.
     let concept = lethe_world::identity(3).unwrap().name();
     let image = tmp.path().join("face.png");
@@ -128,7 +139,7 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
             "--device-pub",
             arg(&key("cam-01.pub")),
             "--timeout",
-            "600",
+            "300",
         ])
     };
     let w = watch(&cmd);
@@ -170,8 +181,7 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
     }
 
     // The fleet's view: the device is online on the adapter the receipt names.
-    let out = lethectl_ok(&["status", "--broker", &url, "--fleet", FLEET, "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let status = fleet_status(&url);
     assert_eq!(status[DEVICE]["state"], "online", "{status}");
     assert_eq!(status[DEVICE]["adapter_hash"], after.as_str(), "{status}");
 
@@ -212,6 +222,14 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
         "{text}"
     );
     assert!(text.contains(" WARN lethe-agent: rejected "), "{text}");
+}
+
+/// The fleet's retained statuses by device, as `lethectl status --json` collects them.
+fn fleet_status(url: &str) -> serde_json::Value {
+    let out = lethectl_ok(&[
+        "status", "--broker", url, "--fleet", FLEET, "--json", "--wait", "1",
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
