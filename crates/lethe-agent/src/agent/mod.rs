@@ -121,20 +121,19 @@ pub fn load_identity(cfg: &Config) -> Result<(SigningKey, TrustStore), AgentErro
     Ok((key, trust))
 }
 
+/// What start-up hands to the main loop.
+struct Started {
+    sh: Arc<Shared>,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    /// The outbox task's end of `Shared::out`.
+    out_rx: mpsc::UnboundedReceiver<Out>,
+}
+
 /// Opens everything the agent works on (state directory, identity, engines, adapter store,
 /// journal, replay state) and makes the shared state and the MQTT client; nothing is
 /// published yet.
-async fn start(
-    cfg: &Config,
-) -> Result<
-    (
-        Arc<Shared>,
-        AsyncClient,
-        EventLoop,
-        mpsc::UnboundedReceiver<Out>,
-    ),
-    AgentError,
-> {
+async fn start(cfg: &Config) -> Result<Started, AgentError> {
     let started_at = now_unix();
     std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating state_dir"))?;
     let commands_dir = cfg.state_dir.join("commands");
@@ -209,12 +208,22 @@ async fn start(
         short(sh.store.lock().unwrap().current_hash()),
         sh.status.lock().unwrap().execution_provider
     );
-    Ok((sh, client, eventloop, out_rx))
+    Ok(Started {
+        sh,
+        client,
+        eventloop,
+        out_rx,
+    })
 }
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    let (sh, client, eventloop, out_rx) = start(&cfg).await?;
+    let Started {
+        sh,
+        client,
+        eventloop,
+        out_rx,
+    } = start(&cfg).await?;
 
     // Tasks: MQTT poll loop, outbox, worker.
     let (in_tx, mut in_rx) = mpsc::channel(256);
