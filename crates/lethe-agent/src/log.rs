@@ -1,7 +1,7 @@
 //! The agent's log lines, on stderr, one per event:
 //!
 //! ```text
-//! 2026-11-29T21:03:10.846Z INFO lethe-agent: accepted op-1 (concept "Albin Berg")
+//! 2026-11-30T00:34:19.429Z INFO lethe-agent: accepted demo-1 (concept "dmitri dietz")
 //! ```
 //!
 //! an RFC 3339 timestamp in UTC with milliseconds, the level, the component, the message.
