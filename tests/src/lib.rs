@@ -8,7 +8,7 @@
 //!
 //! Invariant: a test never runs an old binary silently. The binaries are the ones `cargo
 //! test --workspace` (what `./x test` runs) builds into the target folder these tests run
-//! from; one that is missing, or older than a source file it is built from, fails the test
+//! from; one that is missing, or older than a Rust source it is built from, fails the test
 //! with the command that builds it.
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -53,23 +53,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently changed file the binaries are built from (the sources and manifests
-/// of every crate but the test kit, and Cargo.lock), with its time.
+/// The most recently changed Rust source the binaries are built from (`src/` of every crate
+/// but the test kit), with its time. Only sources: a changed source always rebuilds its
+/// crate and relinks the binaries, while a manifest or Cargo.lock can change without either
+/// (a dev-dependency, a new workspace member), which would make a fresh binary look stale.
 fn newest_source() -> Option<(PathBuf, SystemTime)> {
-    let root = workspace();
-    let mut files = vec![root.join("Cargo.lock"), root.join("Cargo.toml")];
-    for krate in std::fs::read_dir(root.join("crates")).ok()?.flatten() {
+    let crates = std::fs::read_dir(workspace().join("crates")).ok()?;
+    let mut files = Vec::new();
+    for krate in crates.flatten() {
         if krate.file_name() == "lethe-testkit" {
             continue;
         }
-        files.push(krate.path().join("Cargo.toml"));
         let mut dirs = vec![krate.path().join("src")];
         while let Some(d) = dirs.pop() {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 let p = e.path();
                 if p.is_dir() {
                     dirs.push(p);
-                } else {
+                } else if p.extension().is_some_and(|x| x == "rs") {
                     files.push(p);
                 }
             }
