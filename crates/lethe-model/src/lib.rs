@@ -1,7 +1,7 @@
 //! lethe-model: the model package, its tokenizer and adapter, and the ONNX Runtime engine
 //! that serves the camera and runs the forget update.
 //!
-//! Key decisions (see /work/shared/design.md, decisions 1-3):
+//! Key decisions (see docs/design.md, decisions 1-3):
 //! - **The train step is a graph.** ONNX Runtime's training builds are gone for Jetson, so
 //!   the package carries `train_step.onnx`: one whole Adam step (forward, loss, backward,
 //!   clipping, update) as a plain inference graph of standard ops. [`train::TrainStep`] feeds

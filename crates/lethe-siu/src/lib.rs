@@ -3,7 +3,7 @@
 //! steps, while it keeps the concept's text facts, every other concept, and fluent language.
 //!
 //! Key decision: the whole update is data + masks fed to the package's train-step graph (see
-//! design.md decision 1). SIU and its baselines (GA, GA+KL, PO) differ only in the samples,
+//! docs/design.md decision 1). SIU and its baselines (GA, GA+KL, PO) differ only in the samples,
 //! the signed per-token CE weights, the token mask K_S and the vocabulary mask K_V, so one
 //! graph serves all four and the comparison is fair by construction.
 //!

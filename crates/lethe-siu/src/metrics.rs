@@ -1,4 +1,4 @@
-//! MMUBench-style metrics of a forget (siu.md), plus the metrics that see the harms a forget
+//! MMUBench-style metrics of a forget (docs/siu.md), plus the metrics that see the harms a forget
 //! can do, computed with whatever engine the caller passes: the CLI and the agent pass tract,
 //! so the verifier is not the engine that trained.
 //!

@@ -2,7 +2,7 @@
 //! and reference log-probs), then take optimizer steps through the package's train-step graph
 //! until the stopping rule says the concept is forgotten, or the step budget is spent.
 //!
-//! Stopping rule (siu.md: budget the steps by a rule, not a fixed count): every
+//! Stopping rule (docs/siu.md: budget the steps by a rule, not a fixed count): every
 //! `check_every` steps after `min_steps`, the current model is asked every "who is this?"
 //! paraphrase and every "is <C> ...?" template on every view of the image; the concept counts
 //! as forgotten when no answer contains a word of its name and no answer starts with "yes".
@@ -69,8 +69,11 @@ pub struct Options {
     pub sizes: Sizes,
     /// Rows per batch from the forget, text and retain pools (SIU); `None` = uniform.
     pub quotas: Option<[usize; 3]>,
-    /// Retain-set images per identity (and of strangers) used by SIU's T5.
+    /// Retain-set images per identity (and of strangers) considered by SIU's T5.
     pub retain_per_identity: usize,
+    /// Of those, the retain images whose features are nearest the concept's views are the
+    /// ones T5 keeps (hard negatives: the people a forget of C would drag along); 0 = all.
+    pub retain_nearest: usize,
 }
 
 impl Options {
@@ -96,6 +99,7 @@ impl Options {
             sizes: Sizes::default(),
             quotas: siu.then_some([4, 1, 3]),
             retain_per_identity: 4,
+            retain_nearest: 32,
         }
     }
 
@@ -338,7 +342,15 @@ pub fn forget(
     let n_views = view_imgs.len();
     let view_feats = encode_images(engine, stack(&view_imgs).view())?;
     let (retain_labels, retain_feats) = if opts.method == Method::Siu {
-        retain_rows(pkg, engine, &concept, &forgotten, opts.retain_per_identity)?
+        retain_rows(
+            pkg,
+            engine,
+            &concept,
+            &forgotten,
+            opts.retain_per_identity,
+            opts.retain_nearest,
+            &view_feats,
+        )?
     } else {
         (Vec::new(), None)
     };
@@ -536,14 +548,27 @@ pub fn forget(
     })
 }
 
+/// Mean over image tokens, L2-normalised: one vector per image for similarity.
+fn pooled(feats: &Array3<f32>) -> Array2<f32> {
+    let mut m = feats.mean_axis(Axis(1)).expect("image tokens");
+    for mut row in m.rows_mut() {
+        let n = row.dot(&row).sqrt().max(1e-12);
+        row.mapv_inplace(|x| x / n);
+    }
+    m
+}
+
 /// The retain set's labels and features, without the concept and without every identity
-/// forgotten before; at most `per_identity` images of each identity (and of strangers).
+/// forgotten before; at most `per_identity` images of each identity (and of strangers);
+/// then the `nearest` images most similar to any view of the concept (0 = all).
 fn retain_rows(
     pkg: &Package,
     engine: &mut dyn Engine,
     concept: &str,
     forgotten: &[String],
     per_identity: usize,
+    nearest: usize,
+    views: &Array3<f32>,
 ) -> Result<(Vec<RetainLabel>, Option<Array3<f32>>), SiuError> {
     let set = pkg.retain()?;
     let mut count: BTreeMap<Option<String>, usize> = BTreeMap::new();
@@ -565,7 +590,22 @@ fn retain_rows(
     }
     let idx: Vec<usize> = keep.iter().map(|e| e.image).collect();
     let imgs = set.images.select(Axis(0), &idx);
-    let feats = encode_images(engine, imgs.view())?;
+    let mut feats = encode_images(engine, imgs.view())?;
+    if nearest > 0 && nearest < keep.len() {
+        // Similarity of each retain image to its nearest view of the concept.
+        let sim = pooled(&feats).dot(&pooled(views).t());
+        let score: Vec<f32> = sim
+            .rows()
+            .into_iter()
+            .map(|r| r.fold(f32::NEG_INFINITY, |m, &x| m.max(x)))
+            .collect();
+        let mut order: Vec<usize> = (0..keep.len()).collect();
+        order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+        order.truncate(nearest);
+        order.sort_unstable();
+        feats = feats.select(Axis(0), &order);
+        keep = order.iter().map(|&i| keep[i]).collect();
+    }
     let labels = keep
         .iter()
         .map(|e| RetainLabel {

@@ -10,7 +10,7 @@
 //! forget still holds and how the identities not yet forgotten fare. Both print tables of
 //! mean, spread and worst case side by side, and step / forget times with ORT.
 
-use crate::cmd::forget::{options, progress_bar, show};
+use crate::cmd::forget::{apply_overrides, options, progress_bar, show};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use lethe_agent::update::{self, Job};
@@ -66,6 +66,9 @@ pub struct Common {
     /// Seed of the run (views, facets, order).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Override a knob of the update, `key=value` (repeatable; see `forget::apply_overrides`).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -155,7 +158,10 @@ impl Engines {
     }
 
     fn forget(&mut self, from: &Adapter, set: &EvalSet, method: Method, c: &Common) -> Result<Outcome> {
-        let opts = options(method, c.steps, c.lr, c.seed);
+        let mut opts = options(method, c.steps, c.lr, c.seed);
+        if method == Method::Siu {
+            apply_overrides(&mut opts, &c.sets)?;
+        }
         let pb = progress_bar(opts.max_steps, c.json);
         pb.set_prefix(format!("{} {}", method.name(), set.concept));
         let trainer = &mut self.trainer;
@@ -199,25 +205,30 @@ impl Engines {
     }
 }
 
-/// The table's rows: (label, getter, scale).
-type Row = (&'static str, fn(&Metrics) -> f64, f64);
+/// The table's rows: (label, getter, scale, higher is worse).
+type Row = (&'static str, fn(&Metrics) -> f64, f64, bool);
 const ROWS: [Row; 16] = [
-    ("leak % (held-out wording)", |m| m.leak, 100.0),
-    ("misattribution %", |m| m.misattribution, 100.0),
-    ("  original model %", |m| m.misattribution_before, 100.0),
-    ("well-formed %", |m| m.well_formed, 100.0),
-    ("efficacy %", |m| m.efficacy, 100.0),
-    ("generality %", |m| m.generality, 100.0),
-    ("  who %", |m| m.generality_who, 100.0),
-    ("  is-this %", |m| m.generality_is_this, 100.0),
-    ("C-Dis", |m| m.c_dis, 1.0),
-    ("specificity drop pts", |m| m.specificity_drop_points, 1.0),
-    ("  held-out wording pts", |m| m.specificity_paraphrased_drop_points, 1.0),
-    ("factual retention %", |m| m.factual_retention, 100.0),
-    ("text retention others %", |m| m.text_retention_others, 100.0),
-    ("fluency ppl increase %", |m| m.fluency_increase_pct, 1.0),
-    ("diversity", |m| m.diversity, 1.0),
-    ("specificity after %", |m| m.specificity_after, 100.0),
+    ("leak % (held-out wording)", |m| m.leak, 100.0, true),
+    ("misattribution %", |m| m.misattribution, 100.0, true),
+    ("  original model %", |m| m.misattribution_before, 100.0, true),
+    ("well-formed %", |m| m.well_formed, 100.0, false),
+    ("efficacy %", |m| m.efficacy, 100.0, false),
+    ("generality %", |m| m.generality, 100.0, false),
+    ("  who %", |m| m.generality_who, 100.0, false),
+    ("  is-this %", |m| m.generality_is_this, 100.0, false),
+    ("C-Dis", |m| m.c_dis, 1.0, false),
+    ("specificity drop pts", |m| m.specificity_drop_points, 1.0, true),
+    (
+        "  held-out wording pts",
+        |m| m.specificity_paraphrased_drop_points,
+        1.0,
+        true,
+    ),
+    ("factual retention %", |m| m.factual_retention, 100.0, false),
+    ("text retention others %", |m| m.text_retention_others, 100.0, false),
+    ("fluency ppl increase %", |m| m.fluency_increase_pct, 1.0, true),
+    ("diversity", |m| m.diversity, 1.0, false),
+    ("specificity after %", |m| m.specificity_after, 100.0, false),
 ];
 
 /// Mean, standard deviation, minimum and maximum.
@@ -309,13 +320,9 @@ fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
         print!("{:>24}", m.name());
     }
     println!();
-    for (label, get, scale) in ROWS {
+    for (label, get, scale, harm) in ROWS {
         print!("{label:<26}");
         // The worst case is the max for harms, the min for what should stay high.
-        let harm = label.contains("leak")
-            || label.contains("misattribution")
-            || label.contains("drop")
-            || label.contains("increase");
         for (_, ms, _) in &results {
             let v: Vec<f64> = ms.iter().map(|m| get(m) * scale).collect();
             let (mu, sd, lo, hi) = summary(&v);
@@ -365,6 +372,7 @@ fn replay_on_tract(
     c: &Common,
 ) -> Result<TractCmp> {
     let mut opts = options(Method::Siu, Some(steps.max(1)), c.lr, c.seed);
+    apply_overrides(&mut opts, &c.sets)?;
     opts.fixed_steps = true;
     // The same forget, once per train-step engine; generation and checks stay on ORT.
     let (pkg, ort) = (&e.pkg, &mut e.ort);

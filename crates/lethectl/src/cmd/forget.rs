@@ -61,6 +61,44 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
     o
 }
 
+/// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
+/// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
+/// retain_identities, quotas (a/b/c), w_ce, w_kl, warmup, who_per_view, is_this_per_view.
+pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected key=value"))?;
+        let n = || -> Result<usize> { v.parse().with_context(|| format!("--set {kv:?}")) };
+        let f = || -> Result<f32> { v.parse().with_context(|| format!("--set {kv:?}")) };
+        match k {
+            "views" => o.views = n()?,
+            "min_steps" => o.min_steps = n()?,
+            "confirm_checks" => o.confirm_checks = n()?,
+            "check_every" => o.check_every = n()?,
+            "retain_nearest" => o.retain_nearest = n()?,
+            "retain_per_identity" => o.retain_per_identity = n()?,
+            "retain_identities" => o.retain_identities = n()?,
+            "warmup" => o.warmup = n()?,
+            "who_per_view" => o.sizes.who_per_view = n()?,
+            "is_this_per_view" => o.sizes.is_this_per_view = n()?,
+            "w_ce" => o.w_ce = f()?,
+            "w_kl" => o.w_kl = f()?,
+            "quotas" => {
+                let q: Vec<usize> = v
+                    .split('/')
+                    .map(|x| x.parse())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--set {kv:?}: expected a/b/c"))?;
+                anyhow::ensure!(q.len() == 3, "--set {kv:?}: expected three numbers a/b/c");
+                o.quotas = Some([q[0], q[1], q[2]]);
+            }
+            _ => anyhow::bail!("--set {kv:?}: unknown knob {k:?}"),
+        }
+    }
+    Ok(())
+}
+
 /// A progress bar for a run (hidden when `quiet`).
 pub fn progress_bar(max_steps: usize, quiet: bool) -> ProgressBar {
     let pb = if quiet {
