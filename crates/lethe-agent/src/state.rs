@@ -75,6 +75,9 @@ pub enum Event {
         reason: String,
         receipt: String,
     },
+    /// A command's whole state in one record: what journal compaction writes in place of
+    /// the records that led to it. Only ever the first record of a command.
+    Snapshot { of: Box<CommandState> },
 }
 
 impl Event {
@@ -92,12 +95,13 @@ impl Event {
             Event::Committed { .. } => "committed",
             Event::RolledBack { .. } => "rolled_back",
             Event::Failed { .. } => "failed",
+            Event::Snapshot { .. } => "snapshot",
         }
     }
 }
 
 /// Where a command is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Received,
@@ -121,6 +125,12 @@ impl Phase {
         )
     }
 
+    /// Nothing is running or owed for it: terminal, or deferred (waiting for a resend that
+    /// is decided afresh). A settled command may be compacted out of the journal.
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == Phase::Deferred
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Received => "received",
@@ -139,7 +149,7 @@ impl Phase {
 }
 
 /// Everything the journal knows about one command (keyed by the envelope's SHA-256).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandState {
     pub env: String,
     /// The verified command id; `None` until accepted (a rejected command is named
@@ -192,6 +202,7 @@ pub fn apply(
     };
     let Some(prev) = prev else {
         return match event {
+            Event::Snapshot { of } if of.env == env => Ok((**of).clone()),
             Event::Received => Ok(CommandState {
                 env: env.to_string(),
                 id: None,
@@ -540,6 +551,27 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(recovery(&s, "x", |_| false), Recovery::Done);
+    }
+
+    #[test]
+    fn a_snapshot_stands_for_a_whole_history_and_only_as_a_first_record() {
+        let s = run(&[Event::Received, accepted(), Event::Preparing]).unwrap();
+        let snap = Event::Snapshot {
+            of: Box::new(s.clone()),
+        };
+        // It folds into the very state it holds, and the lifecycle goes on from there.
+        let again = apply(None, "e1", 0, &snap).unwrap();
+        assert_eq!(again, s);
+        let next = apply(Some(&again), "e1", 0, &Event::Verifying).unwrap();
+        assert_eq!(next.phase, Phase::Verifying);
+        // Never after other records, never under another command's name.
+        assert!(apply(Some(&s), "e1", 0, &snap).is_err());
+        assert!(apply(None, "e2", 0, &snap).is_err());
+        // It survives the journal's JSON form.
+        let line = serde_json::to_string(&snap).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), snap);
+        assert!(Phase::Deferred.is_settled() && Phase::Committed.is_settled());
+        assert!(!Phase::Received.is_settled() && !Phase::Committing.is_settled());
     }
 
     #[test]
