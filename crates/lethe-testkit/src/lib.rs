@@ -1,15 +1,17 @@
 //! Test-only helpers shared by the crates' integration tests and the system tests
 //! (`tests/`): a real mosquitto broker started by the test on a random loopback port (plain,
 //! or plain + a TLS listener requiring client certificates), a throwaway PKI made with the
-//! `openssl` command, hostile image headers, and the agent binary's test configuration and
-//! process ([`agent`]).
+//! `openssl` command, hostile image headers, the agent binary's test configuration and
+//! process ([`agent`]), and small mounted file systems to fill up or search ([`smallfs`]).
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
 //! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
 
 pub mod agent;
+pub mod smallfs;
 
 pub use agent::{agent_toml, Daemon, FAST};
+pub use smallfs::{find_bytes, SmallFs};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

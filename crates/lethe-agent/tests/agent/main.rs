@@ -5,6 +5,7 @@
 //! mosquitto is required: a missing broker FAILS the tests with a message (`./x test` installs it);
 //! nothing is skipped silently. `LETHE_CRASH_ITERS` sets the crash-loop iterations (default 5).
 
+mod channel;
 mod common;
 mod crash;
 mod e2e;
