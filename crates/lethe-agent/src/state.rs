@@ -31,10 +31,13 @@ pub enum Event {
         reason: String,
         receipt: String,
     },
-    /// Valid, but the queue was full (`busy`): not applied, sequence not consumed. A resend
-    /// of the same envelope is decided again.
+    /// Valid, but not taken now: the queue was full (`busy`), or the disk (`no-space`): not
+    /// applied, sequence not consumed. A resend of the same envelope is decided again.
     Deferred {
         id: String,
+        /// `busy` (also what records written before the field existed mean) or `no-space`.
+        #[serde(default = "busy")]
+        code: String,
         reason: String,
         receipt: String,
     },
@@ -78,6 +81,10 @@ pub enum Event {
     /// A command's whole state in one record: what journal compaction writes in place of
     /// the records that led to it. Only ever the first record of a command.
     Snapshot { of: Box<CommandState> },
+}
+
+fn busy() -> String {
+    "busy".into()
 }
 
 impl Event {
@@ -245,13 +252,14 @@ pub fn apply(
             P::Received | P::Deferred,
             Event::Deferred {
                 id,
+                code,
                 reason,
                 receipt,
             },
         ) => {
             s.phase = P::Deferred;
             s.id = Some(id.clone());
-            s.reason = Some(format!("busy: {reason}"));
+            s.reason = Some(format!("{code}: {reason}"));
             s.receipt = Some(receipt.clone());
         }
         (
@@ -578,6 +586,7 @@ mod tests {
     fn a_busy_command_is_deferred_and_decided_again_when_resent() {
         let busy = Event::Deferred {
             id: "op-1".into(),
+            code: "busy".into(),
             reason: "queue full".into(),
             receipt: "r1".into(),
         };

@@ -214,6 +214,7 @@ pub(super) fn decide(
                 |receipt| match busy_id {
                     Some(id) => Event::Deferred {
                         id,
+                        code,
                         reason,
                         receipt,
                     },

@@ -232,6 +232,7 @@ fn not_stored(sh: &Shared, j: &mut Journal, st: &CommandState) -> Result<Command
         BTreeMap::new(),
         |receipt| Event::Deferred {
             id,
+            code: "not-stored".into(),
             reason,
             receipt,
         },

@@ -476,27 +476,23 @@ async fn a_full_disk_fails_a_forget_with_a_receipt_that_says_so_and_the_next_one
     let base = base_hash();
     assert!(f.state.join("reserve").exists(), "the storage reserve is made");
 
-    // Fill the file system to the last byte with 16 KiB chunks.
+    // Fill the file system to the last byte, in files of 16 KiB (the last one partial).
     let chunk = vec![0xeeu8; 16 << 10];
     let mut fillers = Vec::new();
-    'fill: for k in 0.. {
-        let p = f.state.join(format!("filler-{k:04}"));
-        let mut file = std::fs::File::create(&p).unwrap();
+    loop {
         use std::io::Write;
-        loop {
-            if file.write_all(&chunk).and_then(|()| file.sync_all()).is_err() {
-                fillers.push(p);
-                break 'fill;
-            }
-            if file.metadata().unwrap().len() >= 256 << 10 {
-                break;
-            }
-        }
+        let p = f.state.join(format!("filler-{:04}", fillers.len()));
+        let mut file = std::fs::File::create(&p).unwrap();
         fillers.push(p);
+        if file.write_all(&chunk).and_then(|()| file.sync_all()).is_err() {
+            break;
+        }
     }
+    eprintln!("DISK FULL: {} KiB of filler", fillers.len() * 16);
 
     // Not even room for the envelope: deferred, "no-space", nothing applied.
-    let first = sign(&spec("full-1", 1, 6), &f.op);
+    // (Sequence 10: the deferred command is still new when it is resent after full-2.)
+    let first = sign(&spec("full-1", 10, 6), &f.op);
     op.push(first.clone()).await;
     let r = op
         .receipt("full-1", &f.device_pub, Duration::from_secs(60))
@@ -542,7 +538,7 @@ async fn a_full_disk_fails_a_forget_with_a_receipt_that_says_so_and_the_next_one
         .receipt("full-1", &f.device_pub, Duration::from_secs(600))
         .await;
     assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
-    op.push(sign(&spec("full-3", 3, 8), &f.op)).await;
+    op.push(sign(&spec("full-3", 11, 8), &f.op)).await;
     let r3 = op
         .receipt("full-3", &f.device_pub, Duration::from_secs(600))
         .await;
