@@ -37,7 +37,13 @@ impl Fleet {
         let operator_ca = make_ca(&pki, "operator-ca", "lethe-test-operator-ca");
         issue_cert(&pki, &fleet_ca, "broker", "broker", "serverAuth");
         for d in ["cam-01", "cam-02"] {
-            issue_cert(&pki, &fleet_ca, d, &format!("lethe-{FLEET}-{d}"), "clientAuth");
+            issue_cert(
+                &pki,
+                &fleet_ca,
+                d,
+                &format!("lethe-{FLEET}-{d}"),
+                "clientAuth",
+            );
         }
         issue_cert(&pki, &operator_ca, "alice", "operator-alice", "clientAuth");
         // A device certificate from the operators' CA would pass there: one signed by the
@@ -45,7 +51,14 @@ impl Fleet {
         issue_cert(&pki, &fleet_ca, "fake-op", "operator-alice", "clientAuth");
 
         let acl = std::process::Command::new(workspace().join("firmware/broker/fleet-acl"))
-            .args(["--fleet", FLEET, "--device", "cam-01:lobby", "--device", "cam-02"])
+            .args([
+                "--fleet",
+                FLEET,
+                "--device",
+                "cam-01:lobby",
+                "--device",
+                "cam-02",
+            ])
             .args(["--operator", "alice"])
             .output()
             .expect("firmware/broker/fleet-acl");
@@ -199,6 +212,20 @@ impl Peer {
             .unwrap_or_else(|e| panic!("{who} as {id} on {port}: {e}"))
     }
 
+    /// Waits until `device`'s status says `state` (the peer must be subscribed to it).
+    fn wait_state(&self, device: &str, state: &str, timeout: Duration, log: &dyn Fn() -> String) {
+        let t0 = Instant::now();
+        while let Some(left) = timeout.checked_sub(t0.elapsed()) {
+            if let Ok(Seen::Publish(t, p, _)) = self.rx.recv_timeout(left) {
+                let s: serde_json::Value = serde_json::from_slice(&p).unwrap_or_default();
+                if t == status(device) && s["state"] == state {
+                    return;
+                }
+            }
+        }
+        panic!("{device} never said {state:?}\n{}", log());
+    }
+
     /// Drops the connection without a DISCONNECT, as a crash would.
     fn kill(mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -286,9 +313,15 @@ fn the_shipped_broker_acl_refuses_a_device_speaking_or_listening_for_others() {
     let forged = [
         (cmd("cam-01"), "a command to itself"),
         (cmd("cam-02"), "a command to another device"),
-        (format!("lethe/v1/{FLEET}/groups/lobby/cmd"), "a command to its group"),
+        (
+            format!("lethe/v1/{FLEET}/groups/lobby/cmd"),
+            "a command to its group",
+        ),
         (status("cam-02"), "another device's status"),
-        (format!("lethe/v1/{FLEET}/cam-02/receipts/x"), "another device's receipt"),
+        (
+            format!("lethe/v1/{FLEET}/cam-02/receipts/x"),
+            "another device's receipt",
+        ),
     ];
     for (topic, _) in &forged {
         cam1.publish(topic, b"forged", true);
@@ -296,7 +329,11 @@ fn the_shipped_broker_acl_refuses_a_device_speaking_or_listening_for_others() {
     cam1.publish(&status("cam-01"), b"control-1", false);
     let got = watcher.until(&status("cam-01"), b"control-1");
     assert!(got.is_empty(), "the broker let through: {:?}", shown(&got));
-    refused.extend(forged.iter().map(|(_, what)| format!("device publishes {what}")));
+    refused.extend(
+        forged
+            .iter()
+            .map(|(_, what)| format!("device publishes {what}")),
+    );
     // Nothing retained either: a new subscriber to cam-02's topics finds nothing.
     let late = f.operator("late");
     late.subscribe(&[&format!("lethe/v1/{FLEET}/cam-02/#"), &cmd("cam-01")]);
@@ -324,8 +361,16 @@ fn the_shipped_broker_acl_refuses_a_device_speaking_or_listening_for_others() {
     ]);
     eprintln!("BROKER SUBACK for cam-01 (own, group, cam-02, other group, fleet #, #): {codes:?}");
     alice.publish(&cmd("cam-02"), b"secret-1", false);
-    alice.publish(&format!("lethe/v1/{FLEET}/groups/other/cmd"), b"secret-2", false);
-    alice.publish(&format!("lethe/v1/{FLEET}/groups/lobby/cmd"), b"for-lobby", false);
+    alice.publish(
+        &format!("lethe/v1/{FLEET}/groups/other/cmd"),
+        b"secret-2",
+        false,
+    );
+    alice.publish(
+        &format!("lethe/v1/{FLEET}/groups/lobby/cmd"),
+        b"for-lobby",
+        false,
+    );
     alice.publish(&cmd("cam-01"), b"control-4", false);
     let got = cam1.until(&cmd("cam-01"), b"control-4");
     let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
@@ -361,10 +406,12 @@ fn the_shipped_broker_acl_refuses_a_device_speaking_or_listening_for_others() {
     //    Control: the same device's will on its own status is. (These connections take
     //    cam-01's client id, so the one above is gone from here on.)
     let forged_will = LastWill::new(status("cam-02"), "forged-will", QoS::AtLeastOnce, true);
-    f.device("cam-01", "lethe-lab-cam-01", Some(forged_will)).kill();
+    f.device("cam-01", "lethe-lab-cam-01", Some(forged_will))
+        .kill();
     std::thread::sleep(Duration::from_millis(500));
     let own_will = LastWill::new(status("cam-01"), "control-5", QoS::AtLeastOnce, false);
-    f.device("cam-01", "lethe-lab-cam-01", Some(own_will)).kill();
+    f.device("cam-01", "lethe-lab-cam-01", Some(own_will))
+        .kill();
     let got = watcher.until(&status("cam-01"), b"control-5");
     assert!(
         got.iter().all(|(_, p)| p != b"forged-will"),
@@ -419,7 +466,14 @@ fn the_shipped_size_limit_admits_every_command_and_stays_under_the_agent_s_packe
     let value = |text: &str, key: &str| -> u64 {
         text.lines()
             .map(|l| l.split('#').next().unwrap().trim())
-            .find_map(|l| l.strip_prefix(key)?.trim().trim_start_matches('=').trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .trim_start_matches('=')
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no {key}"))
     };
     let limit = value(&conf, "message_size_limit");
@@ -427,7 +481,10 @@ fn the_shipped_size_limit_admits_every_command_and_stays_under_the_agent_s_packe
     let cap = value(&agent, "max_packet_bytes");
     let envelope = lethe_proto::envelope::MAX_ENVELOPE_BYTES as u64;
     // A publish packet is the payload plus a topic (at most 64 KiB) and a few header bytes.
-    assert!(limit >= envelope, "{limit} < the largest command ({envelope})");
+    assert!(
+        limit >= envelope,
+        "{limit} < the largest command ({envelope})"
+    );
     assert!(
         limit + (64 << 10) + 16 <= cap,
         "message_size_limit {limit} too close to the agent's max_packet_bytes {cap}"
@@ -476,30 +533,38 @@ fn the_agent_runs_its_whole_protocol_under_the_shipped_acl() {
     // The operator sees the device's retained status (a write the ACL allows it).
     let op = f.operator("op-view");
     op.subscribe(&[&format!("lethe/v1/{FLEET}/cam-01/#")]);
-    let t0 = Instant::now();
-    loop {
-        match op.rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(Seen::Publish(t, p, _)) if t == status("cam-01") => {
-                let s: serde_json::Value = serde_json::from_slice(&p).unwrap();
-                if s["state"] == "online" {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => panic!("no online status\n{}", agent_log()),
-        }
-        assert!(t0.elapsed() < Duration::from_secs(180), "{}", agent_log());
-    }
+    op.wait_state("cam-01", "online", Duration::from_secs(180), &agent_log);
 
     // An authentic command the device refuses at once (another model), pushed with lethectl
     // over the operators' listener: its events and its receipt reach the operator.
     let image = tmp.path().join("face.png");
-    lethectl_ok(&["world", "render", "--identity", "2", "--seed", "500002", "--out", arg(&image)]);
+    lethectl_ok(&[
+        "world",
+        "render",
+        "--identity",
+        "2",
+        "--seed",
+        "500002",
+        "--out",
+        arg(&image),
+    ]);
     let signed = tmp.path().join("cmd.leth");
     lethectl_ok(&[
-        "sign", "--key", arg(&keys.join("op.key")), "--device", "cam-01", "--model-id",
-        "another-model", "--concept", "anna adler", "--image", arg(&image), "--seq", "1",
-        "--out", arg(&signed),
+        "sign",
+        "--key",
+        arg(&keys.join("op.key")),
+        "--device",
+        "cam-01",
+        "--model-id",
+        "another-model",
+        "--concept",
+        "anna adler",
+        "--image",
+        arg(&image),
+        "--seq",
+        "1",
+        "--out",
+        arg(&signed),
     ]);
     let op_url = format!("mqtts://127.0.0.1:{}", f.operator_port);
     lethectl_ok(&[
@@ -531,7 +596,10 @@ fn the_agent_runs_its_whole_protocol_under_the_shipped_acl() {
                 )
                 .expect("a device-signed receipt");
                 assert_eq!(r.verdict, lethe_proto::Verdict::Rejected);
-                assert!(r.reason.as_deref().unwrap().starts_with("wrong-model"), "{r:?}");
+                assert!(
+                    r.reason.as_deref().unwrap().starts_with("wrong-model"),
+                    "{r:?}"
+                );
                 let _ = retained;
                 receipt = true;
             }
@@ -543,20 +611,7 @@ fn the_agent_runs_its_whole_protocol_under_the_shipped_acl() {
 
     // Its Last Will (offline, retained, on its own status) is allowed too.
     agent.kill9();
-    let t0 = Instant::now();
-    loop {
-        match op.rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Seen::Publish(t, p, _)) if t == status("cam-01") => {
-                let s: serde_json::Value = serde_json::from_slice(&p).unwrap();
-                if s["state"] == "offline" {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => panic!("no Last Will"),
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60));
-    }
+    op.wait_state("cam-01", "offline", Duration::from_secs(60), &agent_log);
     assert!(!agent_log().contains("ERROR"), "{}", agent_log());
     eprintln!("BROKER the agent under the shipped ACL: online status, event, receipt, Last Will");
 }

@@ -65,8 +65,7 @@ pub fn scrub_remove(path: &Path) -> std::io::Result<()> {
 pub fn is_storage_full(e: &std::io::Error) -> bool {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
-    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
-        || e.kind() == std::io::ErrorKind::StorageFull
+    matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT)) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// A file of zeros that holds space in the state folder for the records that say a command

@@ -428,17 +428,17 @@ mod tests {
         assert_eq!((c.after, j.len_bytes(), j.grown()), (after, after, 0));
         // 17 one-line snapshots of under a kilobyte each, from a file fifteen times that.
         assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 17);
-        assert!(after < 17 * 1024 && before > 15 * after, "{before} -> {after}");
+        assert!(
+            after < 17 * 1024 && before > 15 * after,
+            "{before} -> {after}"
+        );
         let check = |j: &Journal| {
             assert_eq!(j.commands().count(), 17);
             assert_eq!(j.get("live").unwrap().phase, crate::state::Phase::Preparing);
             assert_eq!(j.by_id("op-199").unwrap().env, "e199");
             assert_eq!(j.get("e198").unwrap().phase, crate::state::Phase::Rejected);
             assert!(j.get("e183").is_none() && j.by_id("op-183").is_none());
-            assert_eq!(
-                j.commands().map(|c| c.env.as_str()).last(),
-                Some("e199")
-            );
+            assert_eq!(j.commands().map(|c| c.env.as_str()).last(), Some("e199"));
         };
         check(&j);
         // The same after a reopen, and the lifecycle of the live command goes on.

@@ -80,7 +80,9 @@ pub enum Event {
     },
     /// A command's whole state in one record: what journal compaction writes in place of
     /// the records that led to it. Only ever the first record of a command.
-    Snapshot { of: Box<CommandState> },
+    Snapshot {
+        of: Box<CommandState>,
+    },
 }
 
 fn busy() -> String {

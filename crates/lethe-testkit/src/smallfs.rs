@@ -19,7 +19,10 @@ pub struct SmallFs {
 
 fn uid_gid() -> (String, String) {
     let id = |flag: &str| {
-        let o = Command::new("id").arg(flag).output().expect("the id command");
+        let o = Command::new("id")
+            .arg(flag)
+            .output()
+            .expect("the id command");
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     (id("-u"), id("-g"))
@@ -116,7 +119,9 @@ impl Drop for SmallFs {
             let _ = if uid == "0" {
                 Command::new("umount").args(["-l", &p]).status()
             } else {
-                Command::new("sudo").args(["-n", "umount", "-l", &p]).status()
+                Command::new("sudo")
+                    .args(["-n", "umount", "-l", &p])
+                    .status()
             };
         }
     }

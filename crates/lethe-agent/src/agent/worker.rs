@@ -84,7 +84,9 @@ fn store_failure(what: &str, e: &StoreError) -> String {
 }
 
 fn load_job_command(sh: &Shared, env: &str) -> Result<lethe_proto::Command, String> {
-    let bytes = sh.read_envelope(env).map_err(|e| format!("stored command: {e}"))?;
+    let bytes = sh
+        .read_envelope(env)
+        .map_err(|e| format!("stored command: {e}"))?;
     if sha256_hex(&bytes) != env {
         return Err("stored command does not match its hash".into());
     }

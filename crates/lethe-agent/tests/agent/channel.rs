@@ -20,6 +20,69 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Where a test device keeps its state folder.
+enum Mount {
+    Disk,
+    /// A tmpfs of this many bytes (to fill up).
+    Tmpfs(u64),
+    /// An ext4 image of this many bytes (to search its raw blocks).
+    Ext4(u64),
+}
+
+/// A test device, online: a broker, the agent (FAST settings) with its state folder on
+/// `mount`, the operator's client. Fields drop in the order they are declared: the agent
+/// stops before its file system is unmounted, and that before its folder goes.
+struct Device {
+    op: Operator,
+    agent: Agent,
+    fs: Option<SmallFs>,
+    f: Fixture,
+    broker: Broker,
+    _tmp: tempfile::TempDir,
+}
+
+async fn device(mount: Mount) -> Device {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path()); // mosquitto's defaults: no message size limit
+    let f = fixture(&broker, FAST);
+    let fs = match mount {
+        Mount::Disk => None,
+        Mount::Tmpfs(n) => Some(SmallFs::tmpfs(&f.state, n)),
+        Mount::Ext4(n) => Some(SmallFs::ext4(&f.state, &tmp.path().join("state.ext4"), n)),
+    };
+    let agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    Device {
+        op,
+        agent,
+        fs,
+        f,
+        broker,
+        _tmp: tmp,
+    }
+}
+
+impl Device {
+    /// Pushes the signed command `bytes` (id `id`) and waits for its receipt, which must say
+    /// committed; returns it and the seconds it took.
+    async fn commits(&self, bytes: Vec<u8>, id: &str) -> (lethe_proto::Receipt, f64) {
+        let t0 = Instant::now();
+        self.op.push(bytes).await;
+        let r = self
+            .op
+            .receipt(id, &self.f.device_pub, Duration::from_secs(600))
+            .await;
+        assert_eq!(
+            r.verdict,
+            Verdict::Committed,
+            "{r:?}\n{}",
+            agent_log(&self.f)
+        );
+        (r, t0.elapsed().as_secs_f64())
+    }
+}
+
 /// Every file under `dir` with its size.
 fn files(dir: &Path) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
@@ -145,23 +208,18 @@ fn flood_message(rng: &mut Lcg, k: usize, trusted: [u8; 8]) -> Vec<u8> {
 }
 
 async fn flood_then_commit(messages: usize) {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let mut d = device(Mount::Disk).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = agent.peak_rss_kib().unwrap_or(0);
-    let state_before = bytes_under(&f.state);
-    let retained_before = retained_topics(broker.port).await;
+    let rss_before = d.agent.peak_rss_kib().unwrap_or(0);
+    let state_before = bytes_under(&d.f.state);
+    let retained_before = retained_topics(d.broker.port).await;
 
-    let (attack, acks) = attacker(broker.port).await;
+    let (attack, acks) = attacker(d.broker.port).await;
     let mut rng = Lcg(0x1e7e_5eed);
     let (mut sent_bytes, mut qos1) = (0u64, 0usize);
     let t0 = Instant::now();
     for k in 0..messages {
-        let m = flood_message(&mut rng, k, f.op.id().0);
+        let m = flood_message(&mut rng, k, d.f.op.id().0);
         sent_bytes += m.len() as u64;
         let qos = if k % 10 == 9 {
             QoS::AtMostOnce
@@ -182,7 +240,7 @@ async fn flood_then_commit(messages: usize) {
     // Settled: the agent's count of refused messages stops moving.
     let (mut last, mut since) = (u64::MAX, Instant::now());
     let seen = loop {
-        let n = op.status.lock().unwrap().as_ref().unwrap()["channel"]["unauthenticated"]
+        let n = d.op.status.lock().unwrap().as_ref().unwrap()["channel"]["unauthenticated"]
             .as_u64()
             .unwrap_or(0);
         if n != last {
@@ -193,11 +251,14 @@ async fn flood_then_commit(messages: usize) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let drained = t0.elapsed();
-    let rss_peak = agent.peak_rss_kib().unwrap_or(0);
-    let state_after = bytes_under(&f.state);
-    let retained_after = retained_topics(broker.port).await;
-    let online = op.wait_online(Duration::from_secs(30)).await;
-    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    let rss_peak = d.agent.peak_rss_kib().unwrap_or(0);
+    let state_after = bytes_under(&d.f.state);
+    let retained_after = retained_topics(d.broker.port).await;
+    let online = d.op.wait_online(Duration::from_secs(30)).await;
+    assert!(
+        d.agent.child.try_wait().unwrap().is_none(),
+        "the agent died"
+    );
     eprintln!(
         "FLOOD {messages} messages ({:.0} MB, {qos1} at QoS 1) published in {:.1} s, drained by \
          the agent in {:.1} s; refused as unauthenticated: {seen}; state folder {state_before} -> \
@@ -216,30 +277,27 @@ async fn flood_then_commit(messages: usize) {
     assert!(
         growth < 64 << 10,
         "state folder grew by {growth} bytes: {:?}",
-        files(&f.state)
+        files(&d.f.state)
     );
-    assert_eq!(retained_after, retained_before, "no retained message is created");
+    assert_eq!(
+        retained_after, retained_before,
+        "no retained message is created"
+    );
     // Every QoS 1 message reached the agent and was refused (QoS 0 ones may be shed by the
     // broker under load; none may be let in).
     assert!(
         seen as usize >= qos1 && seen as usize <= messages,
         "{seen} of {messages}"
     );
-    assert!(journal(&f.state).is_empty(), "nothing journaled");
-    assert!(op.receipts.lock().unwrap().is_empty(), "nothing answered");
+    assert!(journal(&d.f.state).is_empty(), "nothing journaled");
+    assert!(d.op.receipts.lock().unwrap().is_empty(), "nothing answered");
 
     // And the channel still works: a valid command sent now commits.
-    let t1 = Instant::now();
-    op.push(sign(&spec("after-flood", 1, 5), &f.op)).await;
-    let r = op
-        .receipt("after-flood", &f.device_pub, Duration::from_secs(600))
+    let (_, took) = d
+        .commits(sign(&spec("after-flood", 1, 5), &d.f.op), "after-flood")
         .await;
-    assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
-    eprintln!(
-        "FLOOD then a valid command: committed in {:.1} s",
-        t1.elapsed().as_secs_f64()
-    );
-    agent.stop();
+    eprintln!("FLOOD then a valid command: committed in {took:.1} s");
+    d.agent.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,14 +313,10 @@ async fn a_flood_of_ten_thousand_messages_stores_nothing_and_a_valid_command_sti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5_mb_message_on_a_broker_without_a_size_limit_costs_one_session_not_the_device() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path()); // mosquitto's default: no message size limit
-    let f = fixture(&broker, FAST);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    // mosquitto's default configuration: no message size limit.
+    let mut d = device(Mount::Disk).await;
 
-    let (attack, acks) = attacker(broker.port).await;
+    let (attack, acks) = attacker(d.broker.port).await;
     let poison = vec![0x5au8; 5_000_000];
     let t0 = Instant::now();
     attack
@@ -280,7 +334,7 @@ async fn a_5_mb_message_on_a_broker_without_a_size_limit_costs_one_session_not_t
     }
     // The agent refuses the packet, sees it redelivered, drops the session once, and is
     // back online.
-    let (status, took) = status_until(&op, Duration::from_secs(60), |s| {
+    let (status, took) = status_until(&d.op, Duration::from_secs(60), |s| {
         s["state"] == "online" && s["channel"]["sessions_dropped"] == 1
     })
     .await;
@@ -293,60 +347,50 @@ async fn a_5_mb_message_on_a_broker_without_a_size_limit_costs_one_session_not_t
     assert!(status["channel"]["last_oversized_bytes"].as_u64().unwrap() > 5_000_000);
     // No loop: ten seconds on, nothing more arrived over the cap.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let later = op.status.lock().unwrap().clone().unwrap();
-    assert_eq!(later["channel"], status["channel"], "{}", agent_log(&f));
+    let later = d.op.status.lock().unwrap().clone().unwrap();
+    assert_eq!(later["channel"], status["channel"], "{}", agent_log(&d.f));
     assert_eq!(later["state"], "online");
 
-    let t1 = Instant::now();
-    op.push(sign(&spec("after-poison", 1, 4), &f.op)).await;
-    let r = op
-        .receipt("after-poison", &f.device_pub, Duration::from_secs(600))
+    let (_, took) = d
+        .commits(sign(&spec("after-poison", 1, 4), &d.f.op), "after-poison")
         .await;
-    assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
     eprintln!(
-        "POISON then a valid command: committed in {:.1} s; log:\n{}",
-        t1.elapsed().as_secs_f64(),
-        agent_log(&f)
+        "POISON then a valid command: committed in {took:.1} s; log:\n{}",
+        agent_log(&d.f)
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("connected"))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    agent.stop();
+    d.agent.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_committed_forget_no_byte_of_the_image_is_left_in_the_state_folder_or_its_blocks() {
     use base64::Engine;
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let mut fs = SmallFs::ext4(&f.state, &tmp.path().join("state.ext4"), 32 << 20);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let mut d = device(Mount::Ext4(32 << 20)).await;
 
     let s = spec("gone-1", 1, 7);
     let image = s.image.clone();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
-    let cmd = sign(&s, &f.op);
-    op.push(cmd.clone()).await;
-    let r = op
-        .receipt("gone-1", &f.device_pub, Duration::from_secs(600))
-        .await;
-    assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
-    agent.stop();
+    let cmd = sign(&s, &d.f.op);
+    d.commits(cmd.clone(), "gone-1").await;
+    d.agent.stop();
 
     // Pieces of the image as they travel (raw PNG, base64 in the payload) and of the
     // envelope: the start, the middle and the end of each.
     let mut needles: Vec<(&str, Vec<u8>)> = Vec::new();
-    for (what, b) in [("png", &image[..]), ("base64", b64.as_bytes()), ("envelope", &cmd[..])] {
+    for (what, b) in [
+        ("png", &image[..]),
+        ("base64", b64.as_bytes()),
+        ("envelope", &cmd[..]),
+    ] {
         let n = b.len();
         for at in [0, n / 2, n - 48] {
             needles.push((what, b[at..at + 48].to_vec()));
         }
     }
-    let listing = files(&f.state);
+    let listing = files(&d.f.state);
     for (path, _) in &listing {
         let bytes = std::fs::read(path).unwrap();
         for (what, nd) in &needles {
@@ -358,15 +402,17 @@ async fn after_a_committed_forget_no_byte_of_the_image_is_left_in_the_state_fold
         }
     }
     assert_eq!(
-        std::fs::read_dir(f.state.join("commands")).unwrap().count(),
+        std::fs::read_dir(d.f.state.join("commands"))
+            .unwrap()
+            .count(),
         0
     );
     // What is kept: the command's hash, id, issuer, sequence and concept name, its receipt.
-    let recs = journal(&f.state);
+    let recs = journal(&d.f.state);
     assert!(recs.iter().any(|r| r["state"] == "committed"));
     // The raw blocks of the file system: the envelope was overwritten before it was removed.
-    fs.unmount();
-    let raw = fs.raw_image();
+    d.fs.as_mut().unwrap().unmount();
+    let raw = d.fs.as_mut().unwrap().raw_image();
     for (what, nd) in &needles {
         assert!(
             find_bytes(&raw, nd).is_none(),
@@ -381,53 +427,58 @@ async fn after_a_committed_forget_no_byte_of_the_image_is_left_in_the_state_fold
         raw.len() >> 20,
         listing
             .iter()
-            .map(|(p, n)| format!("{} ({n})", p.strip_prefix(&f.state).unwrap().display()))
+            .map(|(p, n)| format!("{} ({n})", p.strip_prefix(&d.f.state).unwrap().display()))
             .collect::<Vec<_>>()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_commands_leave_the_journal_under_its_bound_and_the_replay_floor_intact() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let mut d = device(Mount::Disk).await;
 
     // One forget that commits (sequence 1), then a thousand authentic commands refused fast
     // (addressed to another device), each journaled with a signed receipt.
-    let first = sign(&spec("keep-1", 1, 2), &f.op);
-    op.push(first.clone()).await;
-    let r = op
-        .receipt("keep-1", &f.device_pub, Duration::from_secs(600))
-        .await;
-    assert_eq!(r.verdict, Verdict::Committed, "{r:?}");
+    let first = sign(&spec("keep-1", 1, 2), &d.f.op);
+    d.commits(first.clone(), "keep-1").await;
     let n = 1000;
     let mut peak = 0u64;
     let t0 = Instant::now();
-    let answered = || op.receipts.lock().unwrap().len() - 1;
+    let answered = || d.op.receipts.lock().unwrap().len() - 1;
     for k in 0..n {
         let mut s = spec(&format!("other-{k}"), 2 + k as u64, 3);
         s.target = TargetSpec::Device("cam-99".into());
-        op.push(sign(&s, &f.op)).await;
+        d.op.push(sign(&s, &d.f.op)).await;
         if k % 50 == 49 {
             // At most a hundred waiting on the broker (its queue per client is bounded).
             while k + 1 - answered() > 100 {
-                assert!(t0.elapsed() < Duration::from_secs(900), "{} answered", answered());
+                assert!(
+                    t0.elapsed() < Duration::from_secs(900),
+                    "{} answered",
+                    answered()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            peak = peak.max(std::fs::metadata(f.state.join("journal.jsonl")).unwrap().len());
+            peak = peak.max(
+                std::fs::metadata(d.f.state.join("journal.jsonl"))
+                    .unwrap()
+                    .len(),
+            );
         }
     }
     while answered() < n {
-        assert!(t0.elapsed() < Duration::from_secs(900), "{} answered", answered());
+        assert!(
+            t0.elapsed() < Duration::from_secs(900),
+            "{} answered",
+            answered()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = t0.elapsed();
-    let size = std::fs::metadata(f.state.join("journal.jsonl")).unwrap().len();
+    let size = std::fs::metadata(d.f.state.join("journal.jsonl"))
+        .unwrap()
+        .len();
     peak = peak.max(size);
-    let held = journal(&f.state).len();
+    let held = journal(&d.f.state).len();
     // The bound: 128 KiB of growth between compactions, plus one snapshot (at most 4 KiB)
     // per kept command (journal_keep = 64, plus the unsettled ones: none here).
     let bound = (128 << 10) + 64 * (4 << 10);
@@ -436,55 +487,60 @@ async fn a_thousand_commands_leave_the_journal_under_its_bound_and_the_replay_fl
          records; bound {bound} bytes; replay.json {:?}",
         n + 1,
         took.as_secs_f64(),
-        std::fs::read_to_string(f.state.join("replay.json")).ok()
+        std::fs::read_to_string(d.f.state.join("replay.json")).ok()
     );
     assert!(peak <= bound, "journal reached {peak} bytes");
-    assert!(agent_log(&f).contains("journal compacted"));
+    assert!(agent_log(&d.f).contains("journal compacted"));
 
     // The first command was compacted away; its sequence number was not. Sent again, after a
     // restart too, it is refused as a replay and nothing is applied again.
-    agent.stop();
-    let hash = current_hash(&f.state);
-    let mut agent = Agent::start(&f);
-    op.wait_online(Duration::from_secs(120)).await;
+    d.agent.stop();
+    let hash = current_hash(&d.f.state);
+    d.agent = Agent::start(&d.f);
+    d.op.wait_online(Duration::from_secs(120)).await;
     let env_name = {
         use sha2::{Digest, Sha256};
         format!("env-{}", &hex::encode(Sha256::digest(&first))[..16])
     };
-    op.push(first).await;
-    let again = op
-        .receipt(&env_name, &f.device_pub, Duration::from_secs(60))
-        .await;
+    d.op.push(first).await;
+    let again =
+        d.op.receipt(&env_name, &d.f.device_pub, Duration::from_secs(60))
+            .await;
     assert_eq!(again.verdict, Verdict::Rejected);
     assert!(
-        again.reason.as_deref().unwrap_or("").starts_with("replayed-seq"),
+        again
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("replayed-seq"),
         "{again:?}"
     );
-    assert_eq!(current_hash(&f.state), hash);
-    agent.stop();
+    assert_eq!(current_hash(&d.f.state), hash);
+    d.agent.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_a_forget_with_a_receipt_that_says_so_and_the_next_one_commits() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let _fs = SmallFs::tmpfs(&f.state, 4 << 20);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let mut d = device(Mount::Tmpfs(4 << 20)).await;
     let base = base_hash();
-    assert!(f.state.join("reserve").exists(), "the storage reserve is made");
+    assert!(
+        d.f.state.join("reserve").exists(),
+        "the storage reserve is made"
+    );
 
     // Fill the file system to the last byte, in files of 16 KiB (the last one partial).
     let chunk = vec![0xeeu8; 16 << 10];
     let mut fillers = Vec::new();
     loop {
         use std::io::Write;
-        let p = f.state.join(format!("filler-{:04}", fillers.len()));
+        let p = d.f.state.join(format!("filler-{:04}", fillers.len()));
         let mut file = std::fs::File::create(&p).unwrap();
         fillers.push(p);
-        if file.write_all(&chunk).and_then(|()| file.sync_all()).is_err() {
+        if file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_err()
+        {
             break;
         }
     }
@@ -492,66 +548,77 @@ async fn a_full_disk_fails_a_forget_with_a_receipt_that_says_so_and_the_next_one
 
     // Not even room for the envelope: deferred, "no-space", nothing applied.
     // (Sequence 10: the deferred command is still new when it is resent after full-2.)
-    let first = sign(&spec("full-1", 10, 6), &f.op);
-    op.push(first.clone()).await;
-    let r = op
-        .receipt("full-1", &f.device_pub, Duration::from_secs(60))
-        .await;
+    let first = sign(&spec("full-1", 10, 6), &d.f.op);
+    d.op.push(first.clone()).await;
+    let r =
+        d.op.receipt("full-1", &d.f.device_pub, Duration::from_secs(60))
+            .await;
     eprintln!("DISK FULL at intake: {:?} {:?}", r.verdict, r.reason);
-    assert_eq!(r.verdict, Verdict::Rejected, "{r:?}\n{}", agent_log(&f));
-    assert!(r.reason.as_deref().unwrap().starts_with("no-space:"), "{r:?}");
+    assert_eq!(r.verdict, Verdict::Rejected, "{r:?}\n{}", agent_log(&d.f));
+    assert!(
+        r.reason.as_deref().unwrap().starts_with("no-space:"),
+        "{r:?}"
+    );
 
     // Room for the envelope, not for the new adapter version (700 KB): the forget runs and
     // fails at its commit, with a receipt that says why.
     for p in fillers.drain(fillers.len() - 24..) {
         std::fs::remove_file(p).unwrap();
     }
-    op.push(sign(&spec("full-2", 2, 6), &f.op)).await;
-    let r = op
-        .receipt("full-2", &f.device_pub, Duration::from_secs(600))
-        .await;
+    d.op.push(sign(&spec("full-2", 2, 6), &d.f.op)).await;
+    let r =
+        d.op.receipt("full-2", &d.f.device_pub, Duration::from_secs(600))
+            .await;
     eprintln!("DISK FULL at commit: {:?} {:?}", r.verdict, r.reason);
-    assert_eq!(r.verdict, Verdict::Failed, "{r:?}\n{}", agent_log(&f));
-    assert!(r.reason.as_deref().unwrap().starts_with("no-space:"), "{r:?}");
-    assert_eq!((r.model_hash_before.as_str(), r.model_hash_after.as_str()), (base.as_str(), base.as_str()));
+    assert_eq!(r.verdict, Verdict::Failed, "{r:?}\n{}", agent_log(&d.f));
+    assert!(
+        r.reason.as_deref().unwrap().starts_with("no-space:"),
+        "{r:?}"
+    );
+    assert_eq!(
+        (r.model_hash_before.as_str(), r.model_hash_after.as_str()),
+        (base.as_str(), base.as_str())
+    );
     // The adapter is the old one and valid; nothing half-written is left.
-    assert_eq!(current_hash(&f.state), base);
-    let versions: Vec<String> = files(&f.state.join("adapters/versions"))
+    assert_eq!(current_hash(&d.f.state), base);
+    let versions: Vec<String> = files(&d.f.state.join("adapters/versions"))
         .iter()
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(versions, vec![format!("{base}.bin")], "{versions:?}");
-    assert_eq!(std::fs::read_dir(f.state.join("commands")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(d.f.state.join("commands"))
+            .unwrap()
+            .count(),
+        0
+    );
 
     // The journal is whole: a restart reads it (a partial record would stop the agent).
-    agent.stop();
+    d.agent.stop();
     for p in fillers.drain(..) {
         std::fs::remove_file(p).unwrap();
     }
-    let mut agent = Agent::start(&f);
-    op.wait_online(Duration::from_secs(120)).await;
+    d.agent = Agent::start(&d.f);
+    d.op.wait_online(Duration::from_secs(120)).await;
     // Room again: the deferred command, sent again, is decided afresh and commits; so does a
     // new one.
-    op.receipts.lock().unwrap().clear();
-    op.push(first).await;
-    let r = op
-        .receipt("full-1", &f.device_pub, Duration::from_secs(600))
+    d.op.receipts.lock().unwrap().clear();
+    d.commits(first, "full-1").await;
+    let (r3, _) = d
+        .commits(sign(&spec("full-3", 11, 8), &d.f.op), "full-3")
         .await;
-    assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
-    op.push(sign(&spec("full-3", 11, 8), &f.op)).await;
-    let r3 = op
-        .receipt("full-3", &f.device_pub, Duration::from_secs(600))
-        .await;
-    assert_eq!(r3.verdict, Verdict::Committed, "{r3:?}\n{}", agent_log(&f));
-    assert_eq!(current_hash(&f.state), r3.model_hash_after);
-    assert!(f.state.join("reserve").exists(), "the reserve is made again");
+    assert_eq!(current_hash(&d.f.state), r3.model_hash_after);
+    assert!(
+        d.f.state.join("reserve").exists(),
+        "the reserve is made again"
+    );
     eprintln!(
         "DISK FULL recovered: full-1 resent and committed, full-3 committed; log:\n{}",
-        agent_log(&f)
+        agent_log(&d.f)
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("no-space"))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    agent.stop();
+    d.agent.stop();
 }
