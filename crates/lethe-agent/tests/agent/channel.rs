@@ -622,3 +622,66 @@ async fn a_full_disk_fails_a_forget_with_a_receipt_that_says_so_and_the_next_one
     );
     d.agent.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_scrubs_what_a_crash_left_and_defers_a_received_command_it_has_no_copy_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(&broker, FAST);
+    // What a crash can leave: the envelope of a command already settled (its record came
+    // before the scrub), a temp file of an interrupted write, and a command only
+    // `received` whose envelope never made it to disk (the disk was full).
+    let commands = f.state.join("commands");
+    std::fs::create_dir_all(&commands).unwrap();
+    let settled = sign(&spec("settled-1", 1, 2), &f.op);
+    let settled_env = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(&settled))
+    };
+    std::fs::write(commands.join(format!("{settled_env}.env")), &settled).unwrap();
+    std::fs::write(commands.join(".x.env.tmp-999"), b"half an envelope").unwrap();
+    let lost = "ab".repeat(32);
+    let rejected = serde_json::json!({"t": 1, "env": settled_env, "state": "rejected",
+        "code": "expired", "reason": "x", "receipt": ""});
+    let received = serde_json::json!({"t": 2, "env": lost, "state": "received"});
+    std::fs::write(
+        f.state.join("journal.jsonl"),
+        format!(
+            "{}\n{rejected}\n{received}\n",
+            serde_json::json!({"t": 1, "env": settled_env, "state": "received"})
+        ),
+    )
+    .unwrap();
+
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    assert_eq!(
+        std::fs::read_dir(&commands).unwrap().count(),
+        0,
+        "{}",
+        agent_log(&f)
+    );
+    let name = format!("env-{}", &lost[..16]);
+    let r = op
+        .receipt(&name, &f.device_pub, Duration::from_secs(30))
+        .await;
+    assert_eq!(r.verdict, Verdict::Rejected);
+    assert!(
+        r.reason.as_deref().unwrap().starts_with("not-stored:"),
+        "{r:?}"
+    );
+    let recs = journal(&f.state);
+    assert!(recs
+        .iter()
+        .any(|x| x["env"] == lost.as_str() && x["state"] == "deferred" && x["code"] == "not-stored"));
+    eprintln!(
+        "START-UP: {}",
+        agent_log(&f)
+            .lines()
+            .filter(|l| l.contains("start-up") || l.contains("not stored"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    agent.stop();
+}
