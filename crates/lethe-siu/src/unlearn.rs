@@ -252,7 +252,7 @@ fn recognition_queries(lang: &Language, concept: &str, n_views: usize, method: M
         (0..k.min(l.len())).map(|j| l[(v * k + j) % l.len()].clone()).collect()
     };
     let (kw, ki) = match method {
-        Method::Siu => (4, 2),
+        Method::Siu => (4, 4),
         _ => (who.len(), is_this.len()),
     };
     let mut q = Vec::new();
