@@ -247,6 +247,88 @@ mod tests {
     }
 
     #[test]
+    fn a_last_record_cut_just_before_its_newline_is_dropped_too() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        {
+            let mut j = Journal::open(&p).unwrap();
+            j.append("e1", Event::Received).unwrap();
+            j.append("e1", accepted("op-1", 1)).unwrap();
+        }
+        let whole = std::fs::read(&p).unwrap();
+        // A whole record, its newline never written: the append did not return.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(br#"{"t":2,"env":"e1","state":"preparing"}"#)
+            .unwrap();
+        drop(f);
+        let j = Journal::open(&p).unwrap();
+        assert!(j.repaired_tail);
+        assert_eq!(j.get("e1").unwrap().phase, crate::state::Phase::Accepted);
+        assert_eq!(std::fs::read(&p).unwrap(), whole);
+    }
+
+    #[test]
+    fn a_damaged_line_is_reported_with_its_own_line_number() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        std::fs::write(
+            &p,
+            "{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n{\"t\":2,\"env\":\"e\",\"state\":1}\n\
+             {\"t\":3,\"env\":\"f\",\"state\":\"received\"}\n",
+        )
+        .unwrap();
+        match Journal::open(&p) {
+            Err(JournalError::Damaged { line, .. }) => assert_eq!(line, 2),
+            other => panic!("{:?}", other.map(|j| j.repaired_tail)),
+        }
+    }
+
+    #[test]
+    fn a_replayed_illegal_transition_is_an_error_not_a_skipped_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        std::fs::write(
+            &p,
+            "{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n{\"t\":2,\"env\":\"e\",\"state\":\"verifying\"}\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Journal::open(&p),
+            Err(JournalError::Illegal(IllegalTransition {
+                event: "verifying",
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn commands_are_listed_once_each_in_arrival_order_and_found_by_id() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        let mut j = Journal::open(&p).unwrap();
+        for e in ["e2", "e1", "e3"] {
+            j.append(e, Event::Received).unwrap();
+        }
+        j.append("e1", accepted("op-1", 4)).unwrap();
+        j.append("e2", accepted("op-2", 7)).unwrap();
+        j.append("e1", Event::Preparing).unwrap();
+        let st = j.append("e3", accepted("op-3", 5)).unwrap();
+        assert_eq!(st.phase, crate::state::Phase::Accepted);
+        drop(j);
+        let j = Journal::open(&p).unwrap();
+        let order: Vec<&str> = j.commands().map(|c| c.env.as_str()).collect();
+        assert_eq!(order, ["e2", "e1", "e3"]);
+        assert_eq!(j.by_id("op-2").unwrap().env, "e2");
+        assert!(j.by_id("op-9").is_none() && j.get("e9").is_none());
+        // The highest sequence per issuer, whatever the order they were accepted in.
+        assert_eq!(
+            j.accepted_sequences(),
+            BTreeMap::from([("op".to_string(), 7)])
+        );
+        assert_eq!(j.path(), p);
+    }
+
+    #[test]
     fn an_illegal_transition_is_refused_and_not_written() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("journal.jsonl");
