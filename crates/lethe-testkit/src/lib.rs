@@ -1,7 +1,7 @@
 //! Test-only helpers shared by the crates' integration tests: a real mosquitto broker
 //! started by the test on a random loopback port (plain, or plain + a TLS listener requiring
-//! client certificates), a throwaway PKI made with the `openssl` command, and hostile image
-//! headers.
+//! client certificates), a throwaway PKI made with the `openssl` command, hostile image
+//! headers, and the seed of randomised tests (printed, and replayable with `LETHE_TEST_SEED`).
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
 //! (.ci/run does); nothing is skipped silently. Never published; dev-dependency only.
@@ -9,7 +9,31 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The environment variable that replays a randomised test with a given seed.
+pub const SEED_VAR: &str = "LETHE_TEST_SEED";
+
+/// The seed of the randomised test `test`: `LETHE_TEST_SEED` when set (a decimal u64, to
+/// replay a failed run), else a fresh one from the clock and the process id. Printed either
+/// way (the test harness shows it with a failure's output).
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var(SEED_VAR) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_VAR}={v:?} is not a decimal u64")),
+        Err(_) => {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    eprintln!("{test}: seed {seed} (replay with {SEED_VAR}={seed})");
+    seed
+}
 
 pub fn mosquitto_bin() -> PathBuf {
     for p in [

@@ -1,5 +1,6 @@
 //! Forged, tampered, replayed, expired and wrongly targeted commands over MQTT: each is
-//! rejected with its reason in a signed receipt, and the model is untouched.
+//! rejected with its reason in a signed receipt, the model is untouched and no sequence
+//! number is consumed.
 
 use crate::common::*;
 use lethe_proto::{SigningKey, TargetSpec, Verdict};
@@ -74,5 +75,10 @@ async fn bad_commands_are_rejected_with_reasons_and_change_nothing() {
         recs.iter().filter(|r| r["state"] == "rejected").count(),
         cases.len()
     );
+    // No rejection consumed a sequence number, in the journal or in the running agent: the
+    // real operator's next command may still use 11, the lowest number the bad ones carried.
+    op.push(sign(&spec("ok-11", 11, 3), &f.op)).await;
+    op.wait_event("ok-11", "accepted", &f, Duration::from_secs(60))
+        .await;
     agent.stop();
 }
