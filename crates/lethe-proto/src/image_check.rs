@@ -141,6 +141,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dimensions_up_to_the_caps_pass_and_one_pixel_more_on_a_side_is_refused() {
+        let info = check_header(&png_claiming(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), 0).unwrap();
+        assert_eq!((info.width, info.height), (4096, 4096));
+        assert_eq!(
+            u64::from(info.width) * u64::from(info.height),
+            MAX_IMAGE_PIXELS
+        );
+        for (w, h) in [(MAX_IMAGE_SIDE + 1, 1), (1, MAX_IMAGE_SIDE + 1)] {
+            assert_eq!(
+                check_header(&png_claiming(w, h), 3).unwrap_err(),
+                Rejection::ImageDimensions {
+                    index: 3,
+                    width: w,
+                    height: h
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_image_without_width_or_height_is_not_an_image() {
+        for (w, h) in [(0, 5), (5, 0)] {
+            assert_eq!(
+                check_header(&png_claiming(w, h), 0).unwrap_err(),
+                Rejection::NotAnImage { index: 0 },
+                "{w}x{h}"
+            );
+        }
+    }
+
+    #[test]
     fn bytes_that_are_not_an_image_are_refused() {
         for bad in [
             &b""[..],
