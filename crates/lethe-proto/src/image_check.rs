@@ -160,6 +160,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// A small real JPEG whose frame header (SOF0) is patched to declare `w` x `h`.
+    fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg)
+            .unwrap();
+        let sof = out.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        // Marker, length (2), precision (1), then height and width (big-endian).
+        out[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+        out
+    }
+
+    /// (The PNG and JPEG decoders refuse a zero side themselves; the check below them stays
+    /// for any format added later.)
     #[test]
     fn an_image_without_width_or_height_is_not_an_image() {
         for (w, h) in [(0, 5), (5, 0)] {
@@ -168,7 +183,16 @@ pub(crate) mod tests {
                 Rejection::NotAnImage { index: 0 },
                 "{w}x{h}"
             );
+            assert_eq!(
+                check_header(&jpeg_claiming(w as u16, h as u16), 0).unwrap_err(),
+                Rejection::NotAnImage { index: 0 },
+                "jpeg {w}x{h}"
+            );
         }
+        assert_eq!(
+            check_header(&jpeg_claiming(8, 8), 0).unwrap().format,
+            ImageFormat::Jpeg
+        );
     }
 
     #[test]
