@@ -299,3 +299,21 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test touches the variable, so nothing races on it.
+    #[test]
+    fn a_seed_from_the_environment_is_replayed_and_a_fresh_one_differs_by_run() {
+        std::env::set_var(SEED_VAR, " 1796079392609057568 ");
+        assert_eq!(test_seed("replayed"), 1_796_079_392_609_057_568);
+        std::env::set_var(SEED_VAR, "not a number");
+        assert!(std::panic::catch_unwind(|| test_seed("bad")).is_err());
+        std::env::remove_var(SEED_VAR);
+        let a = test_seed("fresh");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, test_seed("fresh again"));
+    }
+}
