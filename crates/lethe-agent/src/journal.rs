@@ -185,6 +185,14 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// A journal file holding `text`, in a folder removed on drop.
+    fn journal_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
     fn accepted(id: &str, seq: u64) -> Event {
         Event::Accepted {
             id: id.into(),
@@ -235,13 +243,7 @@ mod tests {
 
     #[test]
     fn a_damaged_line_in_the_middle_is_an_error() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("journal.jsonl");
-        std::fs::write(
-            &p,
-            "{not json}\n{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n",
-        )
-        .unwrap();
+        let (_d, p) = journal_file("{not json}\n{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n");
         let err = Journal::open(&p).err().unwrap().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
@@ -269,14 +271,10 @@ mod tests {
 
     #[test]
     fn a_damaged_line_is_reported_with_its_own_line_number() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("journal.jsonl");
-        std::fs::write(
-            &p,
+        let (_d, p) = journal_file(
             "{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n{\"t\":2,\"env\":\"e\",\"state\":1}\n\
              {\"t\":3,\"env\":\"f\",\"state\":\"received\"}\n",
-        )
-        .unwrap();
+        );
         match Journal::open(&p) {
             Err(JournalError::Damaged { line, .. }) => assert_eq!(line, 2),
             other => panic!("{:?}", other.map(|j| j.repaired_tail)),
@@ -285,13 +283,9 @@ mod tests {
 
     #[test]
     fn a_replayed_illegal_transition_is_an_error_not_a_skipped_line() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("journal.jsonl");
-        std::fs::write(
-            &p,
+        let (_d, p) = journal_file(
             "{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n{\"t\":2,\"env\":\"e\",\"state\":\"verifying\"}\n",
-        )
-        .unwrap();
+        );
         assert!(matches!(
             Journal::open(&p),
             Err(JournalError::Illegal(IllegalTransition {

@@ -201,6 +201,14 @@ mod tests {
         Adapter(vec![x; 8])
     }
 
+    /// A store in `dir` seeded with `a(1.0)`, with `a(2.0)` stored and committed over it.
+    fn store_at_two(dir: &Path) -> (AdapterStore, String) {
+        let mut s = AdapterStore::open(dir, &a(1.0)).unwrap();
+        let h2 = s.put(&a(2.0)).unwrap();
+        s.commit(&h2).unwrap();
+        (s, h2)
+    }
+
     #[test]
     fn an_empty_store_is_seeded_with_the_package_adapter() {
         let d = tempfile::tempdir().unwrap();
@@ -212,9 +220,7 @@ mod tests {
     #[test]
     fn commit_keeps_the_previous_and_rollback_returns_to_it() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
-        let h2 = s.put(&a(2.0)).unwrap();
-        s.commit(&h2).unwrap();
+        let (mut s, h2) = store_at_two(d.path());
         let s2 = AdapterStore::open(d.path(), &a(1.0)).unwrap();
         assert_eq!(s2.current_hash(), h2);
         assert_eq!(s2.previous_hash(), Some(a(1.0).sha256_hex().as_str()));
@@ -225,9 +231,7 @@ mod tests {
     #[test]
     fn a_corrupt_current_version_falls_back_to_the_previous() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
-        let h2 = s.put(&a(2.0)).unwrap();
-        s.commit(&h2).unwrap();
+        let (_, h2) = store_at_two(d.path());
         std::fs::write(
             d.path().join("versions").join(format!("{h2}.bin")),
             b"garbage",
@@ -294,9 +298,7 @@ mod tests {
     #[test]
     fn committing_the_current_version_again_keeps_the_previous_one() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
-        let h2 = s.put(&a(2.0)).unwrap();
-        s.commit(&h2).unwrap();
+        let (mut s, h2) = store_at_two(d.path());
         s.commit(&h2).unwrap();
         let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
         assert_eq!(s.current_hash(), h2);
@@ -315,9 +317,7 @@ mod tests {
     #[test]
     fn a_store_whose_current_and_previous_are_both_corrupt_refuses_to_open() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
-        let h2 = s.put(&a(2.0)).unwrap();
-        s.commit(&h2).unwrap();
+        let (_, h2) = store_at_two(d.path());
         for h in [h2, a(1.0).sha256_hex()] {
             std::fs::write(d.path().join("versions").join(format!("{h}.bin")), b"x").unwrap();
         }

@@ -548,32 +548,28 @@ mod tests {
 
     #[test]
     fn a_bad_image_is_named_by_its_field_and_index() {
-        let err = parse_edited(|v| v["action"]["forget"]["image"] = "@@@@".into()).unwrap_err();
-        assert_eq!(
-            err,
-            Rejection::InvalidField {
-                field: "image",
-                why: "not standard padded base64"
-            }
-        );
-        let err = parse_edited(|v| {
-            v["action"]["forget"]["verify_images"] =
-                serde_json::json!([B64.encode(png(2, 2)), "@@@@"]);
-        })
-        .unwrap_err();
-        assert_eq!(
-            err,
-            Rejection::InvalidField {
-                field: "verify_images",
-                why: "not standard padded base64"
-            }
-        );
-        let err = parse_edited(|v| {
-            v["action"]["forget"]["verify_images"] =
-                serde_json::json!([B64.encode(png(2, 2)), B64.encode(b"not an image")]);
-        })
-        .unwrap_err();
-        assert_eq!(err, Rejection::NotAnImage { index: 2 });
+        let not_base64 = |field| Rejection::InvalidField {
+            field,
+            why: "not standard padded base64",
+        };
+        let good = Value::String(B64.encode(png(2, 2)));
+        let cases = [
+            ("image", Value::String("@@@@".into()), not_base64("image")),
+            (
+                "verify_images",
+                serde_json::json!([good.clone(), "@@@@"]),
+                not_base64("verify_images"),
+            ),
+            (
+                "verify_images",
+                serde_json::json!([good, B64.encode(b"not an image")]),
+                Rejection::NotAnImage { index: 2 },
+            ),
+        ];
+        for (field, value, want) in cases {
+            let err = parse_edited(|v| v["action"]["forget"][field] = value).unwrap_err();
+            assert_eq!(err, want);
+        }
     }
 
     #[test]
