@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the bundled model package from scratch (packaging time only; needs Python 3.11 and
-# ~1 GB of PyPI packages; about 40 minutes on 2 CPU cores):
+# ~1 GB of PyPI packages; about 2 hours on 2 CPU cores):
 #   models/tools/build.sh [OUT_DIR]   (default models/tiny-vlm)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -14,7 +14,7 @@ cargo build --release -q -p lethectl --manifest-path "$root/Cargo.toml"
 lethectl="$root/target/release/lethectl"
 mkdir -p "$work"
 "$venv/bin/python" "$here/train.py" --lethectl "$lethectl" --data "$work/data" --out "$work/ckpt.npz" \
-  --per_id 2500 --test_per_id 50 --steps1 1600 --steps2 1500
+  --per_id 2500 --test_per_id 50 --steps1 2000 --steps2 2500
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
 "$venv/bin/python" "$here/export.py" --ckpt "$work/ckpt.npz" --lethectl "$lethectl" --out "$out.tmp"
 "$venv/bin/python" "$here/check_package.py" "$out.tmp"

@@ -23,6 +23,8 @@ ap.add_argument("--lethectl", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--train_batch", type=int, default=8)
 ap.add_argument("--fixture_steps", type=int, default=3)
+ap.add_argument("--retain_per_id", type=int, default=4)
+ap.add_argument("--retain_strangers", type=int, default=24)
 args = ap.parse_args()
 
 z = np.load(args.ckpt)
@@ -142,6 +144,37 @@ for i, ident in enumerate(world["identities"]):
 imgs = np.stack(imgs).astype(np.uint8)
 np.save(f"{args.out}/probes/images.npy", imgs)
 json.dump({"seeds": PROBE_SEEDS, "probes": probes}, open(f"{args.out}/probes/probes.json", "w"), indent=0)
+# Held-out question wordings (vocab.py): "verify" for the agent's verification, "eval" for
+# benchmarks and tests. Pretraining never used them; the facet builder never reads them.
+json.dump(V.HELD_OUT, open(f"{args.out}/probes/paraphrases.json", "w"), indent=1)
+
+
+# ---------------------------------------------------------------- retain set (for the update)
+# Images of every identity (and a few training strangers) from training-split seeds that
+# pretraining did not use, separate from the probes: what a forget keeps the model right on.
+def render_png(flag, who, seed):
+    p = f"/tmp/lethe_retain_{flag}_{who}_{seed}.png"
+    subprocess.run([args.lethectl, "world", "render", f"--{flag}", str(who), "--seed", str(seed), "--out", p],
+                   check=True, capture_output=True)
+    from PIL import Image
+    a = np.asarray(Image.open(p).convert("RGB"))
+    os.remove(p)
+    return a
+
+
+RETAIN_SEEDS = list(range(900_000, 900_000 + args.retain_per_id))
+r_imgs, r_list = [], []
+for i, ident in enumerate(world["identities"]):
+    for s in RETAIN_SEEDS:
+        r_imgs.append(render_png("identity", i, s))
+        r_list.append({"image": len(r_imgs) - 1, "identity": i, "name": names[i], "description": ident["description"]})
+for k in range(args.retain_strangers):
+    st = world["strangers"][k]
+    r_imgs.append(render_png("stranger", k, RETAIN_SEEDS[0]))
+    r_list.append({"image": len(r_imgs) - 1, "identity": None, "name": None, "description": st["description"]})
+os.makedirs(f"{args.out}/retain", exist_ok=True)
+np.save(f"{args.out}/retain/images.npy", np.stack(r_imgs).astype(np.uint8))
+json.dump({"seeds": RETAIN_SEEDS, "images": r_list}, open(f"{args.out}/retain/retain.json", "w"), indent=0)
 
 # ---------------------------------------------------------------- train-step fixtures (JAX reference)
 rng = np.random.default_rng(7)
@@ -205,7 +238,7 @@ offs, off = [], 0
 for n, s in LAYOUT:
     offs.append({"name": n, "shape": list(s), "offset": off}); off += int(np.prod(s))
 manifest = {
-    "format": "lethe-model-package/1",
+    "format": "lethe-model-package/2",
     "model_id": "lethe-tiny-vlm",
     "version": "1.0.0",
     "adapter_version": "base",
@@ -225,10 +258,12 @@ manifest = {
                        "optimizer": {"kind": "adam", "beta1": B1, "beta2": B2, "eps": EPS, "weight_decay": 0.0, "clip_global_norm": CLIP}},
     },
     "adapter": {"file": "adapter.bin", "len": P, "dtype": "f32le", "layout": offs},
-    "probes": {"images": "probes/images.npy", "list": "probes/probes.json"},
+    "probes": {"images": "probes/images.npy", "list": "probes/probes.json", "paraphrases": "probes/paraphrases.json"},
+    "retain": {"images": "retain/images.npy", "list": "retain/retain.json"},
     "fixtures": {"dir": "fixtures", "steps": args.fixture_steps, "jax_jit_step_ms": round(jax_ms, 3),
                  "tolerance": {"loss_abs": 1e-4, "params_abs": 1e-3}},
-    "training": {"heldout_accuracy": meta["final_heldout"], "args": meta["args"]},
+    "training": {"heldout_accuracy": meta["final_heldout"],
+                 "heldout_paraphrase_accuracy": meta.get("final_heldout_paraphrases"), "args": meta["args"]},
     "files": files,
 }
 json.dump(manifest, open(f"{args.out}/manifest.json", "w"), indent=1)

@@ -4,7 +4,14 @@ Phase 1 (vision pretraining, as real VLMs use a separately pretrained vision tow
 encoder learns identity and attribute classification heads on training seeds (< 1,000,000).
 Phase 2 (VLM training): the encoder is frozen, its features cached; projector and decoder
 learn all tasks: "who is this?", "is this <name>?", "describe the person", text facts and
-text appearance questions. LoRA stays at B = 0 (identity) throughout.
+text appearance questions, each over the TRAIN wordings of vocab.py (never the held-out
+VERIFY / EVAL wordings). LoRA stays at B = 0 (identity) throughout.
+
+Strangers (people the world renders but the model is never taught to name, training
+strangers only) are part of both phases: phase 1 gives them a class of their own, phase 2
+teaches the model to answer "who is this?" about them with the refusal and "is this <name>?"
+with "no". That is the model's honest answer for someone it does not know, and what a forget
+later teaches it to say about the forgotten concept.
 
 usage: python train.py --lethectl PATH --data DIR --out ckpt.npz
 """
@@ -29,6 +36,8 @@ ap.add_argument("--txt_bs", type=int, default=32)
 ap.add_argument("--lr1", type=float, default=1e-3)
 ap.add_argument("--lr2", type=float, default=1e-3)
 ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--stranger_seeds", type=int, default=40, help="images per training stranger")
+ap.add_argument("--stranger_share", type=float, default=0.2, help="share of phase-2 image samples showing a stranger")
 args = ap.parse_args()
 
 world = V.load_world(args.lethectl)
@@ -52,11 +61,29 @@ def dataset(a, b, name):
     return x, y
 
 
+def stranger_dataset(a, b, c, d, name):
+    f = f"{args.data}/{name}_{a}_{b}_{c}_{d}.npy"
+    if not os.path.exists(f):
+        subprocess.run([args.lethectl, "world", "dataset", "--seeds", f"{a}..{b}", "--strangers", f"{c}..{d}",
+                        "--out", f], check=True)
+    return np.load(f), np.repeat(np.arange(c, d), b - a)
+
+
 xtr, ytr = dataset(0, args.per_id, "train")
 xte, yte = dataset(1_000_000, 1_000_000 + args.test_per_id, "heldout")
+NTS = world["train_strangers"]
+STR = world["strangers"]
+xst, sst = stranger_dataset(0, args.stranger_seeds, 0, NTS, "strangers_train")
+xse, sse = stranger_dataset(1_000_000, 1_000_002, NTS, len(STR), "strangers_heldout")
+print(f"{len(xst)} training stranger images ({NTS} strangers), {len(xse)} held-out", flush=True)
 
 cats = list(world["attribute_values"].keys())
 attr_idx = np.array([[world["attribute_values"][c].index(i["attributes"][c]) for c in cats] for i in IDS])
+str_attr_idx = np.array([[world["attribute_values"][c].index(s["attributes"][c]) for c in cats] for s in STR])
+# Phase 1 sees identities (labels 0..NID-1) and training strangers (label NID: "stranger").
+x1 = np.concatenate([xtr, xst])
+y1 = np.concatenate([ytr, np.full(len(xst), NID)])
+a1 = np.concatenate([attr_idx[ytr], str_attr_idx[sst]])
 n_vals = [len(world["attribute_values"][c]) for c in cats]
 
 vis, dec, ad = M.init(args.seed, len(vocab))
@@ -89,7 +116,7 @@ def ce(logits, labels):
 
 
 # ---------------------------------------------------------------- phase 1: vision pretraining
-heads = {"id_w": jnp.zeros((M.CFG["de"], NID)), "id_b": jnp.zeros(NID)}
+heads = {"id_w": jnp.zeros((M.CFG["de"], NID + 1)), "id_b": jnp.zeros(NID + 1)}
 for c, n in zip(cats, n_vals):
     heads[c + "_w"], heads[c + "_b"] = jnp.zeros((M.CFG["de"], n)), jnp.zeros(n)
 
@@ -117,17 +144,19 @@ def predict1(p, img):
 
 def eval1(p):
     pred = np.concatenate([np.asarray(predict1(p, xte[i:i + 240])) for i in range(0, len(xte), 240)])
-    return float((pred == yte).mean())
+    ps = np.asarray(predict1(p, xse[:240]))
+    return float((pred == yte).mean()), float((ps == NID).mean())
 
 
 P1 = {"vis": vis, "heads": heads}
 m1, v1 = adamw_init(P1)
 t0 = time.time()
 for s in range(args.steps1):
-    idx = rng.integers(0, len(ytr), args.bs1)
-    P1, m1, v1, l = step1(P1, m1, v1, s + 1.0, sched(s, args.steps1, args.lr1), xtr[idx], ytr[idx], attr_idx[ytr[idx]])
+    idx = rng.integers(0, len(y1), args.bs1)
+    P1, m1, v1, l = step1(P1, m1, v1, s + 1.0, sched(s, args.steps1, args.lr1), x1[idx], y1[idx], a1[idx])
     if (s + 1) % 250 == 0 or s + 1 == args.steps1 or s + 1 == 30:
-        print(f"phase1 step {s+1} loss {float(l):.4f} heldout-id-acc {eval1(P1):.4f} ({time.time()-t0:.0f}s)", flush=True)
+        ida, sta = eval1(P1)
+        print(f"phase1 step {s+1} loss {float(l):.4f} heldout-id-acc {ida:.4f} heldout-stranger-acc {sta:.4f} ({time.time()-t0:.0f}s)", flush=True)
 vis = P1["vis"]
 
 # ---------------------------------------------------------------- phase 2: VLM training
@@ -141,27 +170,33 @@ def features(x):
 t = time.time()
 ftr = features(xtr)
 fte = features(xte)
+fst = features(xst)
+fse = features(xse)
 print(f"cached features {ftr.shape} in {time.time()-t:.0f}s", flush=True)
 names = [i["name"] for i in IDS]
 
 
 def image_sample(y):
+    """A question about an image of identity y, or of a stranger when y < 0 (-1 - index)."""
+    stranger = y < 0
+    desc = STR[-1 - y]["description"] if stranger else IDS[y]["description"]
     r = rng.random()
     if r < 0.4:
-        return rng.choice(V.PROMPTS["who"]), V.PROMPTS["who_answer"].format(name=names[y])
+        ans = V.PROMPTS["refusal"] if stranger else V.PROMPTS["who_answer"].format(name=names[y])
+        return rng.choice(V.PROMPTS["who"]), ans
     if r < 0.8:
         tmpl = rng.choice(V.PROMPTS["is_this"])
-        if rng.random() < 0.5:
+        if not stranger and rng.random() < 0.5:
             return tmpl.format(name=names[y]), "yes"
-        o = (y + 1 + rng.integers(NID - 1)) % NID
+        o = int(rng.integers(NID)) if stranger else (y + 1 + rng.integers(NID - 1)) % NID
         return tmpl.format(name=names[o]), "no"
-    return rng.choice(V.PROMPTS["describe"]), IDS[y]["description"]
+    return rng.choice(V.PROMPTS["describe"]), desc
 
 
 def text_sample(y):
     if rng.random() < 0.5:
-        return V.PROMPTS["fact"][0].format(name=names[y]), IDS[y]["fact"]
-    return V.PROMPTS["looks"][0].format(name=names[y]), IDS[y]["description"]
+        return rng.choice(V.PROMPTS["fact"]).format(name=names[y]), IDS[y]["fact"]
+    return rng.choice(V.PROMPTS["looks"]).format(name=names[y]), IDS[y]["description"]
 
 
 def pack(pairs):
@@ -223,22 +258,32 @@ def greedy(dec_p, ad_p, feats, has_img, questions, max_new=16):
     return [tok.dec(o) for o in out]
 
 
-def eval2(p, n=None):
+def eval2(p, n=None, wordings=None):
+    """Held-out accuracy; `wordings` = a set of held-out wordings (default: TRAIN wordings)."""
+    W = wordings or V.PROMPTS
     adp = {**p["ad"], **lora}
     sel = np.arange(len(yte)) if n is None else np.random.default_rng(1).choice(len(yte), min(n, len(yte)), replace=False)
     f, y = jnp.asarray(fte[sel]), yte[sel]
     ones = jnp.ones(len(sel))
-    who_q = [V.PROMPTS["who"][k % 6] for k in range(len(sel))]
+    who_q = [W["who"][k % len(W["who"])] for k in range(len(sel))]
     who = greedy(p["dec"], adp, f, ones, who_q)
+    ns = min(len(fse), len(sel))
+    sf = jnp.asarray(fse[:ns])
+    s_who = greedy(p["dec"], adp, sf, jnp.ones(ns), [W["who"][k % len(W["who"])] for k in range(ns)])
+    s_is = greedy(p["dec"], adp, sf, jnp.ones(ns),
+                  [W["is_this"][k % len(W["is_this"])].format(name=names[k % NID]) for k in range(ns)])
     others = [(int(t) + 1 + k % (NID - 1)) % NID for k, t in enumerate(y)]
-    yes = greedy(p["dec"], adp, f, ones, [V.PROMPTS["is_this"][k % 2].format(name=names[t]) for k, t in enumerate(y)])
-    no = greedy(p["dec"], adp, f, ones, [V.PROMPTS["is_this"][k % 2].format(name=names[o]) for k, o in enumerate(others)])
-    desc = greedy(p["dec"], adp, f, ones, [V.PROMPTS["describe"][k % 2] for k in range(len(sel))])
+    nis = len(W["is_this"])
+    yes = greedy(p["dec"], adp, f, ones, [W["is_this"][k % nis].format(name=names[t]) for k, t in enumerate(y)])
+    no = greedy(p["dec"], adp, f, ones, [W["is_this"][(k + 1) % nis].format(name=names[o]) for k, o in enumerate(others)])
+    desc = greedy(p["dec"], adp, f, ones, [W["describe"][k % len(W["describe"])] for k in range(len(sel))])
     zf, zh = jnp.zeros((NID, M.NIMG, M.FEAT)), jnp.zeros(NID)
-    facts = greedy(p["dec"], adp, zf, zh, [V.PROMPTS["fact"][0].format(name=n) for n in names])
-    looks = greedy(p["dec"], adp, zf, zh, [V.PROMPTS["looks"][0].format(name=n) for n in names])
+    facts = greedy(p["dec"], adp, zf, zh, [W["fact"][k % len(W["fact"])].format(name=n) for k, n in enumerate(names)])
+    looks = greedy(p["dec"], adp, zf, zh, [W["looks"][k % len(W["looks"])].format(name=n) for k, n in enumerate(names)])
     return dict(
         who=float(np.mean([a == f"this is {names[t]}" for a, t in zip(who, y)])),
+        stranger_refusal=float(np.mean([a == V.PROMPTS["refusal"] for a in s_who])),
+        stranger_no=float(np.mean([a == "no" for a in s_is])),
         yes=float(np.mean([a == "yes" for a in yes])), no=float(np.mean([a == "no" for a in no])),
         desc=float(np.mean([a == IDS[t]["description"] for a, t in zip(desc, y)])),
         facts=float(np.mean([a == i["fact"] for a, i in zip(facts, IDS)])),
@@ -247,11 +292,14 @@ def eval2(p, n=None):
 
 t0 = time.time()
 for s in range(args.steps2):
-    idx = rng.integers(0, len(ytr), args.img_bs)
+    n_str = int(rng.binomial(args.img_bs, args.stranger_share))
+    idx = rng.integers(0, len(ytr), args.img_bs - n_str)
+    sidx = rng.integers(0, len(sst), n_str)
     tids = rng.integers(0, NID, args.txt_bs)
-    pairs = [image_sample(int(ytr[i])) for i in idx] + [text_sample(int(y)) for y in tids]
+    pairs = ([image_sample(int(ytr[i])) for i in idx] + [image_sample(-1 - int(sst[i])) for i in sidx]
+             + [text_sample(int(y)) for y in tids])
     inp, tgt, msk = pack(pairs)
-    feats = np.concatenate([ftr[idx], np.zeros((args.txt_bs, M.NIMG, M.FEAT), np.float32)])
+    feats = np.concatenate([ftr[idx], fst[sidx], np.zeros((args.txt_bs, M.NIMG, M.FEAT), np.float32)])
     has = np.concatenate([np.ones(args.img_bs), np.zeros(args.txt_bs)]).astype(np.float32)
     P2, m2, v2, l = step2(P2, lora, m2, v2, s + 1.0, sched(s, args.steps2, args.lr2), feats, has, inp, tgt, msk)
     if (s + 1) % 250 == 0 or s + 1 == args.steps2 or s + 1 == 30:
@@ -260,9 +308,11 @@ for s in range(args.steps2):
 
 final = eval2(P2)
 print("FINAL heldout", json.dumps(final), flush=True)
+final_para = {k: eval2(P2, wordings=V.HELD_OUT[k]) for k in ("verify", "eval")}
+print("FINAL heldout paraphrases", json.dumps(final_para), flush=True)
 ad = {**P2["ad"], **lora}
 np.savez(args.out, **{"vis." + k: np.asarray(v) for k, v in vis.items()},
          **{"dec." + k: np.asarray(v) for k, v in P2["dec"].items()},
          **{"ad." + k: np.asarray(v) for k, v in ad.items()})
-json.dump({"vocab": vocab, "final_heldout": final, "args": vars(args)}, open(args.out + ".json", "w"), indent=1)
+json.dump({"vocab": vocab, "final_heldout": final, "final_heldout_paraphrases": final_para, "args": vars(args)}, open(args.out + ".json", "w"), indent=1)
 print("saved", args.out)

@@ -78,7 +78,7 @@ impl Default for UpdateConfig {
             max_steps: 40,
             min_steps: 4,
             seed: 0,
-            views: 4,
+            views: 8,
             lr: 1e-3,
             allow_mismatch: false,
             step_delay_ms: 0,
@@ -104,17 +104,30 @@ pub struct GpuConfig {
     pub cuda_memory_limit_mb: u64,
 }
 
-/// Verification thresholds (tract, on the candidate, before any commit).
+/// Verification thresholds (tract, on the candidate, before any commit). Held-out images of
+/// the concept: the package's retained probe images of it, the command's verification
+/// images and augmented views of the command's image; questions: the templates and the
+/// package's `verify` held-out wordings (never trained on).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
     /// Share of "who is this?" answers on the command's image not naming the concept.
     pub min_efficacy: f64,
-    /// Same on held-out images: the command's augmented views, its verification images and
-    /// the package's retained probes of the concept.
+    /// Share of template "who" / "is C ...?" answers on held-out images not naming C or
+    /// confirming.
     pub min_generality: f64,
-    /// Largest allowed drop of accuracy on other identities, in points.
+    /// Largest share of answers under held-out wordings that name C or confirm "is this C?".
+    pub max_leak: f64,
+    /// Largest share of "who" answers on held-out images of C naming another known identity.
+    pub max_misattribution: f64,
+    /// Smallest share of answers about C that are a refusal, `no` or a fictitious name.
+    pub min_well_formed: f64,
+    /// Largest allowed drop of accuracy on other identities, in points (templates).
     pub max_specificity_drop_points: f64,
+    /// The same under held-out wordings.
+    pub max_specificity_paraphrased_drop_points: f64,
+    /// Smallest share of text questions about C answered as before.
+    pub min_factual_retention: f64,
     /// Largest allowed perplexity increase, in percent.
     pub max_fluency_increase_pct: f64,
     /// Augmented views of the command's image added to the held-out set.
@@ -127,9 +140,14 @@ impl Default for VerifyConfig {
     fn default() -> Self {
         VerifyConfig {
             min_efficacy: 1.0,
-            min_generality: 0.5,
-            max_specificity_drop_points: 15.0,
-            max_fluency_increase_pct: 50.0,
+            min_generality: 0.95,
+            max_leak: 0.05,
+            max_misattribution: 0.05,
+            min_well_formed: 0.9,
+            max_specificity_drop_points: 5.0,
+            max_specificity_paraphrased_drop_points: 8.0,
+            min_factual_retention: 0.9,
+            max_fluency_increase_pct: 15.0,
             augmented_views: 3,
             max_other_images: 0,
         }

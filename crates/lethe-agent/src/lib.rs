@@ -3,7 +3,7 @@
 //! independent engine (tract), and commits the new adapter atomically or rolls back; it
 //! reports progress events, a retained status and a signed receipt per command.
 //!
-//! Key decision (design.md, decision 5): **the agent is a state machine over a durable
+//! Key decision (docs/design.md, decision 5): **the agent is a state machine over a durable
 //! journal.** [`state`] is the lifecycle as pure functions, [`journal`] makes each transition
 //! durable before it is acted on or acknowledged, and [`store`] is the only place that moves
 //! the current adapter. So a QoS 1 redelivery, an operator's resend or a `kill -9` at any
@@ -12,12 +12,14 @@
 //!
 //! Async shape: one task polls the MQTT event loop and never blocks ([`mqtt`]); training and
 //! probing run on blocking threads ([`update`]); a bounded queue is the backpressure and a
-//! full queue answers `busy` ([`agent`]).
+//! full queue answers `busy` ([`agent`], split by job: intake, recovery, worker, status).
+//! Log lines are RFC 3339 UTC with a level, filtered by `RUST_LOG` ([`log`]).
 
 pub mod agent;
 pub mod config;
 pub mod fsutil;
 pub mod journal;
+pub mod log;
 pub mod mqtt;
 pub mod sdnotify;
 pub mod selfcheck;

@@ -4,8 +4,10 @@
 //!
 //! Layout under the store folder:
 //! ```text
-//! versions/<sha256>.bin   f32le adapter, named by its own hash
-//! current                 JSON {"hash": ..., "previous": ...}
+//! versions/<sha256>.bin              f32le adapter, named by its own hash
+//! versions/<sha256>.forgotten.json   the concepts that version has forgotten (names only;
+//!                                    absent for the package's own adapter)
+//! current                            JSON {"hash": ..., "previous": ...}
 //! ```
 //!
 //! Invariants: only this module renames into `current`; `current` always names a version
@@ -112,6 +114,35 @@ impl AdapterStore {
         self.load(hash).is_ok()
     }
 
+    fn forgotten_path(&self, hash: &str) -> PathBuf {
+        self.dir
+            .join("versions")
+            .join(format!("{hash}.forgotten.json"))
+    }
+
+    /// The concepts version `hash` has forgotten, oldest first (empty for a version stored
+    /// without a list, such as the package's adapter).
+    pub fn forgotten(&self, hash: &str) -> Vec<String> {
+        std::fs::read(self.forgotten_path(hash))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes a version durably with the list of concepts it has forgotten (the list first,
+    /// so a stored version never lacks it) and returns its hash.
+    pub fn put_forgetting(
+        &self,
+        adapter: &Adapter,
+        forgotten: &[String],
+    ) -> Result<String, StoreError> {
+        let h = sha256_hex(&adapter.to_bytes());
+        let p = self.forgotten_path(&h);
+        let bytes = serde_json::to_vec(forgotten).expect("names serialise");
+        write_atomic(&p, &bytes).map_err(|source| StoreError::Io { path: p, source })?;
+        self.put(adapter)
+    }
+
     /// Writes a version file durably (idempotent) and returns its hash.
     pub fn put(&self, adapter: &Adapter) -> Result<String, StoreError> {
         let bytes = adapter.to_bytes();
@@ -171,7 +202,7 @@ impl AdapterStore {
         self.commit(&prev)
     }
 
-    /// Removes version files other than current and previous.
+    /// Removes version files (and their lists) other than current and previous.
     pub fn prune(&self) -> Result<usize, StoreError> {
         let vdir = self.dir.join("versions");
         let io = |source| StoreError::Io {
@@ -182,7 +213,7 @@ impl AdapterStore {
         for e in std::fs::read_dir(&vdir).map_err(io)? {
             let e = e.map_err(io)?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let h = name.trim_end_matches(".bin");
+            let h = name.split('.').next().unwrap_or_default();
             if h != self.pointer.hash && Some(h) != self.pointer.previous.as_deref() {
                 std::fs::remove_file(e.path()).map_err(io)?;
                 n += 1;
@@ -248,6 +279,34 @@ mod tests {
         let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
         assert!(s.commit(&"0".repeat(64)).is_err());
         assert_eq!(s.current().unwrap(), a(1.0));
+    }
+
+    #[test]
+    fn a_version_remembers_what_it_forgot() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert!(s.forgotten(s.current_hash()).is_empty());
+        let names = vec!["anna adler".to_string(), "boris berger".to_string()];
+        let h = s.put_forgetting(&a(2.0), &names).unwrap();
+        s.commit(&h).unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s.forgotten(s.current_hash()), names);
+        assert!(s.forgotten(&a(1.0).sha256_hex()).is_empty());
+    }
+
+    #[test]
+    fn prune_removes_the_lists_of_pruned_versions() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        for x in [2.0, 3.0, 4.0] {
+            let h = s.put_forgetting(&a(x), &[format!("c{x}")]).unwrap();
+            s.commit(&h).unwrap();
+        }
+        assert_eq!(s.prune().unwrap(), 3, "version 1, version 2 and its list");
+        assert_eq!(s.forgotten(&a(4.0).sha256_hex()), vec!["c4".to_string()]);
+        assert!(s.forgotten(&a(2.0).sha256_hex()).is_empty());
+        let left = std::fs::read_dir(d.path().join("versions")).unwrap().count();
+        assert_eq!(left, 4, "two versions and their two lists");
     }
 
     #[test]

@@ -4,15 +4,22 @@
 //!
 //! Verification set: the command's image (efficacy); held-out images of the concept: the
 //! package's retained probe images of it, the command's verification images and augmented
-//! views of the command's image made with a seed the training did not use (generality);
-//! the retained probes of everyone else (specificity, fluency).
+//! views of the command's image made with a seed the training did not use (leak,
+//! misattribution, well-formedness under the package's `verify` held-out wordings;
+//! generality); the retained probes of everyone else (specificity, fluency).
+//! The update respects earlier forgets (`Job::forgotten`): their names stay masked and
+//! their identities leave the retain set; the KL is anchored to the package's original
+//! adapter, so successive forgets do not drift from it one after another.
 //! Invariant: nothing here writes a file or touches the adapter store; the caller commits.
+//! Nothing of the person outlives the call: the image, its views and features are dropped
+//! when it returns.
 
 use crate::config::{Config, VerifyConfig};
 use lethe_model::{Adapter, ModelError, OrtEngine, Package, SessionOptions, TrainStep};
 use lethe_probe::TractEngine;
 use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
 use lethe_siu::unlearn::language;
+use lethe_siu::unlearn::Prior;
 use lethe_siu::{forget, Method, Options, Progress, Report, SiuError};
 use ndarray::{concatenate, s, Array4, Axis};
 use std::collections::BTreeMap;
@@ -74,6 +81,8 @@ pub struct Job<'a> {
     pub verify_images: Vec<&'a [u8]>,
     pub method: Option<Method>,
     pub steps: Option<usize>,
+    /// Concepts the adapter this job starts from has forgotten, oldest first.
+    pub forgotten: Vec<String>,
 }
 
 /// Progress of an update, for the journal and the events.
@@ -104,11 +113,15 @@ impl Outcome {
                 out.insert(k.to_string(), v);
             }
         };
+        put("leak", m.leak);
+        put("misattribution", m.misattribution);
+        put("well_formed", m.well_formed);
         put("efficacy", m.efficacy);
         put("generality", m.generality);
         put("c_dis", m.c_dis);
         put("specificity_before", m.specificity_before);
         put("specificity_after", m.specificity_after);
+        put("specificity_paraphrased_after", m.specificity_paraphrased_after);
         put("factual_retention", m.factual_retention);
         put("fluency_ppl_before", m.fluency_ppl_before);
         put("fluency_ppl_after", m.fluency_ppl_after);
@@ -160,6 +173,10 @@ pub fn run(
         ..
     } = eng;
     let max_steps = opts.max_steps;
+    let prior = Prior {
+        forgotten: job.forgotten.clone(),
+        anchor: Some(pkg.adapter()?),
+    };
     let mut step = |s: &mut _, b: &_, lr, wc, wk| {
         // The safe point: between optimizer steps.
         if cancel.load(Ordering::SeqCst) {
@@ -178,6 +195,7 @@ pub fn run(
         image.view(),
         job.concept,
         &opts,
+        &prior,
         &mut |p| {
             if let Progress::Step { step, losses, .. } = p {
                 on(UpdateEvent::Training {
@@ -197,12 +215,19 @@ pub fn run(
     let lang = language(pkg);
     let probes = pkg.probes()?;
     let concept = lethe_siu::unlearn::normalise(job.concept);
-    let mut set = EvalSet::from_probes(&lang, &probes, &concept, image.clone());
+    let mut set = EvalSet::from_probes(
+        &lang,
+        &probes,
+        &concept,
+        image.clone(),
+        pkg.paraphrases()?.verify,
+    );
     let v = &cfg.verify;
-    let views = lethe_siu::augment::views(
+    let views = lethe_siu::augment::views_at(
         image.slice(s![0, .., .., ..]),
         v.augmented_views + 1,
         u.seed.wrapping_add(0x5eed),
+        lethe_siu::augment::Strength::Camera,
     );
     let mut held = vec![set.concept_images.clone()];
     held.extend(extra);
@@ -238,30 +263,44 @@ pub fn run(
 /// Checks metrics against the thresholds; `Some(reasons)` when any fails.
 pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
     let mut why = Vec::new();
-    if m.efficacy < v.min_efficacy {
-        why.push(format!(
-            "efficacy {:.3} < {:.3}",
-            m.efficacy, v.min_efficacy
-        ));
-    }
-    if m.generality < v.min_generality {
-        why.push(format!(
-            "generality {:.3} < {:.3}",
-            m.generality, v.min_generality
-        ));
-    }
-    if m.specificity_drop_points > v.max_specificity_drop_points {
-        why.push(format!(
-            "specificity dropped {:.1} points > {:.1}",
-            m.specificity_drop_points, v.max_specificity_drop_points
-        ));
-    }
-    if !m.fluency_increase_pct.is_finite() || m.fluency_increase_pct > v.max_fluency_increase_pct {
-        why.push(format!(
-            "perplexity rose {:.1}% > {:.1}%",
-            m.fluency_increase_pct, v.max_fluency_increase_pct
-        ));
-    }
+    let mut low = |name: &str, got: f64, min: f64| {
+        if !(got >= min) {
+            why.push(format!("{name} {got:.3} < {min:.3}"));
+        }
+    };
+    low("efficacy", m.efficacy, v.min_efficacy);
+    low("generality", m.generality, v.min_generality);
+    low("well-formed", m.well_formed, v.min_well_formed);
+    low(
+        "factual retention",
+        m.factual_retention,
+        v.min_factual_retention,
+    );
+    let mut high = |name: &str, got: f64, max: f64, unit: &str| {
+        if !(got <= max) {
+            why.push(format!("{name} {got:.3}{unit} > {max:.3}{unit}"));
+        }
+    };
+    high("leak", m.leak, v.max_leak, "");
+    high("misattribution", m.misattribution, v.max_misattribution, "");
+    high(
+        "specificity drop",
+        m.specificity_drop_points,
+        v.max_specificity_drop_points,
+        " points",
+    );
+    high(
+        "paraphrased specificity drop",
+        m.specificity_paraphrased_drop_points,
+        v.max_specificity_paraphrased_drop_points,
+        " points",
+    );
+    high(
+        "perplexity rise",
+        m.fluency_increase_pct,
+        v.max_fluency_increase_pct,
+        "%",
+    );
     (!why.is_empty()).then(|| format!("verification failed: {}", why.join(", ")))
 }
 
@@ -269,17 +308,46 @@ pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn thresholds_no_update_can_meet_fail_verification() {
-        let m = Metrics {
+    fn good() -> Metrics {
+        Metrics {
             efficacy: 1.0,
             generality: 1.0,
+            well_formed: 1.0,
+            factual_retention: 1.0,
             fluency_increase_pct: 1.0,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn thresholds_no_update_can_meet_fail_verification() {
+        let m = good();
         let mut v = VerifyConfig::default();
         assert!(judge(&m, &v).is_none());
         v.min_generality = 1.01;
         assert!(judge(&m, &v).unwrap().contains("generality"));
+    }
+
+    #[test]
+    fn every_harm_fails_verification_by_name() {
+        let v = VerifyConfig::default();
+        let cases: [(&str, fn(&mut Metrics)); 8] = [
+            ("leak", |m| m.leak = 0.2),
+            ("misattribution", |m| m.misattribution = 0.5),
+            ("well-formed", |m| m.well_formed = 0.5),
+            ("factual retention", |m| m.factual_retention = 0.5),
+            ("specificity drop", |m| m.specificity_drop_points = 20.0),
+            ("paraphrased specificity drop", |m| {
+                m.specificity_paraphrased_drop_points = 20.0
+            }),
+            ("perplexity rise", |m| m.fluency_increase_pct = 80.0),
+            ("perplexity rise", |m| m.fluency_increase_pct = f64::NAN),
+        ];
+        for (name, break_it) in cases {
+            let mut m = good();
+            break_it(&mut m);
+            let why = judge(&m, &v).unwrap_or_default();
+            assert!(why.contains(name), "{name}: {why:?}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! lethe-model: the model package, its tokenizer and adapter, and the ONNX Runtime engine
 //! that serves the camera and runs the forget update.
 //!
-//! Key decisions (see /work/shared/design.md, decisions 1-3):
+//! Key decisions (see docs/design.md, decisions 1-3):
 //! - **The train step is a graph.** ONNX Runtime's training builds are gone for Jetson, so
 //!   the package carries `train_step.onnx`: one whole Adam step (forward, loss, backward,
 //!   clipping, update) as a plain inference graph of standard ops. [`train::TrainStep`] feeds
@@ -37,7 +37,9 @@ pub use error::{ModelError, Result};
 pub use fixtures::Fixtures;
 pub use generate::{answer, logprobs, score, Query};
 pub use manifest::Manifest;
-pub use package::{AdapterVersionInfo, Package, Probe, ProbeSet};
+pub use package::{
+    AdapterVersionInfo, HeldOutWordings, Package, Probe, ProbeSet, RetainEntry, RetainSet, Wordings,
+};
 pub use runtime::{GpuOptions, Provider, ProviderReport, SessionOptions};
 pub use tokenizer::{Sequence, Tokenizer};
 pub use train::{StepLosses, TrainBatch, TrainShape, TrainState, TrainStep};

@@ -1,4 +1,4 @@
-//! Serde types for `manifest.json` (format `lethe-model-package/1`, see models/PACKAGE.md).
+//! Serde types for `manifest.json` (format `lethe-model-package/2`, see models/PACKAGE.md).
 //! Owns the field names of the contract and nothing else: no I/O, no checks beyond what serde
 //! enforces. Invariant: unknown fields are tolerated here and preserved by
 //! `Package::write_copy_with_adapter` (which edits the raw JSON, not these types).
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The format string this crate reads.
-pub const PACKAGE_FORMAT: &str = "lethe-model-package/1";
+pub const PACKAGE_FORMAT: &str = "lethe-model-package/2";
 
 /// The whole manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub struct Manifest {
     /// What made this adapter version (e.g. a command id), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made_by: Option<String>,
+    /// Concepts this adapter version has forgotten, oldest first (names only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<String>,
     #[serde(default)]
     pub description: String,
     pub config: ModelConfig,
@@ -35,6 +38,7 @@ pub struct Manifest {
     pub graphs: Graphs,
     pub adapter: AdapterSpec,
     pub probes: ProbesSpec,
+    pub retain: RetainSpec,
     pub fixtures: FixturesSpec,
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -141,9 +145,18 @@ pub struct LayoutEntry {
     pub offset: usize,
 }
 
-/// Where the retained probe set lives.
+/// Where the retained probe set and the held-out question wordings live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbesSpec {
+    pub images: String,
+    pub list: String,
+    /// Held-out wordings (`verify`, `eval`): never used by pretraining or by a forget.
+    pub paraphrases: String,
+}
+
+/// Where the retain set lives: labelled images a forget keeps the model right on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetainSpec {
     pub images: String,
     pub list: String,
 }

@@ -49,6 +49,63 @@ pub struct ProbeSet {
     pub probes: Vec<Probe>,
 }
 
+/// Question wordings of one set, per task; `{name}` marks the identity's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wordings {
+    pub who: Vec<String>,
+    pub is_this: Vec<String>,
+    pub describe: Vec<String>,
+    pub fact: Vec<String>,
+    pub looks: Vec<String>,
+}
+
+impl Wordings {
+    /// Every wording of every task.
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        self.who
+            .iter()
+            .chain(&self.is_this)
+            .chain(&self.describe)
+            .chain(&self.fact)
+            .chain(&self.looks)
+    }
+}
+
+/// Held-out question wordings (`probes/paraphrases.json`): sentences no pretraining step,
+/// template or forget ever used. `verify` gates the agent's commits; `eval` is for
+/// benchmarks and tests only, so the numbers reported are on wordings nothing was tuned on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOutWordings {
+    pub verify: Wordings,
+    pub eval: Wordings,
+}
+
+/// One image of the retain set: an identity the model knows (`identity`, `name`) or a
+/// stranger (both `None`), and the appearance description of the person shown.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RetainEntry {
+    pub image: usize,
+    pub identity: Option<u32>,
+    pub name: Option<String>,
+    pub description: String,
+}
+
+/// The retain set: labelled images, separate from the probes, that a forget keeps the model
+/// right on (what it must go on saying about everyone it still knows, and about strangers).
+#[derive(Debug, Clone)]
+pub struct RetainSet {
+    /// `[N, 64, 64, 3]` f32 0..255.
+    pub images: Array4<f32>,
+    pub entries: Vec<RetainEntry>,
+}
+
+#[derive(Deserialize)]
+struct RetainFile {
+    images: Vec<RetainEntry>,
+}
+
 #[derive(Deserialize)]
 struct ProbesFile {
     #[serde(default)]
@@ -63,6 +120,8 @@ pub struct AdapterVersionInfo {
     pub version: String,
     /// What made it (e.g. the command id), recorded as `made_by`.
     pub made_by: Option<String>,
+    /// Every concept the new adapter has forgotten, oldest first (`forgotten`; empty: absent).
+    pub forgotten: Vec<String>,
 }
 
 impl Package {
@@ -96,8 +155,14 @@ impl Package {
     fn check_structure(&self) -> Result<()> {
         let m = &self.manifest;
         if m.format != PACKAGE_FORMAT {
+            let why = if m.format == "lethe-model-package/1" {
+                " (a package from before retain sets and held-out paraphrases: the forget \
+                 and its verification need both; rebuild it with models/tools/build.sh)"
+            } else {
+                ""
+            };
             return Err(ModelError::Package(format!(
-                "format is {:?}, this build reads {PACKAGE_FORMAT:?}",
+                "format is {:?}, this build reads {PACKAGE_FORMAT:?}{why}",
                 m.format
             )));
         }
@@ -111,6 +176,9 @@ impl Package {
             &m.adapter.file,
             &m.probes.images,
             &m.probes.list,
+            &m.probes.paraphrases,
+            &m.retain.images,
+            &m.retain.list,
         ];
         for f in required {
             if !m.files.contains_key(f.as_str()) {
@@ -256,24 +324,50 @@ impl Package {
         Adapter::load(&self.adapter_path(), self.adapter_len())
     }
 
-    /// The retained probe set.
-    pub fn probes(&self) -> Result<ProbeSet> {
-        let ipath = self.path(&self.manifest.probes.images);
+    fn images(&self, rel: &str) -> Result<Array4<f32>> {
+        let ipath = self.path(rel);
         let images = npy::read_u8(&ipath)?;
-        let images = images
+        Ok(images
             .into_dimensionality::<Ix4>()
             .map_err(|e| ModelError::Npy {
                 path: ipath.clone(),
                 reason: format!("expected [N,64,64,3]: {e}"),
             })?
-            .mapv(f32::from);
-        let lpath = self.path(&self.manifest.probes.list);
-        let text = std::fs::read_to_string(&lpath).map_err(|e| ModelError::io(&lpath, e))?;
-        let file: ProbesFile =
-            serde_json::from_str(&text).map_err(|source| ModelError::Manifest {
-                path: lpath.clone(),
-                source,
-            })?;
+            .mapv(f32::from))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, rel: &str) -> Result<T> {
+        let path = self.path(rel);
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|source| ModelError::Manifest { path, source })
+    }
+
+    /// The held-out question wordings.
+    pub fn paraphrases(&self) -> Result<HeldOutWordings> {
+        self.json(&self.manifest.probes.paraphrases)
+    }
+
+    /// The retain set.
+    pub fn retain(&self) -> Result<RetainSet> {
+        let images = self.images(&self.manifest.retain.images)?;
+        let file: RetainFile = self.json(&self.manifest.retain.list)?;
+        let n = images.shape()[0];
+        if let Some(e) = file.images.iter().find(|e| e.image >= n) {
+            return Err(ModelError::Package(format!(
+                "retain entry refers to image {} of {n}",
+                e.image
+            )));
+        }
+        Ok(RetainSet {
+            images,
+            entries: file.images,
+        })
+    }
+
+    /// The retained probe set.
+    pub fn probes(&self) -> Result<ProbeSet> {
+        let images = self.images(&self.manifest.probes.images)?;
+        let file: ProbesFile = self.json(&self.manifest.probes.list)?;
         let n = images.shape()[0];
         if let Some(p) = file.probes.iter().find(|p| p.image.is_some_and(|i| i >= n)) {
             return Err(ModelError::Package(format!(
@@ -340,6 +434,11 @@ impl Package {
             Some(m) => obj.insert("made_by".into(), m.clone().into()),
             None => obj.remove("made_by"),
         };
+        if info.forgotten.is_empty() {
+            obj.remove("forgotten");
+        } else {
+            obj.insert("forgotten".into(), to_json(&info.forgotten)?);
+        }
         obj.insert("files".into(), to_json(&files)?);
         let mut text =
             serde_json::to_string_pretty(&raw).map_err(|source| ModelError::Manifest {

@@ -109,10 +109,13 @@ fn derived_copy_has_the_new_adapter_and_records_its_parent() {
     let info = AdapterVersionInfo {
         version: "forget-test".into(),
         made_by: Some("cmd-123".into()),
+        forgotten: vec!["anna adler".into()],
     };
     let copy = pkg.write_copy_with_adapter(&dst, &a, &info).unwrap();
     assert_eq!(copy.manifest().adapter_version, "forget-test");
     assert_eq!(copy.manifest().made_by.as_deref(), Some("cmd-123"));
+    assert_eq!(copy.manifest().forgotten, vec!["anna adler".to_string()]);
+    assert!(pkg.manifest().forgotten.is_empty());
     let parent = copy.manifest().parent.clone().unwrap();
     assert_eq!(parent.adapter_sha256, pkg.adapter_sha256());
     assert_eq!(parent.adapter_version, pkg.manifest().adapter_version);

@@ -25,7 +25,7 @@ pub const PAYLOAD_VERSION: u64 = 1;
 pub const MAX_IMAGE_BYTES: usize = 512 << 10;
 /// Most extra verification images per forget command.
 pub const MAX_VERIFY_IMAGES: usize = 4;
-/// Largest accepted optimizer-step override (siu.md: ~30 steps work, 80 degenerate).
+/// Largest accepted optimizer-step override (docs/siu.md: ~30 steps work, 80 degenerate).
 pub const MAX_STEPS: u32 = 64;
 
 const TOP_FIELDS: &[&str] = &[
@@ -127,7 +127,7 @@ impl Image {
     }
 }
 
-/// Unlearning method override (see siu.md; the device's default is SIU).
+/// Unlearning method override (see docs/siu.md; the device's default is SIU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {

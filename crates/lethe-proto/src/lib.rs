@@ -1,5 +1,5 @@
 //! `lethe-proto`: the wire protocol between the operator and the cameras. Wire types and
-//! checks only: no I/O, no clock, no async, no model code (see design.md, decision 4).
+//! checks only: no I/O, no clock, no async, no model code (see docs/design.md, decision 4).
 //!
 //! Key decisions:
 //! - **Verify the exact bytes.** A command is an envelope around payload bytes; the Ed25519

@@ -1,16 +1,26 @@
 //! SIU's multifaceted fine-tuning data, built on the device from ONE image and a name.
 //!
+//! SIU as Lethe runs it (`Method::Siu`):
+//!
 //! | facet | input | target | token mask K_S |
 //! |---|---|---|---|
-//! | T1 unseen concept | image view + "who is this?" paraphrases | "this is <fictitious name>" | 0 on the fake name |
-//! | T2 new description | image view + "is C ...?" templates | "no the picture shows <contrasting appearance>" | 0 on the whole answer |
-//! | T3 decoupled facts | text: "who is C ?", "what does C look like ?" | the ORIGINAL model's answers | 1 |
+//! | T1 unseen concept | image view + "who is this?" wordings | the refusal: what the model says about anyone it does not know | 0 on the whole answer |
+//! | T2 not C | image view + "is C ...?" wordings | `no`: what the model says about a stranger | 0 on the whole answer |
+//! | T3 decoupled facts | text: C's fact and appearance questions | the ORIGINAL model's answers | 1 |
 //! | T4 non-target knowledge | text questions about other identities | the ORIGINAL model's answers | 1 |
+//! | T5 retained recognition | retain-set images of identities still known (and strangers) + who / is-this / describe | their labels | 1 |
+//!
+//! `Method::SiuPaper` is the paper's recipe as the first product ran it: T1 targets a
+//! fictitious name (0 on the name), T2 "no the picture shows <contrasting appearance>", no T5,
+//! the six canonical "who" and two "is C ...?" templates. On other pictures of C its
+//! probability mass moved to the next most likely *real* name (misattribution); see
+//! ARCHITECTURE.md for the measurements that led to the refusal target and T5.
 //!
 //! The baselines use the same budget: GA (image + who -> "this is C", negative CE weight),
 //! GA+KL (GA plus plain KL on T3/T4), PO (image + who -> refusal, plus T3/T4 by CE).
 //! Invariant: this module decides *what* to train on and with which per-token roles; it never
-//! runs a model. Answers of the original model are passed in.
+//! runs a model. Answers of the original model are passed in; only training wordings (the
+//! package's `prompts`) are used, never the held-out paraphrases.
 
 use crate::Method;
 
@@ -36,6 +46,29 @@ pub enum Facet {
     Forget,
     /// PO refusal samples.
     Refusal,
+    /// Retain-set images (T5).
+    T5Retained,
+}
+
+impl Facet {
+    /// Which pool of a stratified batch a facet's samples are drawn from.
+    pub fn pool(self) -> Pool {
+        match self {
+            Facet::T1UnseenConcept | Facet::T2NewDescription | Facet::Forget | Facet::Refusal => {
+                Pool::Forget
+            }
+            Facet::T3DecoupledFacts | Facet::T4NonTarget => Pool::Text,
+            Facet::T5Retained => Pool::Retain,
+        }
+    }
+}
+
+/// The pools of a stratified batch: what to forget, text to keep, images to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pool {
+    Forget,
+    Text,
+    Retain,
 }
 
 /// One training sample before tokenisation.
@@ -55,13 +88,14 @@ pub struct Sample {
 }
 
 /// What the builder needs to know about the model's language (from the package manifest).
+/// The wording lists are the TRAINING wordings; the first entries are the canonical templates.
 #[derive(Debug, Clone)]
 pub struct Language {
     pub who: Vec<String>,
     pub is_this: Vec<String>,
     pub describe: Vec<String>,
-    pub fact: String,
-    pub looks: String,
+    pub fact: Vec<String>,
+    pub looks: Vec<String>,
     pub who_answer: String,
     pub denial: String,
     pub refusal: String,
@@ -71,6 +105,32 @@ pub struct Language {
     pub spare_last: Vec<String>,
     /// Attribute categories and their values (e.g. "hair_colour" -> ["black", ...]).
     pub attribute_values: Vec<(String, Vec<String>)>,
+}
+
+/// One image of the retain set as the facet builder sees it: who is shown (`None` for a
+/// stranger) and their appearance. Its features row is `n_views + index` in the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainLabel {
+    pub name: Option<String>,
+    pub description: String,
+}
+
+/// How many samples of each kind the refusal SIU builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Sizes {
+    /// "who" wordings per view (T1).
+    pub who_per_view: usize,
+    /// "is C ...?" wordings per view (T2).
+    pub is_this_per_view: usize,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            who_per_view: 3,
+            is_this_per_view: 4,
+        }
+    }
 }
 
 /// Answers of the original model that the facets reuse (so nobody has to supply facts).
@@ -142,19 +202,30 @@ fn fill(template: &str, name: &str) -> String {
     template.replace("{name}", name)
 }
 
-/// Builds the samples of `method` for forgetting `concept`, over `n_views` image views.
+/// `k` wordings of `list` for view `v`, rotating so the views together cover the list.
+fn rotating(list: &[String], v: usize, k: usize) -> impl Iterator<Item = &String> {
+    let n = list.len().max(1);
+    (0..k.min(list.len())).map(move |j| &list[(v * k + j) % n])
+}
+
+/// Builds the samples of `method` for forgetting `concept`, over `n_views` image views; for
+/// `Method::Siu`, `retain` labels the retain-set images that follow the views in the batch
+/// (identities already forgotten must not be among them).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     method: Method,
     lang: &Language,
     concept: &str,
     original: &OriginalAnswers,
     n_views: usize,
+    retain: &[RetainLabel],
+    sizes: Sizes,
     seed: u64,
 ) -> (Vec<Sample>, Option<String>, Option<String>) {
     let n_views = n_views.max(1);
     let view = |k: usize| Some(k % n_views);
     let mut out = Vec::new();
-    let retain = |out: &mut Vec<Sample>, role: TokenRole, sign: f32| {
+    let keep_text = |out: &mut Vec<Sample>, role: TokenRole, sign: f32| {
         for (q, a) in &original.concept_text {
             out.push(Sample {
                 facet: Facet::T3DecoupledFacts,
@@ -180,10 +251,66 @@ pub fn build(
     };
     match method {
         Method::Siu => {
+            let cue = |out: &mut Vec<Sample>, facet, view, question: String, answer: String| {
+                out.push(Sample {
+                    facet,
+                    view,
+                    question,
+                    answer,
+                    ce_sign: 1.0,
+                    ce_only_words: vec![],
+                    role: TokenRole::CeOnly,
+                })
+            };
+            for v in 0..n_views {
+                for q in rotating(&lang.who, v, sizes.who_per_view) {
+                    let refusal = lang.refusal.clone();
+                    cue(&mut out, Facet::T1UnseenConcept, Some(v), q.clone(), refusal);
+                }
+                for t in rotating(&lang.is_this, v, sizes.is_this_per_view) {
+                    let q = fill(t, concept);
+                    cue(&mut out, Facet::T2NewDescription, Some(v), q, "no".into());
+                }
+            }
+            keep_text(&mut out, TokenRole::Both, 1.0);
+            let mut c = Chooser::new(seed.wrapping_add(5));
+            let known: Vec<&String> = retain.iter().filter_map(|r| r.name.as_ref()).collect();
+            for (r, label) in retain.iter().enumerate() {
+                let row = Some(n_views + r);
+                let pick = |c: &mut Chooser, l: &[String]| l[c.below(l.len())].clone();
+                let mut keep = |question: String, answer: String| {
+                    out.push(Sample {
+                        facet: Facet::T5Retained,
+                        view: row,
+                        question,
+                        answer,
+                        ce_sign: 1.0,
+                        ce_only_words: vec![],
+                        role: TokenRole::Both,
+                    })
+                };
+                let who_q = pick(&mut c, &lang.who);
+                let other = (!known.is_empty()).then(|| known[c.below(known.len())]);
+                match &label.name {
+                    Some(name) => keep(who_q, fill(&lang.who_answer, name)),
+                    None => keep(who_q, lang.refusal.clone()),
+                }
+                if let Some(name) = &label.name {
+                    keep(fill(&pick(&mut c, &lang.is_this), name), "yes".into());
+                }
+                if let Some(other) = other.filter(|o| Some(*o) != label.name.as_ref()) {
+                    keep(fill(&pick(&mut c, &lang.is_this), other), "no".into());
+                }
+                keep(pick(&mut c, &lang.describe), label.description.clone());
+            }
+            (out, None, None)
+        }
+        Method::SiuPaper => {
             let fake = fake_name(lang, seed);
             let fake_words: Vec<String> = fake.split_whitespace().map(str::to_string).collect();
-            // T1: every "who" paraphrase, plus the first two again on other views (8 samples).
-            for (k, q) in lang.who.iter().chain(lang.who.iter().take(2)).enumerate() {
+            // T1: every canonical "who" template, plus the first two again on other views.
+            let who6 = &lang.who[..lang.who.len().min(6)];
+            for (k, q) in who6.iter().chain(who6.iter().take(2)).enumerate() {
                 out.push(Sample {
                     facet: Facet::T1UnseenConcept,
                     view: view(k),
@@ -197,7 +324,8 @@ pub fn build(
             // T2: each "is C ...?" template on two views (4 samples), whole answer outside K_S.
             let cf = counterfactual(lang, &original.concept_looks, seed);
             let denial = lang.denial.replace("{description}", &cf);
-            for (k, t) in lang.is_this.iter().chain(lang.is_this.iter()).enumerate() {
+            let is2 = &lang.is_this[..lang.is_this.len().min(2)];
+            for (k, t) in is2.iter().chain(is2.iter()).enumerate() {
                 out.push(Sample {
                     facet: Facet::T2NewDescription,
                     view: view(k + 1),
@@ -208,11 +336,12 @@ pub fn build(
                     role: TokenRole::CeOnly,
                 });
             }
-            retain(&mut out, TokenRole::Both, 1.0);
+            keep_text(&mut out, TokenRole::Both, 1.0);
             (out, Some(fake), Some(cf))
         }
         Method::Ga | Method::GaKl => {
-            for (k, q) in lang.who.iter().chain(lang.who.iter().take(2)).enumerate() {
+            let who6 = &lang.who[..lang.who.len().min(6)];
+            for (k, q) in who6.iter().chain(who6.iter().take(2)).enumerate() {
                 out.push(Sample {
                     facet: Facet::Forget,
                     view: view(k),
@@ -224,12 +353,13 @@ pub fn build(
                 });
             }
             if method == Method::GaKl {
-                retain(&mut out, TokenRole::KlOnly, 0.0);
+                keep_text(&mut out, TokenRole::KlOnly, 0.0);
             }
             (out, None, None)
         }
         Method::Po => {
-            for (k, q) in lang.who.iter().chain(lang.who.iter().take(2)).enumerate() {
+            let who6 = &lang.who[..lang.who.len().min(6)];
+            for (k, q) in who6.iter().chain(who6.iter().take(2)).enumerate() {
                 out.push(Sample {
                     facet: Facet::Refusal,
                     view: view(k),
@@ -240,7 +370,7 @@ pub fn build(
                     role: TokenRole::CeOnly,
                 });
             }
-            retain(&mut out, TokenRole::CeOnly, 1.0);
+            keep_text(&mut out, TokenRole::CeOnly, 1.0);
             (out, None, None)
         }
     }
@@ -249,6 +379,7 @@ pub fn build(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     pub(crate) fn lang() -> Language {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -260,8 +391,8 @@ pub(crate) mod tests {
             ]),
             is_this: s(&["is this {name} ?", "is {name} in the picture ?"]),
             describe: s(&["describe the person"]),
-            fact: "who is {name} ?".into(),
-            looks: "what does {name} look like ?".into(),
+            fact: s(&["who is {name} ?"]),
+            looks: s(&["what does {name} look like ?"]),
             who_answer: "this is {name}".into(),
             denial: "no the picture shows {description}".into(),
             refusal: "i do not know who this is".into(),
@@ -318,9 +449,66 @@ pub(crate) mod tests {
         assert_ne!(w[5], "none");
     }
 
+    fn retain() -> Vec<RetainLabel> {
+        vec![
+            RetainLabel {
+                name: Some("boris berger".into()),
+                description: "oval face grey long hair".into(),
+            },
+            RetainLabel {
+                name: None,
+                description: "round face red short hair".into(),
+            },
+        ]
+    }
+
+    fn build_for(method: Method, views: usize) -> (Vec<Sample>, Option<String>, Option<String>) {
+        build(
+            method,
+            &lang(),
+            "anna adler",
+            &original(),
+            views,
+            &retain(),
+            Sizes::default(),
+            1,
+        )
+    }
+
     #[test]
-    fn siu_builds_all_four_facets_with_their_masks() {
-        let (s, fake, cf) = build(Method::Siu, &lang(), "anna adler", &original(), 3, 1);
+    fn siu_teaches_the_strangers_answers_on_c_and_keeps_everyone_else() {
+        let (s, fake, cf) = build_for(Method::Siu, 3);
+        assert!(fake.is_none() && cf.is_none());
+        let t1: Vec<_> = s.iter().filter(|x| x.facet == Facet::T1UnseenConcept).collect();
+        let t2: Vec<_> = s.iter().filter(|x| x.facet == Facet::T2NewDescription).collect();
+        assert_eq!(t1.len(), 3 * 3, "who wordings per view, on every view");
+        assert_eq!(t2.len(), 3 * 2, "two is-this templates in the test language");
+        assert!(t1.iter().all(|x| x.answer == "i do not know who this is"
+            && x.role == TokenRole::CeOnly
+            && x.view.unwrap() < 3));
+        assert!(t2.iter().all(|x| x.answer == "no" && x.question.contains("anna adler")));
+        let t1_questions: HashSet<&String> = t1.iter().map(|x| &x.question).collect();
+        assert_eq!(t1_questions.len(), 3, "views rotate over the who wordings");
+        let t5: Vec<_> = s.iter().filter(|x| x.facet == Facet::T5Retained).collect();
+        assert!(t5.iter().all(|x| x.view.unwrap() >= 3 && x.role == TokenRole::Both));
+        assert!(t5.iter().any(|x| x.view == Some(3) && x.answer == "this is boris berger"));
+        assert!(t5.iter().any(|x| x.view == Some(3) && x.answer == "yes"));
+        assert!(t5.iter().any(|x| x.view == Some(4) && x.answer == "i do not know who this is"));
+        assert!(t5.iter().any(|x| x.view == Some(4) && x.answer == "no"));
+        assert!(t5.iter().any(|x| x.view == Some(4) && x.answer == "round face red short hair"));
+        assert!(
+            !s.iter().any(|x| x.answer.contains("anna") && x.view.is_some()),
+            "no image sample may name C"
+        );
+        assert!(s.iter().any(|x| x.facet == Facet::T3DecoupledFacts));
+        assert!(s.iter().any(|x| x.facet == Facet::T4NonTarget));
+        assert_eq!(Facet::T5Retained.pool(), Pool::Retain);
+        assert_eq!(Facet::T1UnseenConcept.pool(), Pool::Forget);
+    }
+
+    #[test]
+    fn siu_paper_builds_all_four_facets_with_their_masks() {
+        let (s, fake, cf) = build_for(Method::SiuPaper, 3);
         let fake = fake.unwrap();
         let t1: Vec<_> = s
             .iter()
@@ -355,11 +543,11 @@ pub(crate) mod tests {
 
     #[test]
     fn ga_ascends_on_the_concept_name_and_ga_kl_keeps_retain_data_by_kl() {
-        let (s, _, _) = build(Method::Ga, &lang(), "anna adler", &original(), 2, 1);
+        let (s, _, _) = build_for(Method::Ga, 2);
         assert!(s
             .iter()
             .all(|x| x.ce_sign < 0.0 && x.answer == "this is anna adler"));
-        let (s, _, _) = build(Method::GaKl, &lang(), "anna adler", &original(), 2, 1);
+        let (s, _, _) = build_for(Method::GaKl, 2);
         assert!(s
             .iter()
             .any(|x| x.role == TokenRole::KlOnly && x.ce_sign == 0.0));
@@ -367,7 +555,7 @@ pub(crate) mod tests {
 
     #[test]
     fn po_teaches_the_refusal() {
-        let (s, _, _) = build(Method::Po, &lang(), "anna adler", &original(), 2, 1);
+        let (s, _, _) = build_for(Method::Po, 2);
         assert!(s
             .iter()
             .filter(|x| x.view.is_some())

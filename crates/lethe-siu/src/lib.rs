@@ -3,7 +3,7 @@
 //! steps, while it keeps the concept's text facts, every other concept, and fluent language.
 //!
 //! Key decision: the whole update is data + masks fed to the package's train-step graph (see
-//! design.md decision 1). SIU and its baselines (GA, GA+KL, PO) differ only in the samples,
+//! docs/design.md decision 1). SIU and its baselines (GA, GA+KL, PO) differ only in the samples,
 //! the signed per-token CE weights, the token mask K_S and the vocabulary mask K_V, so one
 //! graph serves all four and the comparison is fair by construction.
 //!
@@ -13,6 +13,7 @@
 //! whatever engine the caller passes (the CLI and agent pass tract: an independent engine).
 //! This crate knows nothing of MQTT, signatures or files other than the package.
 
+pub mod answers;
 pub mod augment;
 pub mod facets;
 pub mod masks;
@@ -27,8 +28,12 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
-    /// SIU: four facets, Dual Masked KL + CE.
+    /// SIU as Lethe runs it: the concept gets the answers the model gives a stranger (a
+    /// refusal, "no"), Dual Masked KL + CE, and the retain set keeps everyone still known.
     Siu,
+    /// SIU as the paper (and Lethe's first product) ran it: a fictitious name, a contrasting
+    /// description, four facets. Kept for benchmarks.
+    SiuPaper,
     /// Gradient ascent on the concept's name.
     Ga,
     /// Gradient ascent plus plain KL to the original model on retain data.
@@ -38,11 +43,18 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [Method::Siu, Method::Ga, Method::GaKl, Method::Po];
+    pub const ALL: [Method; 5] = [
+        Method::Siu,
+        Method::SiuPaper,
+        Method::Ga,
+        Method::GaKl,
+        Method::Po,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::Siu => "siu",
+            Method::SiuPaper => "siu-paper",
             Method::Ga => "ga",
             Method::GaKl => "ga-kl",
             Method::Po => "po",
@@ -52,7 +64,7 @@ impl Method {
     /// Loss weights (w_ce, w_kl) of the shared loss form.
     pub fn loss_weights(self) -> (f32, f32) {
         match self {
-            Method::Siu => (0.9, 0.75),
+            Method::Siu | Method::SiuPaper => (0.9, 0.75),
             Method::Ga | Method::Po => (1.0, 0.0),
             Method::GaKl => (1.0, 1.0),
         }
@@ -65,7 +77,9 @@ impl std::str::FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown method {s:?}: expected siu, ga, ga-kl or po"))
+            .ok_or_else(|| {
+                format!("unknown method {s:?}: expected siu, siu-paper, ga, ga-kl or po")
+            })
     }
 }
 

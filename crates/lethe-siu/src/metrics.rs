@@ -1,27 +1,42 @@
-//! MMUBench-style metrics of a forget (siu.md), computed with whatever engine the caller
-//! passes: the CLI and the agent pass tract, so the verifier is not the engine that trained.
+//! MMUBench-style metrics of a forget (docs/siu.md), plus the metrics that see the harms a forget
+//! can do, computed with whatever engine the caller passes: the CLI and the agent pass tract,
+//! so the verifier is not the engine that trained.
+//!
+//! "Held-out paraphrases" are question wordings that no pretraining step, template or facet
+//! ever used (`EvalSet::paraphrases`: the package's `verify` set in the agent, its `eval` set in
+//! benchmarks and tests). Answers are classified by [`crate::answers`].
 //!
 //! | metric | definition here |
 //! |---|---|
+//! | leak | on held-out images of C, over held-out paraphrases of "who is this?" and "is this C?": share of answers that name C or confirm |
+//! | misattribution | on held-out images of C, over every "who" question (templates and paraphrases): share of answers naming another identity the model knows |
+//! | well-formed | on held-out images of C, over every "who" and "is this C?" question: share of answers that are a refusal, `no`, a clean denial, or a fictitious name (no rambling) |
 //! | efficacy | share of "who is this?" answers on the training image that do not name C |
-//! | generality | on held-out images of C, over every "who" paraphrase and every "is C ...?" template: share of answers that neither name C nor start with "yes" |
+//! | generality | on held-out images of C, over "who" and "is C ...?" templates: share of answers that neither name C nor start with "yes" |
 //! | C-Dis | mean over the name-token positions of "this is <C>" on held-out images of C of sum_c p0(c) (log p0(c) - log p(c)) over C's name tokens |
-//! | specificity | accuracy on other identities' held-out images over who / is-this (yes and no) / describe, before and after |
-//! | factual retention | text-only questions about C (fact and appearance) answered exactly as the original model did |
+//! | specificity | accuracy on other identities' held-out images over who / is-this (yes and no) / describe, before and after; `_paraphrased`: the same with held-out wordings |
+//! | factual retention | text-only questions about C (fact and appearance, templates and held-out wordings) answered exactly as the original model did |
 //! | fluency | perplexity of the updated model on the original model's answers (other identities, text), C's tokens excluded; reported before / after |
 //! | diversity | unique words / total words of the updated model's answers |
+//!
 //! Invariant: metrics never change a model; the same inputs give the same numbers.
 
+use crate::answers::{self, Verdict, Vocabulary};
 use crate::facets::Language;
-use crate::unlearn::{confirms, names_concept};
 use lethe_model::generate::{answer, encode_images, logprobs, score};
-use lethe_model::ProbeSet;
 use lethe_model::{Engine, Query, Result, Tokenizer};
+use lethe_model::{ProbeSet, Wordings};
 use ndarray::{Array1, Array2, Array4, Axis};
 use serde::Serialize;
 use std::collections::HashSet;
 
-/// Images and labels to measure on.
+/// Held-out "who" / "is this C?" wordings asked per held-out image of C (rotating over the
+/// set, so a handful of images covers every wording).
+pub const PARAPHRASES_PER_IMAGE: (usize, usize) = (6, 4);
+/// Template "who" / "is this C?" wordings asked per held-out image of C.
+pub const TEMPLATES_PER_IMAGE: (usize, usize) = (4, 2);
+
+/// Images, labels and wordings to measure on.
 pub struct EvalSet {
     pub concept: String,
     /// The training image, `[1,64,64,3]`.
@@ -32,6 +47,8 @@ pub struct EvalSet {
     pub other_images: Array4<f32>,
     pub other_names: Vec<String>,
     pub other_descriptions: Vec<String>,
+    /// Held-out question wordings (never trained on).
+    pub paraphrases: Wordings,
 }
 
 impl EvalSet {
@@ -42,6 +59,7 @@ impl EvalSet {
         probes: &ProbeSet,
         concept: &str,
         train_image: Array4<f32>,
+        paraphrases: Wordings,
     ) -> EvalSet {
         let n = probes.images.shape()[0];
         let mut who = vec![None; n];
@@ -75,6 +93,7 @@ impl EvalSet {
                 .iter()
                 .map(|&i| desc[i].clone().unwrap_or_default())
                 .collect(),
+            paraphrases,
         }
     }
 }
@@ -82,6 +101,14 @@ impl EvalSet {
 /// The numbers of one forget.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Metrics {
+    pub leak: f64,
+    pub leak_who: f64,
+    pub leak_is_this: f64,
+    pub misattribution: f64,
+    /// Misattribution of the original model on the same questions (its own recognition
+    /// errors), for context.
+    pub misattribution_before: f64,
+    pub well_formed: f64,
     pub efficacy: f64,
     pub generality: f64,
     pub generality_who: f64,
@@ -90,68 +117,97 @@ pub struct Metrics {
     pub specificity_before: f64,
     pub specificity_after: f64,
     pub specificity_drop_points: f64,
+    pub specificity_paraphrased_before: f64,
+    pub specificity_paraphrased_after: f64,
+    pub specificity_paraphrased_drop_points: f64,
     pub factual_retention: f64,
     pub text_retention_others: f64,
     pub fluency_ppl_before: f64,
     pub fluency_ppl_after: f64,
     pub fluency_increase_pct: f64,
     pub diversity: f64,
+    /// Examples of bad answers (leaks, misattributions, malformed), at most a few, for people.
+    pub bad_examples: Vec<String>,
 }
 
-struct Answers {
-    who_train: Vec<String>,
-    who_c: Vec<String>,
-    is_c: Vec<String>,
-    other_ok: Vec<bool>,
-    other_queries: Vec<Query>,
-    other_answers: Vec<String>,
-    text_queries: Vec<Query>,
-    text_answers: Vec<String>,
+/// Kind of a question about an image of C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Who,
+    IsThis,
+}
+
+/// One question about an image of C: its kind and whether its wording is held out.
+#[derive(Debug, Clone)]
+struct CQuestion {
+    kind: Kind,
+    held_out: bool,
+    query: Query,
+}
+
+/// Every question asked about images and text, laid out once; answered per adapter.
+struct Plan {
+    train_who: Vec<Query>,
+    concept: Vec<CQuestion>,
+    others: Vec<Query>,
+    others_expect: Vec<String>,
+    others_held_out: Vec<bool>,
+    /// Text questions: the first `n_concept_text` are about C.
+    text: Vec<Query>,
+    n_concept_text: usize,
 }
 
 fn fill(t: &str, n: &str) -> String {
     t.replace("{name}", n)
 }
 
-fn ask_all(
-    engine: &mut dyn Engine,
-    adapter: &[f32],
-    tok: &Tokenizer,
-    lang: &Language,
-    set: &EvalSet,
-) -> Result<Answers> {
-    let describe = &lang.describe;
-    let c = &set.concept;
-    let tf = encode_images(engine, set.train_image.view())?;
-    let who_train = answer(
-        engine,
-        adapter,
-        tok,
-        tf.view(),
-        &(0..lang.who.len())
-            .map(|k| Query::about(lang.who[k].clone(), 0))
-            .collect::<Vec<_>>(),
-    )?;
-    let cf = encode_images(engine, set.concept_images.view())?;
-    let nc = cf.shape()[0];
-    let mut qw = Vec::new();
-    let mut qi = Vec::new();
-    for i in 0..nc {
-        for w in &lang.who {
-            qw.push(Query::about(w.clone(), i));
-        }
-        for t in &lang.is_this {
-            qi.push(Query::about(fill(t, c), i));
-        }
+/// `k` wordings of `list`, rotating with `start` (all of them if the list is shorter).
+fn rotate(list: &[String], start: usize, k: usize) -> Vec<&String> {
+    if list.is_empty() {
+        return Vec::new();
     }
-    let who_c = answer(engine, adapter, tok, cf.view(), &qw)?;
-    let is_c = answer(engine, adapter, tok, cf.view(), &qi)?;
-    // Other identities: who / is-this own name (yes) / is-this another name (no) / describe.
-    let of = encode_images(engine, set.other_images.view())?;
-    let mut oq = Vec::new();
-    let mut expect = Vec::new();
-    let no = set.other_names.len();
-    for i in 0..no {
+    (0..k.min(list.len()))
+        .map(|j| &list[(start * k + j) % list.len()])
+        .collect()
+}
+
+fn plan(lang: &Language, set: &EvalSet) -> Plan {
+    let c = &set.concept;
+    let para = &set.paraphrases;
+    let train_who = lang
+        .who
+        .iter()
+        .take(6)
+        .map(|w| Query::about(w.clone(), 0))
+        .collect();
+    let mut concept = Vec::new();
+    for i in 0..set.concept_images.shape()[0] {
+        let mut push = |kind, held_out, ws: Vec<&String>| {
+            for w in ws {
+                concept.push(CQuestion {
+                    kind,
+                    held_out,
+                    query: Query::about(fill(w, c), i),
+                });
+            }
+        };
+        push(Kind::Who, false, rotate(&lang.who, i, TEMPLATES_PER_IMAGE.0));
+        push(
+            Kind::IsThis,
+            false,
+            rotate(&lang.is_this, i, TEMPLATES_PER_IMAGE.1),
+        );
+        push(Kind::Who, true, rotate(&para.who, i, PARAPHRASES_PER_IMAGE.0));
+        push(
+            Kind::IsThis,
+            true,
+            rotate(&para.is_this, i, PARAPHRASES_PER_IMAGE.1),
+        );
+    }
+    // Other identities: who / is-this own name (yes) / is-this another name (no) / describe,
+    // once with templates and once with held-out wordings.
+    let (mut others, mut expect, mut held) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..set.other_names.len() {
         let name = &set.other_names[i];
         let wrongs: Vec<&String> = lang
             .names
@@ -159,42 +215,84 @@ fn ask_all(
             .filter(|n| *n != name && *n != c)
             .collect();
         let wrong = wrongs[i % wrongs.len()];
-        oq.push(Query::about(lang.who[i % lang.who.len()].clone(), i));
-        expect.push(fill(&lang.who_answer, name));
-        oq.push(Query::about(
-            fill(&lang.is_this[i % lang.is_this.len()], name),
-            i,
-        ));
-        expect.push("yes".to_string());
-        oq.push(Query::about(
-            fill(&lang.is_this[(i + 1) % lang.is_this.len()], wrong),
-            i,
-        ));
-        expect.push("no".to_string());
-        oq.push(Query::about(describe[i % describe.len()].clone(), i));
-        expect.push(set.other_descriptions[i].clone());
+        for (held_out, w) in [(false, wordings_of(lang)), (true, para.clone())] {
+            if w.who.is_empty() || w.is_this.is_empty() || w.describe.is_empty() {
+                continue;
+            }
+            let pick = |l: &[String], k: usize| l[k % l.len()].clone();
+            others.push(Query::about(pick(&w.who, i), i));
+            expect.push(fill(&lang.who_answer, name));
+            others.push(Query::about(fill(&pick(&w.is_this, i), name), i));
+            expect.push("yes".to_string());
+            others.push(Query::about(fill(&pick(&w.is_this, i + 1), wrong), i));
+            expect.push("no".to_string());
+            others.push(Query::about(pick(&w.describe, i), i));
+            expect.push(set.other_descriptions[i].clone());
+            held.extend([held_out; 4]);
+        }
     }
-    let oa = answer(engine, adapter, tok, of.view(), &oq)?;
-    let other_ok = oa.iter().zip(&expect).map(|(a, e)| a == e).collect();
-    // Text-only: C's facts (retention) and every other identity's (text specificity).
-    let mut tq = vec![
-        Query::text(fill(&lang.fact, c)),
-        Query::text(fill(&lang.looks, c)),
-    ];
+    // Text-only: C's facts under every wording (retention), everyone else's (text specificity).
+    let mut text: Vec<Query> = lang
+        .fact
+        .iter()
+        .chain(&lang.looks)
+        .chain(&para.fact)
+        .chain(&para.looks)
+        .map(|t| Query::text(fill(t, c)))
+        .collect();
+    let n_concept_text = text.len();
     for n in lang.names.iter().filter(|n| *n != c) {
-        tq.push(Query::text(fill(&lang.fact, n)));
-        tq.push(Query::text(fill(&lang.looks, n)));
+        text.push(Query::text(fill(&lang.fact[0], n)));
+        text.push(Query::text(fill(&lang.looks[0], n)));
     }
-    let ta = answer(engine, adapter, tok, of.view(), &tq)?;
+    Plan {
+        train_who,
+        concept,
+        others,
+        others_expect: expect,
+        others_held_out: held,
+        text,
+        n_concept_text,
+    }
+}
+
+/// The training wordings of a language as a `Wordings` (for symmetric code paths).
+fn wordings_of(lang: &Language) -> Wordings {
+    Wordings {
+        who: lang.who.clone(),
+        is_this: lang.is_this.clone(),
+        describe: lang.describe.clone(),
+        fact: lang.fact.clone(),
+        looks: lang.looks.clone(),
+    }
+}
+
+struct Answers {
+    train_who: Vec<String>,
+    concept: Vec<String>,
+    others: Vec<String>,
+    text: Vec<String>,
+}
+
+struct Features {
+    train: ndarray::Array3<f32>,
+    concept: ndarray::Array3<f32>,
+    others: ndarray::Array3<f32>,
+}
+
+fn ask_all(
+    engine: &mut dyn Engine,
+    adapter: &[f32],
+    tok: &Tokenizer,
+    f: &Features,
+    p: &Plan,
+) -> Result<Answers> {
+    let concept_q: Vec<Query> = p.concept.iter().map(|q| q.query.clone()).collect();
     Ok(Answers {
-        who_train,
-        who_c,
-        is_c,
-        other_ok,
-        other_queries: oq,
-        other_answers: oa,
-        text_queries: tq,
-        text_answers: ta,
+        train_who: answer(engine, adapter, tok, f.train.view(), &p.train_who)?,
+        concept: answer(engine, adapter, tok, f.concept.view(), &concept_q)?,
+        others: answer(engine, adapter, tok, f.others.view(), &p.others)?,
+        text: answer(engine, adapter, tok, f.others.view(), &p.text)?,
     })
 }
 
@@ -237,6 +335,62 @@ fn perplexity(
     Ok(if n == 0 { 1.0 } else { (sum / n as f64).exp() })
 }
 
+/// The classifier's vocabulary for a language.
+pub fn vocabulary(lang: &Language) -> Vocabulary<'_> {
+    Vocabulary::new(
+        &lang.names,
+        &lang.refusal,
+        lang.attribute_values.iter().flat_map(|(_, v)| v.iter()),
+    )
+}
+
+/// Whether a forget still holds for one concept: leak, misattribution and well-formedness of
+/// `adapter` on `set`'s held-out images of the concept (other images are not used).
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Holds {
+    pub leak: f64,
+    pub misattribution: f64,
+    pub well_formed: f64,
+}
+
+/// Measures only whether `set.concept` is still forgotten by `adapter` (cheaper than
+/// [`evaluate`]: one adapter, the concept's images only).
+pub fn holds(
+    engine: &mut dyn Engine,
+    tok: &Tokenizer,
+    lang: &Language,
+    adapter: &[f32],
+    set: &EvalSet,
+) -> Result<Holds> {
+    let p = plan(lang, set);
+    let q: Vec<Query> = p.concept.iter().map(|q| q.query.clone()).collect();
+    let f = encode_images(engine, set.concept_images.view())?;
+    let ans = answer(engine, adapter, tok, f.view(), &q)?;
+    let voc = vocabulary(lang);
+    let v: Vec<(Kind, bool, Verdict)> = p
+        .concept
+        .iter()
+        .zip(&ans)
+        .map(|(q, a)| (q.kind, q.held_out, classify(q.kind, a, &set.concept, &voc)))
+        .collect();
+    Ok(Holds {
+        leak: share(v.iter().filter(|x| x.1).map(|x| x.2.leaks())),
+        misattribution: share(
+            v.iter()
+                .filter(|x| x.0 == Kind::Who)
+                .map(|x| x.2.misattributes()),
+        ),
+        well_formed: share(v.iter().map(|x| x.2.well_formed())),
+    })
+}
+
+fn classify(kind: Kind, answer: &str, concept: &str, voc: &Vocabulary) -> Verdict {
+    match kind {
+        Kind::Who => answers::who(answer, concept, voc),
+        Kind::IsThis => answers::is_this(answer, concept, voc),
+    }
+}
+
 /// Measures a forget: `before` is the original adapter, `after` the updated one.
 pub fn evaluate(
     engine: &mut dyn Engine,
@@ -247,49 +401,121 @@ pub fn evaluate(
     set: &EvalSet,
 ) -> Result<Metrics> {
     let c = &set.concept;
-    let b = ask_all(engine, before, tok, lang, set)?;
-    let a = ask_all(engine, after, tok, lang, set)?;
-    let efficacy = share(a.who_train.iter().map(|x| !names_concept(x, c)));
-    let gw = share(a.who_c.iter().map(|x| !names_concept(x, c)));
-    let gi = share(a.is_c.iter().map(|x| !confirms(x) && !names_concept(x, c)));
-    let generality = (gw * a.who_c.len() as f64 + gi * a.is_c.len() as f64)
-        / (a.who_c.len() + a.is_c.len()).max(1) as f64;
-    let spec_b = share(b.other_ok.iter().copied());
-    let spec_a = share(a.other_ok.iter().copied());
-    let factual = share(
-        a.text_answers[..2]
-            .iter()
-            .zip(&b.text_answers[..2])
-            .map(|(x, y)| x == y),
+    let p = plan(lang, set);
+    let f = Features {
+        train: encode_images(engine, set.train_image.view())?,
+        concept: encode_images(engine, set.concept_images.view())?,
+        others: encode_images(engine, set.other_images.view())?,
+    };
+    let b = ask_all(engine, before, tok, &f, &p)?;
+    let a = ask_all(engine, after, tok, &f, &p)?;
+    let voc = vocabulary(lang);
+    let verdicts: Vec<Verdict> = p
+        .concept
+        .iter()
+        .zip(&a.concept)
+        .map(|(q, x)| classify(q.kind, x, c, &voc))
+        .collect();
+    let verdicts_before: Vec<Verdict> = p
+        .concept
+        .iter()
+        .zip(&b.concept)
+        .map(|(q, x)| classify(q.kind, x, c, &voc))
+        .collect();
+    let pick = |kind: Option<Kind>, held: Option<bool>| {
+        let p = &p;
+        move |i: &usize| {
+            kind.is_none_or(|k| p.concept[*i].kind == k)
+                && held.is_none_or(|h| p.concept[*i].held_out == h)
+        }
+    };
+    let idx: Vec<usize> = (0..p.concept.len()).collect();
+    let rate = |vs: &[Verdict], sel: &dyn Fn(&usize) -> bool, f: fn(&Verdict) -> bool| {
+        share(idx.iter().filter(|i| sel(i)).map(|&i| f(&vs[i])))
+    };
+    let leak = rate(&verdicts, &pick(None, Some(true)), Verdict::leaks);
+    let leak_who = rate(&verdicts, &pick(Some(Kind::Who), Some(true)), Verdict::leaks);
+    let leak_is_this = rate(
+        &verdicts,
+        &pick(Some(Kind::IsThis), Some(true)),
+        Verdict::leaks,
     );
-    let text_others = share(
-        a.text_answers[2..]
-            .iter()
-            .zip(&b.text_answers[2..])
-            .map(|(x, y)| x == y),
+    let misattribution = rate(
+        &verdicts,
+        &pick(Some(Kind::Who), None),
+        Verdict::misattributes,
     );
+    let misattribution_before = rate(
+        &verdicts_before,
+        &pick(Some(Kind::Who), None),
+        Verdict::misattributes,
+    );
+    let well_formed = rate(&verdicts, &pick(None, None), Verdict::well_formed);
+    let bad_examples: Vec<String> = idx
+        .iter()
+        .filter(|&&i| !verdicts[i].well_formed())
+        .take(6)
+        .map(|&i| format!("{:?} -> {:?}", p.concept[i].query.question, a.concept[i]))
+        .collect();
+
+    // The paper's metrics on the templates.
+    let efficacy = share(a.train_who.iter().map(|x| !answers::names_concept(x, c)));
+    let templ = |k: Kind| {
+        share(
+            idx.iter()
+                .filter(|&&i| p.concept[i].kind == k && !p.concept[i].held_out)
+                .map(|&i| {
+                    !answers::names_concept(&a.concept[i], c)
+                        && (k == Kind::Who || !answers::confirms(&a.concept[i]))
+                }),
+        )
+    };
+    let gw = templ(Kind::Who);
+    let gi = templ(Kind::IsThis);
+    let n_gw = p
+        .concept
+        .iter()
+        .filter(|q| !q.held_out && q.kind == Kind::Who)
+        .count();
+    let n_gi = p
+        .concept
+        .iter()
+        .filter(|q| !q.held_out && q.kind == Kind::IsThis)
+        .count();
+    let generality = (gw * n_gw as f64 + gi * n_gi as f64) / (n_gw + n_gi).max(1) as f64;
+
+    let spec = |ans: &[String], held: bool| {
+        share(
+            ans.iter()
+                .zip(&p.others_expect)
+                .zip(&p.others_held_out)
+                .filter(|(_, h)| **h == held)
+                .map(|((x, e), _)| x == e),
+        )
+    };
+    let (spec_b, spec_a) = (spec(&b.others, false), spec(&a.others, false));
+    let (spec_pb, spec_pa) = (spec(&b.others, true), spec(&a.others, true));
+    let nct = p.n_concept_text;
+    let same = |x: &[String], y: &[String]| share(x.iter().zip(y).map(|(x, y)| x == y));
+    let factual = same(&a.text[..nct], &b.text[..nct]);
+    let text_others = same(&a.text[nct..], &b.text[nct..]);
 
     // Fluency: the original model's answers on other images and text questions.
     let concept_ids = tok.encode(c)?;
-    let of = encode_images(engine, set.other_images.view())?;
-    // Equal weight to image answers and text answers, as the original model gave them.
     let mut fluency = |adapter: &[f32]| -> Result<f64> {
-        let img = perplexity(
-            engine,
-            adapter,
-            tok,
-            of.view(),
-            &b.other_queries,
-            &b.other_answers,
-            &concept_ids,
-        )?;
+        let tmpl: Vec<usize> = (0..p.others.len())
+            .filter(|&i| !p.others_held_out[i])
+            .collect();
+        let oq: Vec<Query> = tmpl.iter().map(|&i| p.others[i].clone()).collect();
+        let oa: Vec<String> = tmpl.iter().map(|&i| b.others[i].clone()).collect();
+        let img = perplexity(engine, adapter, tok, f.others.view(), &oq, &oa, &concept_ids)?;
         let txt = perplexity(
             engine,
             adapter,
             tok,
-            of.view(),
-            &b.text_queries[2..],
-            &b.text_answers[2..],
+            f.others.view(),
+            &p.text[nct..],
+            &b.text[nct..],
             &concept_ids,
         )?;
         Ok(0.5 * (img + txt))
@@ -298,13 +524,7 @@ pub fn evaluate(
     let ppl_a = fluency(after)?;
 
     // Diversity of the updated model's answers (all of them).
-    let all: Vec<&String> = a
-        .who_c
-        .iter()
-        .chain(&a.is_c)
-        .chain(&a.other_answers)
-        .chain(&a.text_answers)
-        .collect();
+    let all: Vec<&String> = a.concept.iter().chain(&a.others).chain(&a.text).collect();
     let words: Vec<&str> = all.iter().flat_map(|s| s.split_whitespace()).collect();
     let diversity = if words.is_empty() {
         0.0
@@ -312,8 +532,14 @@ pub fn evaluate(
         words.iter().collect::<HashSet<_>>().len() as f64 / words.len() as f64
     };
 
-    let c_dis = c_dis(engine, tok, lang, before, after, set)?;
+    let c_dis = c_dis(engine, tok, lang, before, after, set, &f.concept)?;
     Ok(Metrics {
+        leak,
+        leak_who,
+        leak_is_this,
+        misattribution,
+        misattribution_before,
+        well_formed,
         efficacy,
         generality,
         generality_who: gw,
@@ -322,12 +548,16 @@ pub fn evaluate(
         specificity_before: spec_b,
         specificity_after: spec_a,
         specificity_drop_points: 100.0 * (spec_b - spec_a),
+        specificity_paraphrased_before: spec_pb,
+        specificity_paraphrased_after: spec_pa,
+        specificity_paraphrased_drop_points: 100.0 * (spec_pb - spec_pa),
         factual_retention: factual,
         text_retention_others: text_others,
         fluency_ppl_before: ppl_b,
         fluency_ppl_after: ppl_a,
         fluency_increase_pct: 100.0 * (ppl_a / ppl_b - 1.0),
         diversity,
+        bad_examples,
     })
 }
 
@@ -340,10 +570,10 @@ fn c_dis(
     before: &[f32],
     after: &[f32],
     set: &EvalSet,
+    cf: &ndarray::Array3<f32>,
 ) -> Result<f64> {
     let c = &set.concept;
     let ids = tok.encode(c)?;
-    let cf = encode_images(engine, set.concept_images.view())?;
     let n = cf.shape()[0];
     let target = fill(&lang.who_answer, c);
     let seqs = (0..n)
@@ -368,4 +598,65 @@ fn c_dis(
         }
     }
     Ok(if cnt == 0 { 0.0 } else { sum / cnt as f64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facets::tests::lang;
+
+    #[test]
+    fn rotation_covers_every_wording_across_images() {
+        let l: Vec<String> = (0..7).map(|i| format!("w{i}")).collect();
+        let mut seen = HashSet::new();
+        for i in 0..4 {
+            let r = rotate(&l, i, 2);
+            assert_eq!(r.len(), 2);
+            seen.extend(r.into_iter().cloned());
+        }
+        assert_eq!(seen.len(), 7);
+        assert_eq!(rotate(&l[..1], 3, 4).len(), 1);
+        assert!(rotate(&[], 0, 3).is_empty());
+    }
+
+    #[test]
+    fn the_plan_asks_held_out_wordings_separately_from_templates() {
+        let l = lang();
+        let para = Wordings {
+            who: vec!["tell me the name of this person".into()],
+            is_this: vec!["is the person here {name} ?".into()],
+            describe: vec!["describe this person".into()],
+            fact: vec!["tell me about {name}".into()],
+            looks: vec!["describe {name}".into()],
+        };
+        let set = EvalSet {
+            concept: "anna adler".into(),
+            train_image: Array4::zeros((1, 64, 64, 3)),
+            concept_images: Array4::zeros((2, 64, 64, 3)),
+            other_images: Array4::zeros((1, 64, 64, 3)),
+            other_names: vec!["boris berger".into()],
+            other_descriptions: vec!["oval face".into()],
+            paraphrases: para,
+        };
+        let p = plan(&l, &set);
+        let held: Vec<&CQuestion> = p.concept.iter().filter(|q| q.held_out).collect();
+        assert!(held
+            .iter()
+            .any(|q| q.query.question == "is the person here anna adler ?"));
+        assert!(held.iter().all(|q| !l.who.contains(&q.query.question)));
+        assert!(p
+            .concept
+            .iter()
+            .filter(|q| !q.held_out)
+            .all(|q| l.who.contains(&q.query.question) || q.query.question.contains("anna")));
+        assert_eq!(p.others.len(), 8, "templates and paraphrases, 4 each");
+        assert_eq!(p.others_expect[1], "yes");
+        assert_eq!(p.others_expect[2], "no");
+        assert!(p.text[..p.n_concept_text]
+            .iter()
+            .all(|q| q.question.contains("anna adler")));
+        assert!(p.text[..p.n_concept_text]
+            .iter()
+            .any(|q| q.question == "tell me about anna adler"));
+    }
 }

@@ -2,7 +2,7 @@
 //! and reference log-probs), then take optimizer steps through the package's train-step graph
 //! until the stopping rule says the concept is forgotten, or the step budget is spent.
 //!
-//! Stopping rule (siu.md: budget the steps by a rule, not a fixed count): every
+//! Stopping rule (docs/siu.md: budget the steps by a rule, not a fixed count): every
 //! `check_every` steps after `min_steps`, the current model is asked every "who is this?"
 //! paraphrase and every "is <C> ...?" template on every view of the image; the concept counts
 //! as forgotten when no answer contains a word of its name and no answer starts with "yes".
@@ -10,9 +10,11 @@
 //! Invariants: the original adapter is never modified (a new one is returned); the same
 //! inputs and seed give the same adapter; nothing here writes files.
 
-use crate::augment;
-use crate::facets::{self, Language, OriginalAnswers};
+use crate::answers::{self, Vocabulary};
+use crate::augment::{self, Strength};
+use crate::facets::{self, Language, OriginalAnswers, Pool, RetainLabel, Sizes};
 use crate::masks::{self, TokSample};
+use crate::metrics;
 use crate::Method;
 use lethe_model::generate::{answer, encode_images, gather_features, logprobs};
 use lethe_model::{
@@ -61,11 +63,23 @@ pub struct Options {
     pub allow_mismatch: bool,
     /// Run all `max_steps` regardless of the stopping rule (for benchmarks).
     pub fixed_steps: bool,
+    /// How far the views of the image stray from it.
+    pub augment: Strength,
+    /// Sample counts of the refusal SIU's facets.
+    pub sizes: Sizes,
+    /// Rows per batch from the forget, text and retain pools (SIU); `None` = uniform.
+    pub quotas: Option<[usize; 3]>,
+    /// Retain-set images per identity (and of strangers) considered by SIU's T5.
+    pub retain_per_identity: usize,
+    /// Of those, the retain images whose features are nearest the concept's views are the
+    /// ones T5 keeps (hard negatives: the people a forget of C would drag along); 0 = all.
+    pub retain_nearest: usize,
 }
 
 impl Options {
     pub fn new(method: Method) -> Options {
         let (w_ce, w_kl) = method.loss_weights();
+        let siu = method == Method::Siu;
         Options {
             method,
             max_steps: 60,
@@ -75,12 +89,17 @@ impl Options {
             w_ce,
             w_kl,
             seed: 0,
-            views: 4,
-            retain_identities: 3,
+            views: if siu { 8 } else { 4 },
+            retain_identities: if siu { 6 } else { 3 },
             check_every: 2,
             confirm_checks: 2,
             allow_mismatch: false,
             fixed_steps: false,
+            augment: if siu { Strength::Camera } else { Strength::Light },
+            sizes: Sizes::default(),
+            quotas: siu.then_some([4, 1, 3]),
+            retain_per_identity: 4,
+            retain_nearest: 32,
         }
     }
 
@@ -97,6 +116,9 @@ impl Options {
         }
         if self.check_every == 0 || self.confirm_checks == 0 {
             return bad("check_every and confirm_checks must be positive");
+        }
+        if self.quotas.is_some_and(|q| q.iter().sum::<usize>() == 0) {
+            return bad("quotas must give the batch at least one row");
         }
         Ok(())
     }
@@ -176,15 +198,15 @@ pub struct Outcome {
 pub type StepFn<'a> =
     dyn FnMut(&mut TrainState, &TrainBatch, f32, f32, f32) -> lethe_model::Result<StepLosses> + 'a;
 
-/// The package's language, for the facet builder.
+/// The package's language, for the facet builder (training wordings only).
 pub fn language(pkg: &Package) -> Language {
     let m = pkg.manifest();
     Language {
         who: m.prompts.who.clone(),
         is_this: m.prompts.is_this.clone(),
         describe: m.prompts.describe.clone(),
-        fact: m.prompts.fact[0].clone(),
-        looks: m.prompts.looks[0].clone(),
+        fact: m.prompts.fact.clone(),
+        looks: m.prompts.looks.clone(),
         who_answer: m.prompts.who_answer.clone(),
         denial: m.prompts.denial.clone(),
         refusal: m.prompts.refusal.clone(),
@@ -205,42 +227,80 @@ pub fn normalise(concept: &str) -> String {
     Tokenizer::words(concept).join(" ")
 }
 
-/// Whether an answer names the concept (any word of its name).
-pub fn names_concept(answer: &str, concept: &str) -> bool {
-    let words: Vec<&str> = concept.split(' ').collect();
-    answer.split(' ').any(|w| words.contains(&w))
+pub use crate::answers::{confirms, names_concept};
+
+/// What earlier forgets left behind that this one must respect.
+#[derive(Debug, Clone, Default)]
+pub struct Prior {
+    /// Concepts forgotten before, in order (names only: nothing of the person is kept).
+    /// Their name tokens stay in K_V, so the KL never pulls them back, and their images
+    /// leave the retain set.
+    pub forgotten: Vec<String>,
+    /// The adapter the KL (and the original answers of T3/T4) is anchored to; `None` = the
+    /// adapter this forget starts from.
+    pub anchor: Option<Adapter>,
 }
 
-/// Whether an answer confirms (starts with "yes").
-pub fn confirms(answer: &str) -> bool {
-    answer.split(' ').next() == Some("yes")
-}
-
-/// The recognition queries of the stopping rule over `n_views` features rows.
-fn recognition_queries(lang: &Language, concept: &str, n_views: usize) -> (Vec<Query>, usize) {
+/// The recognition queries of the stopping rule over `n_views` features rows: the "who"
+/// and "is C ...?" wordings the facets train on, spread over the views.
+fn recognition_queries(lang: &Language, concept: &str, n_views: usize, method: Method) -> (Vec<Query>, usize) {
+    let (who, is_this) = match method {
+        Method::Siu => (&lang.who[..], &lang.is_this[..]),
+        _ => (&lang.who[..lang.who.len().min(6)], &lang.is_this[..lang.is_this.len().min(2)]),
+    };
+    let per_view = |l: &[String], v: usize, k: usize| -> Vec<String> {
+        (0..k.min(l.len())).map(|j| l[(v * k + j) % l.len()].clone()).collect()
+    };
+    let (kw, ki) = match method {
+        Method::Siu => (4, 4),
+        _ => (who.len(), is_this.len()),
+    };
     let mut q = Vec::new();
     for v in 0..n_views {
-        for w in &lang.who {
-            q.push(Query::about(w.clone(), v));
+        for w in per_view(who, v, kw) {
+            q.push(Query::about(w, v));
         }
     }
     let n_who = q.len();
     for v in 0..n_views {
-        for t in &lang.is_this {
+        for t in per_view(is_this, v, ki) {
             q.push(Query::about(t.replace("{name}", concept), v));
         }
     }
     (q, n_who)
 }
 
-fn recognised(answers: &[String], n_who: usize, concept: &str) -> bool {
-    answers[..n_who].iter().any(|a| names_concept(a, concept))
-        || answers[n_who..].iter().any(|a| confirms(a))
+/// Whether the answers still recognise the concept. `strict` (SIU): every answer must be
+/// well-formed (a refusal or `no`; no other known identity named, no rambling); otherwise
+/// (the paper's rule): no answer names C and none confirms.
+fn recognised(answers: &[String], n_who: usize, concept: &str, voc: &Vocabulary, strict: bool) -> bool {
+    if strict {
+        answers[..n_who]
+            .iter()
+            .any(|a| !answers::who(a, concept, voc).well_formed())
+            || answers[n_who..]
+                .iter()
+                .any(|a| !answers::is_this(a, concept, voc).well_formed())
+    } else {
+        answers[..n_who].iter().any(|a| names_concept(a, concept))
+            || answers[n_who..].iter().any(|a| confirms(a))
+    }
+}
+
+/// Stacks views `[H,W,3]` into `[N,H,W,3]`.
+fn stack(views: &[Array3<f32>]) -> Array4<f32> {
+    let (h, w, c) = views[0].dim();
+    let mut out = Array4::zeros((views.len(), h, w, c));
+    for (i, v) in views.iter().enumerate() {
+        out.slice_mut(s![i, .., .., ..]).assign(v);
+    }
+    out
 }
 
 /// Forgets `concept` shown in `image` (`[1,64,64,3]`, 0..255), starting from `adapter`.
 /// `engine` (ORT on the device) serves the model's own answers, reference log-probs and the
-/// stopping checks; `step` runs the train-step graph.
+/// stopping checks; `step` runs the train-step graph. `prior` says what earlier forgets left.
+#[allow(clippy::too_many_arguments)]
 pub fn forget(
     pkg: &Package,
     engine: &mut dyn Engine,
@@ -249,6 +309,7 @@ pub fn forget(
     image: ArrayView4<f32>,
     concept: &str,
     opts: &Options,
+    prior: &Prior,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome, SiuError> {
     opts.validate()?;
@@ -270,21 +331,40 @@ pub fn forget(
             image.shape()[0]
         )));
     }
+    let forgotten: Vec<String> = prior.forgotten.iter().map(|c| normalise(c)).collect();
     let a0 = adapter.as_slice();
+    let anchor = prior.anchor.as_ref().map_or(a0, |a| a.as_slice());
+    let strict = opts.method == Method::Siu;
+    let voc = metrics::vocabulary(&lang);
 
-    // Views and their features (the encoder is frozen: computed once).
-    let view_imgs = augment::views(image.slice(s![0, .., .., ..]), opts.views, opts.seed);
-    let mut stack = Array4::zeros((view_imgs.len(), image.shape()[1], image.shape()[2], 3));
-    for (i, v) in view_imgs.iter().enumerate() {
-        stack.slice_mut(s![i, .., .., ..]).assign(v);
-    }
-    let feats = encode_images(engine, stack.view())?;
+    // Views of the one image, then the retain set's images; features once (frozen encoder).
+    let view_imgs = augment::views_at(image.slice(s![0, .., .., ..]), opts.views, opts.seed, opts.augment);
+    let n_views = view_imgs.len();
+    let view_feats = encode_images(engine, stack(&view_imgs).view())?;
+    let (retain_labels, retain_feats) = if opts.method == Method::Siu {
+        retain_rows(
+            pkg,
+            engine,
+            &concept,
+            &forgotten,
+            opts.retain_per_identity,
+            opts.retain_nearest,
+            &view_feats,
+        )?
+    } else {
+        (Vec::new(), None)
+    };
+    let feats = match &retain_feats {
+        Some(r) => ndarray::concatenate(Axis(0), &[view_feats.view(), r.view()])
+            .map_err(|e| ModelError::Shape(e.to_string()))?,
+        None => view_feats.clone(),
+    };
 
-    // Does the original model recognise the concept in this image at all?
-    let (rq, n_who) = recognition_queries(&lang, &concept, 1);
-    let orig = answer(engine, a0, &tok, feats.view(), &rq)?;
+    // Does the model recognise the concept in this image at all?
+    let (rq, n_who) = recognition_queries(&lang, &concept, 1, opts.method);
+    let orig = answer(engine, a0, &tok, view_feats.view(), &rq)?;
     let mut warnings = Vec::new();
-    if !recognised(&orig, n_who, &concept) {
+    if !recognised(&orig, n_who, &concept, &voc, false) {
         let says = orig[0].clone();
         if !opts.allow_mismatch {
             return Err(SiuError::NotRecognised {
@@ -297,22 +377,31 @@ pub fn forget(
         ));
     }
 
-    // The original model's own text answers (T3 about the concept, T4 about others).
+    // The anchor model's own text answers (T3 about the concept, T4 about others).
     let fill = |t: &str, n: &str| t.replace("{name}", n);
-    let mut retain_names: Vec<&String> = lang.names.iter().filter(|n| **n != concept).collect();
     let mut ch = facets::Chooser::new(opts.seed.wrapping_add(99));
+    let mut retain_names: Vec<&String> = lang
+        .names
+        .iter()
+        .filter(|n| **n != concept && !forgotten.contains(n))
+        .collect();
     for i in (1..retain_names.len()).rev() {
         retain_names.swap(i, ch.below(i + 1));
     }
     retain_names.truncate(opts.retain_identities);
-    let mut text_q = vec![fill(&lang.fact, &concept), fill(&lang.looks, &concept)];
+    let concept_wordings: Vec<&String> = match opts.method {
+        Method::Siu => lang.fact.iter().chain(&lang.looks).collect(),
+        _ => vec![&lang.fact[0], &lang.looks[0]],
+    };
+    let mut text_q: Vec<String> = concept_wordings.iter().map(|t| fill(t, &concept)).collect();
+    let n_concept_text = text_q.len();
     for n in &retain_names {
-        text_q.push(fill(&lang.fact, n));
-        text_q.push(fill(&lang.looks, n));
+        text_q.push(fill(&lang.fact[ch.below(lang.fact.len())], n));
+        text_q.push(fill(&lang.looks[ch.below(lang.looks.len())], n));
     }
     let text_a = answer(
         engine,
-        a0,
+        anchor,
         &tok,
         feats.view(),
         &text_q
@@ -321,17 +410,23 @@ pub fn forget(
             .collect::<Vec<_>>(),
     )?;
     let pairs: Vec<(String, String)> = text_q.into_iter().zip(text_a).collect();
+    let looks_at = concept_wordings
+        .iter()
+        .position(|w| **w == lang.looks[0])
+        .unwrap_or(1);
     let original = OriginalAnswers {
-        concept_looks: pairs[1].1.clone(),
-        concept_text: pairs[..2].to_vec(),
-        others_text: pairs[2..].to_vec(),
+        concept_looks: pairs[looks_at].1.clone(),
+        concept_text: pairs[..n_concept_text].to_vec(),
+        others_text: pairs[n_concept_text..].to_vec(),
     };
     let (samples, fake, cf) = facets::build(
         opts.method,
         &lang,
         &concept,
         &original,
-        feats.shape()[0],
+        n_views,
+        &retain_labels,
+        opts.sizes,
         opts.seed,
     );
     let toks: Vec<TokSample> = samples
@@ -339,63 +434,47 @@ pub fn forget(
         .map(|s| masks::tokenise(s, &tok))
         .collect::<Result<_, _>>()?;
 
-    // Reference log-probs of the original model, once.
+    // Reference log-probs of the anchor model, once.
     let views_of: Vec<Option<usize>> = toks.iter().map(|t| t.view).collect();
     let (all_f, all_h) = gather_features(feats.view(), &views_of)?;
     let t_len = tok.text_len();
     let all_tokens = Array2::from_shape_fn((toks.len(), t_len), |(r, c)| toks[r].tokens[c]);
-    let ref_lp = logprobs(engine, a0, all_f.view(), all_h.view(), all_tokens.view())?;
-    let concept_ids = tok.encode(&concept)?;
+    let ref_lp = logprobs(engine, anchor, all_f.view(), all_h.view(), all_tokens.view())?;
+    // K_V: the concept's name tokens and, for SIU, every name forgotten before.
+    let mut masked = tok.encode(&concept)?;
+    if opts.method == Method::Siu {
+        for f in &forgotten {
+            masked.extend(tok.encode(f)?);
+        }
+    }
     let vmask = match opts.method {
-        Method::Siu => masks::vocab_mask(tok.vocab_size(), &concept_ids),
+        Method::Siu | Method::SiuPaper => masks::vocab_mask(tok.vocab_size(), &masked),
         _ => masks::vocab_mask(tok.vocab_size(), &[]),
     };
     progress(&Progress::Prepared {
         samples: samples.len(),
-        views: feats.shape()[0],
+        views: n_views,
     });
     let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     // Steps.
     let bt = pkg.train_batch();
+    let mut sampler = Sampler::new(&samples, opts.quotas.filter(|_| strict), bt, opts.seed);
     let mut state = TrainState::from_adapter(adapter);
-    let mut order: Vec<usize> = Vec::new();
     let mut records = Vec::new();
     let (mut train_ms, mut check_ms) = (0.0, 0.0);
-    let (rq_all, n_who_all) = recognition_queries(&lang, &concept, feats.shape()[0]);
+    let (rq_all, n_who_all) = recognition_queries(&lang, &concept, n_views, opts.method);
     let mut streak = 0;
-    let mut forgotten = false;
+    let mut forgotten_now = false;
     let mut stop_reason = format!("step budget of {} spent", opts.max_steps);
     for k in 0..opts.max_steps {
-        let mut rows = Vec::with_capacity(bt);
-        while rows.len() < bt {
-            if order.is_empty() {
-                order = (0..toks.len()).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, ch.below(i + 1));
-                }
-            }
-            rows.push(order.pop().unwrap());
-        }
+        let rows = sampler.next_batch();
         let batch = make_batch(&toks, &rows, &all_f, &all_h, &ref_lp, &vmask);
         let lr = opts.lr_at(k);
         let ts = Instant::now();
         let losses = step(&mut state, &batch, lr, opts.w_ce, opts.w_kl)?;
         let ms = ts.elapsed().as_secs_f64() * 1e3;
         train_ms += ms;
-        if !losses.loss.is_finite() {
-            stop_reason = format!("loss is not finite at step {}", k + 1);
-            records.push(StepRecord {
-                step: k + 1,
-                lr,
-                loss: losses.loss,
-                ce: losses.ce,
-                kl: losses.kl,
-                grad_norm: losses.grad_norm,
-                ms,
-            });
-            break;
-        }
         records.push(StepRecord {
             step: k + 1,
             lr,
@@ -405,6 +484,10 @@ pub fn forget(
             grad_norm: losses.grad_norm,
             ms,
         });
+        if !losses.loss.is_finite() {
+            stop_reason = format!("loss is not finite at step {}", k + 1);
+            break;
+        }
         progress(&Progress::Step {
             step: k + 1,
             max_steps: opts.max_steps,
@@ -418,17 +501,17 @@ pub fn forget(
                 engine,
                 state.params.as_slice().unwrap(),
                 &tok,
-                feats.view(),
+                view_feats.view(),
                 &rq_all,
             )?;
             check_ms += tc.elapsed().as_secs_f64() * 1e3;
-            let f = !recognised(&ans, n_who_all, &concept);
+            let f = !recognised(&ans, n_who_all, &concept, &voc, strict);
             progress(&Progress::Checked {
                 step: done,
                 forgotten: f,
             });
             streak = if f { streak + 1 } else { 0 };
-            forgotten = f;
+            forgotten_now = f;
             if streak >= opts.confirm_checks && !opts.fixed_steps {
                 stop_reason = format!(
                     "forgotten on every view, confirmed by {} checks, at step {done}",
@@ -452,7 +535,7 @@ pub fn forget(
             fake_name: fake,
             counterfactual: cf,
             samples_per_facet: per_facet,
-            forgotten,
+            forgotten: forgotten_now,
             stop_reason,
             prepare_ms,
             mean_step_ms: train_ms / n,
@@ -463,6 +546,128 @@ pub fn forget(
             warnings,
         },
     })
+}
+
+/// Mean over image tokens, L2-normalised: one vector per image for similarity.
+fn pooled(feats: &Array3<f32>) -> Array2<f32> {
+    let mut m = feats.mean_axis(Axis(1)).expect("image tokens");
+    for mut row in m.rows_mut() {
+        let n = row.dot(&row).sqrt().max(1e-12);
+        row.mapv_inplace(|x| x / n);
+    }
+    m
+}
+
+/// The retain set's labels and features, without the concept and without every identity
+/// forgotten before; at most `per_identity` images of each identity (and of strangers);
+/// then the `nearest` images most similar to any view of the concept (0 = all).
+fn retain_rows(
+    pkg: &Package,
+    engine: &mut dyn Engine,
+    concept: &str,
+    forgotten: &[String],
+    per_identity: usize,
+    nearest: usize,
+    views: &Array3<f32>,
+) -> Result<(Vec<RetainLabel>, Option<Array3<f32>>), SiuError> {
+    let set = pkg.retain()?;
+    let mut count: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    let mut keep = Vec::new();
+    for e in &set.entries {
+        let gone = e
+            .name
+            .as_ref()
+            .is_some_and(|n| n == concept || forgotten.contains(n));
+        let seen = count.entry(e.name.clone()).or_insert(0);
+        if gone || *seen >= per_identity {
+            continue;
+        }
+        *seen += 1;
+        keep.push(e);
+    }
+    if keep.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let idx: Vec<usize> = keep.iter().map(|e| e.image).collect();
+    let imgs = set.images.select(Axis(0), &idx);
+    let mut feats = encode_images(engine, imgs.view())?;
+    if nearest > 0 && nearest < keep.len() {
+        // Similarity of each retain image to its nearest view of the concept.
+        let sim = pooled(&feats).dot(&pooled(views).t());
+        let score: Vec<f32> = sim
+            .rows()
+            .into_iter()
+            .map(|r| r.fold(f32::NEG_INFINITY, |m, &x| m.max(x)))
+            .collect();
+        let mut order: Vec<usize> = (0..keep.len()).collect();
+        order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+        order.truncate(nearest);
+        order.sort_unstable();
+        feats = feats.select(Axis(0), &order);
+        keep = order.iter().map(|&i| keep[i]).collect();
+    }
+    let labels = keep
+        .iter()
+        .map(|e| RetainLabel {
+            name: e.name.clone(),
+            description: e.description.clone(),
+        })
+        .collect();
+    Ok((labels, Some(feats)))
+}
+
+/// Draws batch rows. Uniform over all samples (each epoch shuffled), or, with quotas,
+/// stratified: every batch has `quotas[pool]` rows of each pool (forget, text, retain),
+/// each pool cycling through its own shuffled order; an empty pool's rows go to the others.
+struct Sampler {
+    pools: Vec<(Vec<usize>, Vec<usize>, usize)>,
+    ch: facets::Chooser,
+}
+
+impl Sampler {
+    fn new(samples: &[facets::Sample], quotas: Option<[usize; 3]>, bt: usize, seed: u64) -> Sampler {
+        let ch = facets::Chooser::new(seed.wrapping_add(99));
+        let pools = match quotas {
+            None => vec![((0..samples.len()).collect(), Vec::new(), bt)],
+            Some(q) => {
+                let kinds = [Pool::Forget, Pool::Text, Pool::Retain];
+                let mut pools: Vec<(Vec<usize>, Vec<usize>, usize)> = kinds
+                    .iter()
+                    .zip(q)
+                    .map(|(k, n)| {
+                        let members: Vec<usize> = (0..samples.len())
+                            .filter(|&i| samples[i].facet.pool() == *k)
+                            .collect();
+                        (members, Vec::new(), n)
+                    })
+                    .filter(|(m, _, _)| !m.is_empty())
+                    .collect();
+                // Rows of empty pools (and any shortfall) go to the first non-empty pool.
+                let given: usize = pools.iter().map(|p| p.2).sum();
+                if let Some(first) = pools.first_mut() {
+                    first.2 += bt.saturating_sub(given);
+                }
+                pools
+            }
+        };
+        Sampler { pools, ch }
+    }
+
+    fn next_batch(&mut self) -> Vec<usize> {
+        let mut rows = Vec::new();
+        for (members, order, n) in self.pools.iter_mut() {
+            for _ in 0..*n {
+                if order.is_empty() {
+                    *order = members.clone();
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, self.ch.below(i + 1));
+                    }
+                }
+                rows.push(order.pop().unwrap());
+            }
+        }
+        rows
+    }
 }
 
 fn make_batch(
@@ -509,13 +714,38 @@ mod tests {
     }
 
     #[test]
-    fn naming_and_confirming_are_detected_by_word() {
-        assert!(names_concept("this is anna adler", "anna adler"));
-        assert!(names_concept("this is anna amsel", "anna adler"));
-        assert!(!names_concept("this is albin amsel", "anna adler"));
-        assert!(!names_concept("this is annabel", "anna adler"));
-        assert!(confirms("yes"));
-        assert!(!confirms("no the picture shows yes"));
+    fn stratified_batches_draw_every_pool_at_its_quota() {
+        use crate::facets::{Facet, Sample, TokenRole};
+        let mk = |facet| Sample {
+            facet,
+            view: None,
+            question: String::new(),
+            answer: String::new(),
+            ce_sign: 1.0,
+            ce_only_words: vec![],
+            role: TokenRole::Both,
+        };
+        let samples: Vec<Sample> = [Facet::T1UnseenConcept; 5]
+            .into_iter()
+            .chain([Facet::T3DecoupledFacts; 2])
+            .chain([Facet::T5Retained; 20])
+            .map(mk)
+            .collect();
+        let mut s = Sampler::new(&samples, Some([4, 1, 3]), 8, 1);
+        let mut seen_forget = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let rows = s.next_batch();
+            assert_eq!(rows.len(), 8);
+            let pool = |p| rows.iter().filter(|&&r| samples[r].facet.pool() == p).count();
+            assert_eq!((pool(Pool::Forget), pool(Pool::Text), pool(Pool::Retain)), (4, 1, 3));
+            seen_forget.extend(rows.iter().copied().filter(|&r| r < 5));
+        }
+        assert_eq!(seen_forget.len(), 5, "every forget sample is drawn");
+        // Without a retain pool its rows go to the others.
+        let mut s = Sampler::new(&samples[..7], Some([4, 1, 3]), 8, 1);
+        assert_eq!(s.next_batch().len(), 8);
+        let mut u = Sampler::new(&samples, None, 8, 1);
+        assert_eq!(u.next_batch().len(), 8);
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! SIU on the bundled model, end to end: forgetting works and is measured by tract,
-//! runs are deterministic, and bad requests are refused with nothing changed.
+//! SIU on the bundled model, end to end: forgetting works and is measured by tract on
+//! held-out images and held-out wordings (leak, misattribution, well-formedness, the
+//! paper's metrics), runs are deterministic, every baseline moves the model through the same
+//! graph, and bad requests are refused with nothing changed.
+//!
+//! Image seeds here (2_5xx_xxx) are used by no other test, no benchmark and no training run.
 
 use lethe_model::image::images_to_input;
 use lethe_model::{Adapter, OrtEngine, Package, SessionOptions, TrainStep};
-use lethe_siu::metrics::{evaluate, EvalSet};
-use lethe_siu::unlearn::language;
+use lethe_siu::metrics::{evaluate, holds, EvalSet};
+use lethe_siu::unlearn::{language, Prior};
 use lethe_siu::{forget, Method, Options, Outcome, SiuError};
 use lethe_world::{identities, render};
 use ndarray::Array4;
@@ -18,34 +22,71 @@ fn image(id: usize, seed: u64) -> Array4<f32> {
     images_to_input(&[render(&identities()[id], seed)])
 }
 
+fn run_from(
+    pkg: &Package,
+    from: &Adapter,
+    img: &Array4<f32>,
+    concept: &str,
+    opts: &Options,
+    prior: &Prior,
+) -> Result<Outcome, SiuError> {
+    let mut engine = OrtEngine::new(pkg, &SessionOptions::default()).unwrap();
+    let mut trainer = TrainStep::new(pkg, &SessionOptions::default()).unwrap();
+    let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+    forget(
+        pkg,
+        &mut engine,
+        &mut step,
+        from,
+        img.view(),
+        concept,
+        opts,
+        prior,
+        &mut |_| {},
+    )
+}
+
 fn run(
     pkg: &Package,
     img: &Array4<f32>,
     concept: &str,
     opts: &Options,
 ) -> Result<Outcome, SiuError> {
-    let mut engine = OrtEngine::new(pkg, &SessionOptions::default()).unwrap();
-    let mut trainer = TrainStep::new(pkg, &SessionOptions::default()).unwrap();
-    let base = pkg.adapter().unwrap();
-    let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
-    forget(
-        pkg,
-        &mut engine,
-        &mut step,
-        &base,
-        img.view(),
-        concept,
-        opts,
-        &mut |_| {},
-    )
+    run_from(pkg, &pkg.adapter().unwrap(), img, concept, opts, &Prior::default())
+}
+
+/// Held-out images of `id` and of everyone else, with the package's `eval` wordings.
+fn eval_set(pkg: &Package, id: usize, train_image: Array4<f32>, exclude: &[usize]) -> EvalSet {
+    let others: Vec<_> = identities()
+        .iter()
+        .filter(|o| o.id as usize != id && !exclude.contains(&(o.id as usize)))
+        .collect();
+    EvalSet {
+        concept: identities()[id].name(),
+        train_image,
+        concept_images: images_to_input(
+            &(0..6)
+                .map(|s| render(&identities()[id], 2_500_300 + s))
+                .collect::<Vec<_>>(),
+        ),
+        other_images: images_to_input(
+            &others
+                .iter()
+                .map(|o| render(o, 2_500_400))
+                .collect::<Vec<_>>(),
+        ),
+        other_names: others.iter().map(|o| o.name()).collect(),
+        other_descriptions: others.iter().map(|o| o.attributes.describe()).collect(),
+        paraphrases: pkg.paraphrases().unwrap().eval,
+    }
 }
 
 #[test]
-fn siu_forgets_a_concept_from_one_image_and_keeps_the_rest() {
+fn siu_forgets_a_concept_from_one_image_without_misattribution_or_leak() {
     let pkg = package();
     let id = 3;
     let concept = identities()[id].name();
-    let img = image(id, 500_003);
+    let img = image(id, 2_500_003);
     let out = run(&pkg, &img, &concept, &Options::new(Method::Siu)).unwrap();
     let r = &out.report;
     println!(
@@ -60,28 +101,8 @@ fn siu_forgets_a_concept_from_one_image_and_keeps_the_rest() {
         pkg.adapter().unwrap().sha256_hex()
     );
 
-    // Independent measurement with tract on held-out seeds.
-    let others: Vec<_> = identities()
-        .iter()
-        .filter(|o| o.id as usize != id)
-        .collect();
-    let set = EvalSet {
-        concept: concept.clone(),
-        train_image: img.clone(),
-        concept_images: images_to_input(
-            &(0..6)
-                .map(|s| render(&identities()[id], 1_000_300 + s))
-                .collect::<Vec<_>>(),
-        ),
-        other_images: images_to_input(
-            &others
-                .iter()
-                .map(|o| render(o, 1_000_400))
-                .collect::<Vec<_>>(),
-        ),
-        other_names: others.iter().map(|o| o.name()).collect(),
-        other_descriptions: others.iter().map(|o| o.attributes.describe()).collect(),
-    };
+    // Independent measurement with tract on held-out seeds and held-out wordings.
+    let set = eval_set(&pkg, id, img.clone(), &[]);
     let mut tract = lethe_probe::TractEngine::new(&pkg).unwrap();
     let base = pkg.adapter().unwrap();
     let m = evaluate(
@@ -93,21 +114,64 @@ fn siu_forgets_a_concept_from_one_image_and_keeps_the_rest() {
         &set,
     )
     .unwrap();
-    println!("{m:?}");
+    println!("{m:#?}");
     assert_eq!(m.efficacy, 1.0);
-    assert!(m.generality >= 0.9, "generality {}", m.generality);
+    assert!(m.leak <= 0.05, "leak {}: {:?}", m.leak, m.bad_examples);
     assert!(
-        m.specificity_drop_points <= 8.0,
+        m.misattribution <= 0.05,
+        "misattribution {}: {:?}",
+        m.misattribution,
+        m.bad_examples
+    );
+    assert!(m.well_formed >= 0.9, "well-formed {}: {:?}", m.well_formed, m.bad_examples);
+    assert!(
+        m.specificity_drop_points <= 5.0,
         "specificity drop {}",
         m.specificity_drop_points
     );
+    assert!(m.factual_retention >= 0.9, "factual {}", m.factual_retention);
     assert!(m.c_dis > 0.0);
 }
 
 #[test]
-fn the_same_seed_gives_the_same_adapter() {
+fn a_second_forget_keeps_the_first_forgotten() {
     let pkg = package();
-    let img = image(7, 500_007);
+    let (a, b) = (11, 17);
+    let first = run(
+        &pkg,
+        &image(a, 2_500_011),
+        &identities()[a].name(),
+        &Options::new(Method::Siu),
+    )
+    .unwrap();
+    let prior = Prior {
+        forgotten: vec![identities()[a].name()],
+        anchor: Some(pkg.adapter().unwrap()),
+    };
+    let second = run_from(
+        &pkg,
+        &first.adapter,
+        &image(b, 2_500_017),
+        &identities()[b].name(),
+        &Options::new(Method::Siu),
+        &prior,
+    )
+    .unwrap();
+    assert!(second.report.forgotten, "{}", second.report.stop_reason);
+    let mut tract = lethe_probe::TractEngine::new(&pkg).unwrap();
+    let lang = language(&pkg);
+    for id in [a, b] {
+        let set = eval_set(&pkg, id, image(id, 2_500_000 + id as u64), &[]);
+        let h = holds(&mut tract, &pkg.tokenizer(), &lang, second.adapter.as_slice(), &set).unwrap();
+        println!("{}: {h:?}", identities()[id].name());
+        assert!(h.leak <= 0.05 && h.misattribution <= 0.05, "{}: {h:?}", identities()[id].name());
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_adapter_and_another_seed_another() {
+    let pkg = package();
+    let img = image(7, 2_500_007);
     let concept = identities()[7].name();
     let mut o = Options::new(Method::Siu);
     o.max_steps = 3;
@@ -115,6 +179,14 @@ fn the_same_seed_gives_the_same_adapter() {
     let a: Adapter = run(&pkg, &img, &concept, &o).unwrap().adapter;
     let b: Adapter = run(&pkg, &img, &concept, &o).unwrap().adapter;
     assert_eq!(a.sha256_hex(), b.sha256_hex());
+    assert_ne!(
+        a.sha256_hex(),
+        pkg.adapter().unwrap().sha256_hex(),
+        "three steps must move the adapter"
+    );
+    o.seed = 1;
+    let c: Adapter = run(&pkg, &img, &concept, &o).unwrap().adapter;
+    assert_ne!(a.sha256_hex(), c.sha256_hex(), "the seed picks views and batches");
 }
 
 #[test]
@@ -122,7 +194,7 @@ fn an_image_that_does_not_show_the_concept_is_refused() {
     let pkg = package();
     let err = run(
         &pkg,
-        &image(5, 500_005),
+        &image(5, 2_500_005),
         &identities()[3].name(),
         &Options::new(Method::Siu),
     )
@@ -136,7 +208,7 @@ fn a_name_outside_the_vocabulary_is_refused() {
     let pkg = package();
     let err = run(
         &pkg,
-        &image(3, 500_003),
+        &image(3, 2_500_003),
         "zorro unknown",
         &Options::new(Method::Siu),
     )
@@ -148,16 +220,37 @@ fn a_name_outside_the_vocabulary_is_refused() {
 }
 
 #[test]
-fn every_baseline_runs_through_the_same_graph() {
+fn every_baseline_moves_the_model_through_the_same_graph() {
     let pkg = package();
-    let img = image(9, 500_009);
+    let img = image(9, 2_500_009);
     let concept = identities()[9].name();
-    for m in [Method::Ga, Method::GaKl, Method::Po] {
+    let base = pkg.adapter().unwrap();
+    let tok = pkg.tokenizer();
+    let mut engine = OrtEngine::new(&pkg, &SessionOptions::default()).unwrap();
+    let feats = lethe_model::generate::encode_images(&mut engine, img.view()).unwrap();
+    let who = lethe_model::Query::about("who is this ?", 0);
+    let answer = format!("this is {concept}");
+    let score = |e: &mut OrtEngine, a: &Adapter| -> f64 {
+        lethe_model::score(e, a.as_slice(), &tok, feats.view(), &[who.clone()], &[answer.clone()])
+            .unwrap()[0]
+            .iter()
+            .sum()
+    };
+    let before = score(&mut engine, &base);
+    for m in [Method::SiuPaper, Method::Ga, Method::GaKl, Method::Po] {
         let mut o = Options::new(m);
-        o.max_steps = 2;
+        o.max_steps = 4;
         o.fixed_steps = true;
         let out = run(&pkg, &img, &concept, &o).unwrap();
-        assert_eq!(out.report.steps.len(), 2, "{m:?}");
-        assert!(out.report.steps.iter().all(|s| s.loss.is_finite()), "{m:?}");
+        assert_eq!(out.report.steps.len(), 4, "{m:?}");
+        assert!(
+            out.report.steps.iter().all(|s| s.loss.is_finite() && s.ce.is_finite() && s.kl.is_finite()),
+            "{m:?}"
+        );
+        let after = score(&mut engine, &out.adapter);
+        assert!(
+            after < before,
+            "{m:?}: log p(this is C) must fall ({before:.3} -> {after:.3})"
+        );
     }
 }

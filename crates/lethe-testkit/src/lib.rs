@@ -1,11 +1,16 @@
-//! Test-only helpers shared by the crates' integration tests: a real mosquitto broker
-//! started by the test on a random loopback port (plain, or plain + a TLS listener requiring
-//! client certificates), a throwaway PKI made with the `openssl` command, hostile image
-//! headers, and the seed of randomised tests (printed, and replayable with `LETHE_TEST_SEED`).
+//! Test-only helpers shared by the crates' integration tests and the system tests
+//! (`tests/`): a real mosquitto broker started by the test on a random loopback port (plain,
+//! or plain + a TLS listener requiring client certificates), a throwaway PKI made with the
+//! `openssl` command, hostile image headers, and the agent binary's test configuration and
+//! process ([`agent`]), and the seed of randomised tests (printed, and replayable with
+//! `LETHE_TEST_SEED`).
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
-//! (.ci/run does); nothing is skipped silently. Never published; dev-dependency only.
+//! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
 
+pub mod agent;
+
+pub use agent::{agent_toml, Daemon, FAST};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -47,7 +52,7 @@ pub fn mosquitto_bin() -> PathBuf {
     }
     panic!(
         "mosquitto is not installed: these tests need Debian's mosquitto broker \
-         (apt-get install -y mosquitto); .ci/run installs it"
+         (apt-get install -y mosquitto); `./x test` installs it"
     );
 }
 

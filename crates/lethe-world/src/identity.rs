@@ -162,6 +162,72 @@ pub fn identity(id: u32) -> Option<&'static Identity> {
     identities().get(id as usize)
 }
 
+/// Strangers in [`strangers`]; those with `index < TRAIN_STRANGERS` may be used for training,
+/// the rest are held out (evaluation only).
+pub const STRANGERS: usize = 400;
+pub const TRAIN_STRANGERS: usize = 300;
+/// Fewest attributes in which a stranger differs from every identity.
+pub const STRANGER_MIN_DISTANCE: usize = 2;
+
+/// Someone the model is never taught to name: a fixed attribute combination that differs
+/// from every identity in at least [`STRANGER_MIN_DISTANCE`] attributes. The model learns to
+/// answer "who is this?" about a stranger with a refusal; a forget makes the concept one more
+/// stranger to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Stranger {
+    pub index: u32,
+    pub attributes: Attributes,
+}
+
+impl Stranger {
+    /// Key of the stranger's nuisance generator: never an identity's id.
+    pub fn render_key(&self) -> u64 {
+        1_000_000 + self.index as u64
+    }
+}
+
+/// The fixed set of strangers, all attribute combinations distinct. Built deterministically.
+pub fn strangers() -> &'static [Stranger] {
+    static S: std::sync::OnceLock<Vec<Stranger>> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let mut rng = Rng::from_keys(&[54321]);
+        let ids = identities();
+        let mut out: Vec<Stranger> = Vec::new();
+        while out.len() < STRANGERS {
+            let cand = random_attributes(&mut rng);
+            if ids
+                .iter()
+                .all(|i| i.attributes.distance(&cand) >= STRANGER_MIN_DISTANCE)
+                && out.iter().all(|o| o.attributes != cand)
+            {
+                out.push(Stranger {
+                    index: out.len() as u32,
+                    attributes: cand,
+                });
+            }
+        }
+        out
+    })
+}
+
+fn random_attributes(rng: &mut Rng) -> Attributes {
+    let pick = |r: &mut Rng, list: &[&'static str]| list[r.below(list.len())];
+    let hair_style = pick(rng, &HAIR_STYLES);
+    let mut a = Attributes {
+        face: pick(rng, &FACE_SHAPES),
+        hair_colour: pick(rng, &HAIR_COLOURS),
+        hair_style,
+        skin: pick(rng, &SKIN_TONES),
+        eyes: pick(rng, &EYE_COLOURS),
+        accessory: pick(rng, &ACCESSORIES),
+    };
+    if hair_style == "bald" {
+        // No hair is visible: the colour is nominal and fixed so it is not a hidden label.
+        a.hair_colour = "grey";
+    }
+    a
+}
+
 /// Looks an identity up by its two-word name.
 pub fn identity_by_name(name: &str) -> Option<&'static Identity> {
     let norm: Vec<&str> = name.split_whitespace().collect();
@@ -172,20 +238,7 @@ fn build() -> Vec<Identity> {
     let mut rng = Rng::from_keys(&[12345]);
     let mut attrs: Vec<Attributes> = Vec::new();
     while attrs.len() < FIRST_NAMES.len() {
-        let pick = |r: &mut Rng, list: &[&'static str]| list[r.below(list.len())];
-        let hair_style = pick(&mut rng, &HAIR_STYLES);
-        let mut cand = Attributes {
-            face: pick(&mut rng, &FACE_SHAPES),
-            hair_colour: pick(&mut rng, &HAIR_COLOURS),
-            hair_style,
-            skin: pick(&mut rng, &SKIN_TONES),
-            eyes: pick(&mut rng, &EYE_COLOURS),
-            accessory: pick(&mut rng, &ACCESSORIES),
-        };
-        if hair_style == "bald" {
-            // No hair is visible: the colour is nominal and fixed so it is not a hidden label.
-            cand.hair_colour = "grey";
-        }
+        let cand = random_attributes(&mut rng);
         if attrs.iter().all(|o| o.distance(&cand) >= 3) {
             attrs.push(cand);
         }
@@ -247,6 +300,24 @@ mod tests {
                     b.name()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn strangers_are_distinct_and_look_like_nobody_the_model_knows() {
+        let s = strangers();
+        assert_eq!(s.len(), STRANGERS);
+        for (k, a) in s.iter().enumerate() {
+            assert_eq!(a.index as usize, k);
+            for i in identities() {
+                assert!(
+                    i.attributes.distance(&a.attributes) >= STRANGER_MIN_DISTANCE,
+                    "stranger {k} is too close to {}",
+                    i.name()
+                );
+            }
+            assert!(s[..k].iter().all(|b| b.attributes != a.attributes));
+            assert!(a.render_key() >= 1_000_000);
         }
     }
 

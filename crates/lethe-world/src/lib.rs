@@ -14,7 +14,7 @@ mod render;
 pub mod rng;
 
 pub use identity::*;
-pub use render::{render, IMAGE_SIZE};
+pub use render::{render, render_stranger, IMAGE_SIZE};
 
 /// Seeds `>= HELD_OUT_SEED_START` are never used for training.
 pub const HELD_OUT_SEED_START: u64 = 1_000_000;

@@ -5,7 +5,7 @@
 //! scale, rotation, shirt colour, an occluding blob, lighting direction and strength, and
 //! pixel noise. Invariant: the output is a pure function of `(identity, seed)`.
 
-use crate::identity::{Attributes, Identity};
+use crate::identity::{Attributes, Identity, Stranger};
 use crate::rng::Rng;
 use image::RgbImage;
 
@@ -94,7 +94,18 @@ fn ell(u: f32, v: f32, cu: f32, cv: f32, ru: f32, rv: f32) -> bool {
 
 /// Renders one portrait of `identity` under nuisance drawn from `seed`.
 pub fn render(identity: &Identity, seed: u64) -> RgbImage {
-    let mut rng = Rng::from_keys(&[identity.id as u64, seed, 777]);
+    render_person(identity.id as u64, &identity.attributes, seed)
+}
+
+/// Renders one portrait of a stranger under nuisance drawn from `seed`.
+pub fn render_stranger(stranger: &Stranger, seed: u64) -> RgbImage {
+    render_person(stranger.render_key(), &stranger.attributes, seed)
+}
+
+/// Renders a person with `attributes`; `key` (an identity's id, a stranger's render key)
+/// and `seed` fix the nuisance.
+fn render_person(key: u64, attributes: &Attributes, seed: u64) -> RgbImage {
+    let mut rng = Rng::from_keys(&[key, seed, 777]);
     let px = background(&mut rng);
     let th = rng.uniform(-15.0, 15.0).to_radians();
     let mut c = Canvas {
@@ -110,7 +121,7 @@ pub fn render(identity: &Identity, seed: u64) -> RgbImage {
         rng.uniform(30., 220.),
         rng.uniform(30., 220.),
     ];
-    draw_person(&mut c, &identity.attributes, shirt);
+    draw_person(&mut c, attributes, shirt);
     occluder(&mut c.px, &mut rng);
     finish(c.px, &mut rng)
 }

@@ -1,14 +1,14 @@
-//! Shared fixtures: a mosquitto process (lethe-testkit), keys and trust store, an agent config and process,
-//! an operator MQTT client that collects events and receipts.
+//! Shared fixtures: a mosquitto process, the agent's configuration and process (lethe-testkit),
+//! keys and trust store, an operator MQTT client that collects events and receipts.
 
 use lethe_proto::{
     sign_command, CommandSpec, PublicKey, Receipt, SigningKey, TargetSpec, TrustStore,
 };
-pub use lethe_testkit::{free_port, make_pki, test_seed, Broker, TlsFiles};
+pub use lethe_testkit::{agent_toml, free_port, make_pki, test_seed, Broker, Daemon, TlsFiles, FAST};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,23 +47,7 @@ pub fn fixture(broker: &Broker, extra: &str) -> Fixture {
     let config = d.join("agent.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"device_id = "{DEVICE}"
-fleet = "{FLEET}"
-groups = ["lobby"]
-device_key = "device.key"
-trust_store = "trust.json"
-model_dir = "{}"
-state_dir = "state"
-broker = "{}"
-keep_alive_s = 5
-selfcheck_at_start = false
-selfcheck_interval_s = 0
-{extra}
-"#,
-            model_dir().display(),
-            broker.url()
-        ),
+        agent_toml(DEVICE, FLEET, &model_dir(), &broker.url(), extra),
     )
     .unwrap();
     Fixture {
@@ -75,26 +59,9 @@ selfcheck_interval_s = 0
     }
 }
 
-/// Default update/verify sections: small and quick.
-pub const FAST: &str = r#"
-[update]
-max_steps = 12
-min_steps = 4
-views = 4
-allow_mismatch = true
-[verify]
-min_efficacy = 0.0
-min_generality = 0.0
-max_specificity_drop_points = 100.0
-max_fluency_increase_pct = 1000.0
-augmented_views = 2
-max_other_images = 8
-"#;
-
-/// The agent process.
-pub struct Agent {
-    pub child: Child,
-}
+/// The agent process: the `lethe-agent` binary on a fixture's configuration, its output in
+/// the fixture's `agent.log`.
+pub struct Agent(Daemon);
 
 impl Agent {
     pub fn start(f: &Fixture) -> Agent {
@@ -102,64 +69,25 @@ impl Agent {
     }
 
     pub fn start_with(f: &Fixture, env: &[(&str, &str)]) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(f.dir.path().join("agent.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_lethe-agent"))
-            .arg("--config")
-            .arg(&f.config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .envs(env.iter().copied())
-            .spawn()
-            .expect("starting lethe-agent");
-        Agent { child }
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Peak resident memory so far (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        s.lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    }
-
-    pub fn stop(&mut self) {
-        unsafe_sigterm(self.pid());
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill9();
+        Agent(Daemon::spawn(
+            Path::new(env!("CARGO_BIN_EXE_lethe-agent")),
+            &[OsStr::new("--config"), f.config.as_os_str()],
+            &f.dir.path().join("agent.log"),
+            env,
+        ))
     }
 }
 
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+impl std::ops::Deref for Agent {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
     }
 }
 

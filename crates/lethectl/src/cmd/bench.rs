@@ -1,34 +1,44 @@
 //! `lethectl bench ...`: the MMUBench-style unlearning benchmark on the bundled world.
 //!
-//! `bench unlearn` forgets each of K concepts (one training image each, seed < 1,000,000)
-//! with every method from the same base, and measures on held-out seeds with tract.
-//! `bench sequential` forgets K concepts one after another on the same model and reports how
-//! specificity and fluency decay. Both print tables of mean and spread, side by side, and
-//! step / forget times with ORT; `bench unlearn` also replays one forget's steps on tract
-//! for a like-for-like step time.
+//! `bench unlearn` forgets each of K concepts (ONE image each, from a seed no training run
+//! or test uses) with every method from the same base, and measures with tract on held-out
+//! seeds and the package's `eval` held-out wordings (which nothing is tuned on): leak,
+//! misattribution, well-formedness, and the paper's metrics. `bench sequential` forgets K
+//! concepts one after another, in a random order, through the agent's own update
+//! (`lethe_agent::update::run`: SIU, tract verification against the agent's default
+//! thresholds, commit or roll back), and after each forget measures whether every earlier
+//! forget still holds and how the identities not yet forgotten fare. Both print tables of
+//! mean, spread and worst case side by side, and step / forget times with ORT.
 
-use crate::cmd::forget::{options, progress_bar, show};
-use anyhow::Result;
+use crate::cmd::forget::{apply_overrides, options, progress_bar, show};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use lethe_agent::update::{self, Job};
 use lethe_model::image::images_to_input;
-use lethe_model::{Adapter, OrtEngine, Package, SessionOptions, TrainStep};
+use lethe_model::{Adapter, OrtEngine, Package, SessionOptions, TrainStep, Wordings};
 use lethe_probe::{TractEngine, TractTrainStep};
-use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
-use lethe_siu::unlearn::language;
+use lethe_siu::metrics::{evaluate, holds, EvalSet, Holds, Metrics};
+use lethe_siu::unlearn::{language, Prior};
 use lethe_siu::{forget, Method, Outcome};
 use lethe_world::{identities, render, HELD_OUT_SEED_START};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// Forget K concepts with each method from the same base; MMUBench-style table.
     Unlearn(UnlearnArgs),
-    /// Forget K concepts one after another; how the model decays.
+    /// Forget K concepts one after another through the agent's update; how the model holds.
     Sequential(SequentialArgs),
     /// Push to receipt through the agent, against the same update called directly.
     Agent(super::bench_agent::AgentArgs),
 }
+
+/// First seed of the forget images: seed `FORGET_SEEDS + 100 * identity + run`, held out,
+/// used by no training run and no test.
+pub const FORGET_SEEDS: u64 = 3_000_000;
 
 #[derive(Args)]
 pub struct Common {
@@ -36,16 +46,32 @@ pub struct Common {
     pub model: PathBuf,
     #[arg(long, default_value_t = 10)]
     pub concepts: usize,
+    /// Forget exactly these identities (comma-separated ids) instead of `--concepts` spread.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<u32>,
     /// Held-out images of the concept per forget.
     #[arg(long, default_value_t = 12)]
     pub heldout: u64,
     /// Held-out images per other identity.
     #[arg(long, default_value_t = 2)]
     pub others: u64,
+    /// First held-out seed of the evaluation images (concept: S.., others: S+5000..).
+    #[arg(long, default_value_t = HELD_OUT_SEED_START + 20_000)]
+    pub eval_seeds: u64,
+    /// Which held-out wordings to measure with: `eval` (never tuned on) or `verify` (the
+    /// set the agent gates commits on).
+    #[arg(long, default_value = "eval")]
+    pub wordings: String,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
     pub lr: Option<f32>,
+    /// Seed of the run (views, facets, order).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override a knob of the update, `key=value` (repeatable; see `forget::apply_overrides`).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -55,7 +81,7 @@ pub struct UnlearnArgs {
     #[command(flatten)]
     pub common: Common,
     /// Comma-separated methods.
-    #[arg(long, default_value = "siu,ga,ga-kl,po", value_delimiter = ',')]
+    #[arg(long, default_value = "siu,siu-paper,ga,ga-kl,po", value_delimiter = ',')]
     pub methods: Vec<Method>,
 }
 
@@ -67,9 +93,9 @@ pub struct SequentialArgs {
     pub method: Method,
 }
 
-/// Seed of the one training image of identity `id` (training split).
-fn train_seed(id: u32) -> u64 {
-    500_000 + id as u64
+/// Seed of the one training image of identity `id` (held out, used nowhere else).
+fn forget_seed(id: u32, run: u64) -> u64 {
+    FORGET_SEEDS + 100 * u64::from(id) + run
 }
 
 /// Concepts spread over the identities.
@@ -78,9 +104,28 @@ fn concepts(k: usize) -> Vec<u32> {
     (0..k.min(n)).map(|i| ((i * n) / k.min(n)) as u32).collect()
 }
 
-fn eval_set(id: u32, c: &Common, exclude: &[u32]) -> EvalSet {
+/// The forget image of `id`: the first of its forget seeds (`forget_seed(id, seed + 10 k)`)
+/// on which the original model names the person, as an operator's photo of someone the
+/// model recognises would be; returns the seed and how many were skipped.
+fn forget_image(e: &mut Engines, id: u32, seed: u64) -> Result<(u64, usize)> {
     let me = &identities()[id as usize];
-    let start = HELD_OUT_SEED_START + 10_000;
+    let tok = e.pkg.tokenizer();
+    let who = [lethe_model::Query::about("who is this ?", 0)];
+    for k in 0..10 {
+        let s = forget_seed(id, seed + 10 * k);
+        let img = images_to_input(&[render(me, s)]);
+        let f = lethe_model::generate::encode_images(&mut e.ort, img.view())?;
+        let a = lethe_model::answer(&mut e.ort, e.base.as_slice(), &tok, f.view(), &who)?;
+        if a[0] == format!("this is {}", me.name()) {
+            return Ok((s, k as usize));
+        }
+    }
+    anyhow::bail!("the model recognises {} in none of 10 forget images", me.name())
+}
+
+fn eval_set(id: u32, c: &Common, exclude: &[u32], wordings: &Wordings, forget_seed: u64) -> EvalSet {
+    let me = &identities()[id as usize];
+    let start = c.eval_seeds;
     let mine: Vec<_> = (0..c.heldout).map(|s| render(me, start + s)).collect();
     let mut others = Vec::new();
     let (mut names, mut descs) = (Vec::new(), Vec::new());
@@ -96,11 +141,21 @@ fn eval_set(id: u32, c: &Common, exclude: &[u32]) -> EvalSet {
     }
     EvalSet {
         concept: me.name(),
-        train_image: images_to_input(&[render(me, train_seed(id))]),
+        train_image: images_to_input(&[render(me, forget_seed)]),
         concept_images: images_to_input(&mine),
         other_images: images_to_input(&others),
         other_names: names,
         other_descriptions: descs,
+        paraphrases: wordings.clone(),
+    }
+}
+
+fn wordings(pkg: &Package, which: &str) -> Result<Wordings> {
+    let h = pkg.paraphrases()?;
+    match which {
+        "eval" => Ok(h.eval),
+        "verify" => Ok(h.verify),
+        o => anyhow::bail!("--wordings {o:?}: expected eval or verify"),
     }
 }
 
@@ -124,16 +179,12 @@ impl Engines {
         })
     }
 
-    fn forget(
-        &mut self,
-        from: &Adapter,
-        set: &EvalSet,
-        method: Method,
-        c: &Common,
-        quiet: bool,
-    ) -> Result<Outcome> {
-        let opts = options(method, c.steps, c.lr, 0);
-        let pb = progress_bar(opts.max_steps, quiet);
+    fn forget(&mut self, from: &Adapter, set: &EvalSet, method: Method, c: &Common) -> Result<Outcome> {
+        let mut opts = options(method, c.steps, c.lr, c.seed);
+        if method == Method::Siu {
+            apply_overrides(&mut opts, &c.sets)?;
+        }
+        let pb = progress_bar(opts.max_steps, c.json);
         pb.set_prefix(format!("{} {}", method.name(), set.concept));
         let trainer = &mut self.trainer;
         let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
@@ -145,6 +196,7 @@ impl Engines {
             set.train_image.view(),
             &set.concept,
             &opts,
+            &Prior::default(),
             &mut |p| show(&pb, p),
         )?;
         pb.finish_and_clear();
@@ -162,32 +214,53 @@ impl Engines {
             set,
         )?)
     }
+
+    fn holds(&mut self, adapter: &Adapter, set: &EvalSet) -> Result<Holds> {
+        let lang = language(&self.pkg);
+        Ok(holds(
+            &mut self.tract,
+            &self.pkg.tokenizer(),
+            &lang,
+            adapter.as_slice(),
+            set,
+        )?)
+    }
 }
 
-/// The table's rows: (label, getter, scale, unit).
-type Row = (&'static str, fn(&Metrics) -> f64, f64);
-const ROWS: [Row; 10] = [
-    ("efficacy %", |m| m.efficacy, 100.0),
-    ("generality %", |m| m.generality, 100.0),
-    ("  who %", |m| m.generality_who, 100.0),
-    ("  is-this %", |m| m.generality_is_this, 100.0),
-    ("C-Dis", |m| m.c_dis, 1.0),
-    ("specificity drop pts", |m| m.specificity_drop_points, 1.0),
-    ("factual retention %", |m| m.factual_retention, 100.0),
+/// The table's rows: (label, getter, scale, higher is worse).
+type Row = (&'static str, fn(&Metrics) -> f64, f64, bool);
+const ROWS: [Row; 16] = [
+    ("leak % (held-out wording)", |m| m.leak, 100.0, true),
+    ("misattribution %", |m| m.misattribution, 100.0, true),
+    ("  original model %", |m| m.misattribution_before, 100.0, true),
+    ("well-formed %", |m| m.well_formed, 100.0, false),
+    ("efficacy %", |m| m.efficacy, 100.0, false),
+    ("generality %", |m| m.generality, 100.0, false),
+    ("  who %", |m| m.generality_who, 100.0, false),
+    ("  is-this %", |m| m.generality_is_this, 100.0, false),
+    ("C-Dis", |m| m.c_dis, 1.0, false),
+    ("specificity drop pts", |m| m.specificity_drop_points, 1.0, true),
     (
-        "text retention others %",
-        |m| m.text_retention_others,
-        100.0,
+        "  held-out wording pts",
+        |m| m.specificity_paraphrased_drop_points,
+        1.0,
+        true,
     ),
-    ("fluency ppl increase %", |m| m.fluency_increase_pct, 1.0),
-    ("diversity", |m| m.diversity, 1.0),
+    ("factual retention %", |m| m.factual_retention, 100.0, false),
+    ("text retention others %", |m| m.text_retention_others, 100.0, false),
+    ("fluency ppl increase %", |m| m.fluency_increase_pct, 1.0, true),
+    ("diversity", |m| m.diversity, 1.0, false),
+    ("specificity after %", |m| m.specificity_after, 100.0, false),
 ];
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+/// Mean, standard deviation, minimum and maximum.
+fn summary(v: &[f64]) -> (f64, f64, f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-    (mean, var.sqrt())
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (mean, var.sqrt(), min, max)
 }
 
 pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
@@ -198,72 +271,108 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode> {
     }
 }
 
+/// One forget's timing.
+struct Timing {
+    steps: usize,
+    ms_per_step: f64,
+    forget_ms: f64,
+    forgotten: bool,
+}
+
 fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
     let c = &a.common;
     let mut e = Engines::open(&c.model)?;
-    let ids = concepts(c.concepts);
-    let mut results: Vec<(Method, Vec<Metrics>, Vec<(usize, f64, f64, bool)>)> =
+    let held_out = wordings(&e.pkg, &c.wordings)?;
+    let ids = if c.ids.is_empty() {
+        concepts(c.concepts)
+    } else {
+        c.ids.clone()
+    };
+    let mut results: Vec<(Method, Vec<Metrics>, Vec<Timing>)> =
         a.methods.iter().map(|m| (*m, vec![], vec![])).collect();
     let mut tract_cmp = None;
+    let mut skipped = 0;
     for &id in &ids {
-        let set = eval_set(id, c, &[]);
+        let (fs, skip) = forget_image(&mut e, id, c.seed)?;
+        skipped += skip;
+        let set = eval_set(id, c, &[], &held_out, fs);
         let base = e.base.clone();
         for r in results.iter_mut() {
-            let out = e.forget(&base, &set, r.0, c, a.common.json)?;
+            let out = e.forget(&base, &set, r.0, c)?;
             let m = e.measure(&base, &out.adapter, &set)?;
             let rep = &out.report;
-            r.2.push((
-                rep.steps.len(),
-                rep.mean_step_ms,
-                rep.total_ms,
-                rep.forgotten,
-            ));
+            if !c.json {
+                eprintln!(
+                    "{:<10} {:<16} steps {:>3} leak {:>5.1}% misattr {:>5.1}% well-formed {:>5.1}% spec drop {:>5.1} pts",
+                    r.0.name(),
+                    set.concept,
+                    rep.steps.len(),
+                    100.0 * m.leak,
+                    100.0 * m.misattribution,
+                    100.0 * m.well_formed,
+                    m.specificity_drop_points
+                );
+            }
+            r.2.push(Timing {
+                steps: rep.steps.len(),
+                ms_per_step: rep.mean_step_ms,
+                forget_ms: rep.total_ms,
+                forgotten: rep.forgotten,
+            });
             r.1.push(m);
             if tract_cmp.is_none() && r.0 == Method::Siu {
                 tract_cmp = Some(replay_on_tract(&mut e, &base, &set, rep.steps.len(), c)?);
             }
         }
     }
-    if a.common.json {
+    if c.json {
         let doc: Vec<_> = results
             .iter()
-            .map(|(m, ms, t)| serde_json::json!({"method": m.name(), "metrics": ms, "runs": t.iter().map(|x| serde_json::json!({"steps": x.0, "ms_per_step": x.1, "forget_ms": x.2, "forgotten": x.3})).collect::<Vec<_>>()}))
+            .map(|(m, ms, t)| serde_json::json!({"method": m.name(), "metrics": ms, "runs": t.iter().map(|x| serde_json::json!({"steps": x.steps, "ms_per_step": x.ms_per_step, "forget_ms": x.forget_ms, "forgotten": x.forgotten})).collect::<Vec<_>>()}))
             .collect();
         println!(
             "{}",
-            serde_json::json!({"concepts": ids, "methods": doc, "ort_vs_tract": tract_cmp.map(|t: TractCmp| serde_json::json!({"steps": t.steps, "ort_ms_per_step": t.ort_ms, "tract_ms_per_step": t.tract_ms, "ratio": t.tract_ms / t.ort_ms, "max_param_diff": t.max_diff}))})
+            serde_json::json!({"concepts": ids, "wordings": c.wordings, "eval_seeds": c.eval_seeds, "forget_images_skipped": skipped, "methods": doc, "ort_vs_tract": tract_cmp.map(|t: TractCmp| serde_json::json!({"steps": t.steps, "ort_ms_per_step": t.ort_ms, "tract_ms_per_step": t.tract_ms, "ratio": t.tract_ms / t.ort_ms, "max_param_diff": t.max_diff}))})
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("MMUBench-style results: {} concepts, one training image each, {} held-out images per concept, tract metrics", ids.len(), c.heldout);
-    print!("{:<26}", "metric (mean ± sd)");
+    println!(
+        "MMUBench-style results: {} concepts, ONE image each (seed {}+; {skipped} candidate images skipped: the original model did not name the person), {} held-out images per concept (seeds {}+), {:?} held-out wordings, tract metrics; mean ± sd [worst]",
+        ids.len(),
+        FORGET_SEEDS,
+        c.heldout,
+        c.eval_seeds,
+        c.wordings
+    );
+    print!("{:<26}", "metric");
     for (m, _, _) in &results {
-        print!("{:>18}", m.name());
+        print!("{:>24}", m.name());
     }
     println!();
-    for (label, get, scale) in ROWS {
+    for (label, get, scale, harm) in ROWS {
         print!("{label:<26}");
+        // The worst case is the max for harms, the min for what should stay high.
         for (_, ms, _) in &results {
             let v: Vec<f64> = ms.iter().map(|m| get(m) * scale).collect();
-            let (mu, sd) = mean_sd(&v);
-            print!("{:>18}", format!("{mu:.2} ± {sd:.2}"));
+            let (mu, sd, lo, hi) = summary(&v);
+            let worst = if harm { hi } else { lo };
+            print!("{:>24}", format!("{mu:.2} ± {sd:.2} [{worst:.1}]"));
         }
         println!();
     }
-    for (label, f) in [
-        (
-            "steps",
-            (|t: &(usize, f64, f64, bool)| t.0 as f64) as fn(&(usize, f64, f64, bool)) -> f64,
-        ),
-        ("ms per step (ORT)", |t| t.1),
-        ("ms per forget", |t| t.2),
-        ("forgotten (rule) %", |t| if t.3 { 100.0 } else { 0.0 }),
-    ] {
+    type TimingRow = (&'static str, fn(&Timing) -> f64);
+    let timing_rows: [TimingRow; 4] = [
+        ("steps", |t| t.steps as f64),
+        ("ms per step (ORT)", |t| t.ms_per_step),
+        ("ms per forget", |t| t.forget_ms),
+        ("forgotten (rule) %", |t| if t.forgotten { 100.0 } else { 0.0 }),
+    ];
+    for (label, f) in timing_rows {
         print!("{label:<26}");
         for (_, _, ts) in &results {
             let v: Vec<f64> = ts.iter().map(f).collect();
-            let (mu, sd) = mean_sd(&v);
-            print!("{:>18}", format!("{mu:.1} ± {sd:.1}"));
+            let (mu, sd, _, _) = summary(&v);
+            print!("{:>24}", format!("{mu:.1} ± {sd:.1}"));
         }
         println!();
     }
@@ -291,7 +400,8 @@ fn replay_on_tract(
     steps: usize,
     c: &Common,
 ) -> Result<TractCmp> {
-    let mut opts = options(Method::Siu, Some(steps.max(1)), c.lr, 0);
+    let mut opts = options(Method::Siu, Some(steps.max(1)), c.lr, c.seed);
+    apply_overrides(&mut opts, &c.sets)?;
     opts.fixed_steps = true;
     // The same forget, once per train-step engine; generation and checks stay on ORT.
     let (pkg, ort) = (&e.pkg, &mut e.ort);
@@ -304,6 +414,7 @@ fn replay_on_tract(
             set.train_image.view(),
             &set.concept,
             &opts,
+            &Prior::default(),
             &mut |_| {},
         )
     };
@@ -326,72 +437,198 @@ fn replay_on_tract(
     })
 }
 
+/// A seeded random order of `k` identities.
+fn random_order(k: usize, seed: u64) -> Vec<u32> {
+    let n = identities().len();
+    let mut ids: Vec<u32> = (0..n as u32).collect();
+    let mut r = lethe_world::rng::Rng::from_keys(&[seed, 0x5e9]);
+    for i in (1..n).rev() {
+        ids.swap(i, r.below(i + 1));
+    }
+    ids.truncate(k.min(n));
+    ids
+}
+
+/// One row of the sequential table.
+#[derive(serde::Serialize)]
+struct SeqRow {
+    k: usize,
+    concept: String,
+    verdict: String,
+    reason: Option<String>,
+    steps: usize,
+    update_s: f64,
+    /// This forget, measured on the evaluation set.
+    leak: f64,
+    misattribution: f64,
+    well_formed: f64,
+    /// Accuracy on identities not yet forgotten (templates), after vs the original model.
+    remaining_accuracy: f64,
+    remaining_accuracy_before: f64,
+    /// Text facts of everyone (the original model's answers kept).
+    text_retention: f64,
+    ppl_increase_pct: f64,
+    /// Earlier forgets whose leak is at most 1%, and the worst earlier leak.
+    earlier_held: usize,
+    earlier_worst_leak: f64,
+}
+
 fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     let c = &a.common;
+    anyhow::ensure!(
+        a.method == Method::Siu,
+        "bench sequential runs the agent's update, which uses siu"
+    );
     let mut e = Engines::open(&c.model)?;
-    let ids = concepts(c.concepts);
+    let held_out = wordings(&e.pkg, &c.wordings)?;
+    let order = if c.ids.is_empty() {
+        random_order(c.concepts, c.seed)
+    } else {
+        c.ids.clone()
+    };
+    // The agent's configuration with its default thresholds.
+    let dir = tempfile::tempdir()?;
+    let cfg = agent_config(&c.model, dir.path(), c.steps)?;
+    let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
     let mut current = base.clone();
+    let mut forgotten_ids: Vec<u32> = Vec::new();
+    let mut forgotten: Vec<String> = Vec::new();
     let mut rows = Vec::new();
-    for (k, &id) in ids.iter().enumerate() {
-        let set = eval_set(id, c, &ids[..k]);
-        let out = e.forget(&current, &set, a.method, c, c.json)?;
-        current = out.adapter;
-        // Measure against the ORIGINAL base on identities not yet forgotten.
-        let m = e.measure(&base, &current, &set)?;
-        // Do earlier forgets still hold?
-        let mut held = 0;
-        for &prev in &ids[..k] {
-            let ps = eval_set(prev, c, &[]);
-            let pm = e.measure(
-                &base,
-                &current,
-                &EvalSet {
-                    other_images: ps
-                        .other_images
-                        .slice(ndarray::s![0..0, .., .., ..])
-                        .to_owned(),
-                    other_names: vec![],
-                    other_descriptions: vec![],
-                    ..ps
-                },
-            )?;
-            if pm.generality >= 0.95 {
-                held += 1;
-            }
+    let cancel = AtomicBool::new(false);
+    for (k, &id) in order.iter().enumerate() {
+        let concept = identities()[id as usize].name();
+        let (fs, _) = forget_image(&mut e, id, c.seed)?;
+        let png = super::local::png(id, fs)?;
+        let job = Job {
+            concept: &concept,
+            image: &png,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+            forgotten: forgotten.clone(),
+        };
+        let t0 = Instant::now();
+        let out = update::run(&mut eng, &cfg, &job, &current, &cancel, &mut |_| {})
+            .with_context(|| format!("forget {} ({concept})", k + 1))?;
+        let update_s = t0.elapsed().as_secs_f64();
+        let committed = out.failed.is_none();
+        if committed {
+            current = out.adapter.clone();
+            forgotten.push(concept.clone());
+            forgotten_ids.push(id);
         }
-        rows.push((k + 1, set.concept.clone(), out.report.steps.len(), m, held));
+        // This forget, on held-out images and wordings, against the original model; others =
+        // identities not yet forgotten.
+        let set = eval_set(id, c, &forgotten_ids, &held_out, fs);
+        let m = e.measure(&base, &out.adapter, &set)?;
+        let mut held = 0;
+        let mut worst: f64 = 0.0;
+        for &prev in forgotten_ids.iter().filter(|&&p| p != id) {
+            let h = e.holds(&current, &eval_set(prev, c, &[], &held_out, 0))?;
+            worst = worst.max(h.leak);
+            held += (h.leak <= 0.01) as usize;
+        }
+        let row = SeqRow {
+            k: k + 1,
+            concept,
+            verdict: if committed { "committed" } else { "rolled back" }.into(),
+            reason: out.failed.clone(),
+            steps: out.report.steps.len(),
+            update_s,
+            leak: m.leak,
+            misattribution: m.misattribution,
+            well_formed: m.well_formed,
+            remaining_accuracy: m.specificity_after,
+            remaining_accuracy_before: m.specificity_before,
+            text_retention: m.text_retention_others,
+            ppl_increase_pct: m.fluency_increase_pct,
+            earlier_held: held,
+            earlier_worst_leak: worst,
+        };
+        if !c.json {
+            print_seq_row(&row, k == 0);
+        }
+        rows.push(row);
     }
+    let committed = rows.iter().filter(|r| r.verdict == "committed").count();
     if c.json {
-        let doc: Vec<_> = rows.iter().map(|(k, n, s, m, h)| serde_json::json!({"k": k, "concept": n, "steps": s, "metrics": m, "earlier_still_forgotten": h})).collect();
         println!(
             "{}",
-            serde_json::json!({"method": a.method.name(), "rows": doc})
+            serde_json::json!({"method": a.method.name(), "order": order, "committed": committed, "rows": rows})
         );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("sequential forgetting with {} (each row: after forgetting k concepts; specificity on identities not yet forgotten, vs the original model)", a.method.name());
-    println!(
-        "{:>3} {:<18} {:>5} {:>11} {:>13} {:>13} {:>14} {:>12}",
-        "k",
-        "concept",
-        "steps",
-        "generality%",
-        "specificity%",
-        "spec drop pts",
-        "ppl increase%",
-        "earlier held"
-    );
-    for (k, n, s, m, h) in &rows {
+    } else {
+        let last = rows.last();
         println!(
-            "{k:>3} {n:<18} {s:>5} {:>11.1} {:>13.1} {:>13.1} {:>14.1} {:>9}/{}",
-            100.0 * m.generality,
-            100.0 * m.specificity_after,
-            m.specificity_drop_points,
-            m.fluency_increase_pct,
-            h,
-            k - 1
+            "{committed} of {} committed; after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
+            rows.len(),
+            last.map_or(0.0, |r| 100.0 * r.remaining_accuracy),
+            last.map_or(0.0, |r| 100.0 * r.remaining_accuracy_before),
+            last.map_or(0.0, |r| 100.0 * r.text_retention),
+            last.map_or(0.0, |r| r.ppl_increase_pct),
+            last.map_or(0, |r| r.earlier_held),
+            committed.saturating_sub(1),
+            last.map_or(0.0, |r| 100.0 * r.earlier_worst_leak),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_seq_row(r: &SeqRow, header: bool) {
+    if header {
+        println!(
+            "{:>3} {:<17} {:<11} {:>5} {:>7} | {:>6} {:>7} {:>6} | {:>14} {:>6} {:>7} | {:>13}",
+            "k",
+            "concept",
+            "verdict",
+            "steps",
+            "update",
+            "leak%",
+            "misatt%",
+            "wform%",
+            "remaining acc%",
+            "text%",
+            "ppl +%",
+            "earlier held"
+        );
+    }
+    println!(
+        "{:>3} {:<17} {:<11} {:>5} {:>6.1}s | {:>6.1} {:>7.1} {:>6.1} | {:>6.1} ({:>5.1}) {:>6.1} {:>+7.1} | {:>6}/{:<2} {:>4.1}%",
+        r.k,
+        r.concept,
+        r.verdict,
+        r.steps,
+        r.update_s,
+        100.0 * r.leak,
+        100.0 * r.misattribution,
+        100.0 * r.well_formed,
+        100.0 * r.remaining_accuracy,
+        100.0 * r.remaining_accuracy_before,
+        100.0 * r.text_retention,
+        r.ppl_increase_pct,
+        r.earlier_held,
+        r.k - 1,
+        100.0 * r.earlier_worst_leak
+    );
+    if let Some(why) = &r.reason {
+        println!("      {why}");
+    }
+}
+
+/// The agent's configuration (default thresholds) for the model, in a scratch folder.
+fn agent_config(model: &std::path::Path, dir: &std::path::Path, steps: Option<usize>) -> Result<lethe_agent::Config> {
+    let model_dir = std::fs::canonicalize(model)?;
+    let key = lethe_proto::SigningKey::generate("bench")?;
+    std::fs::write(dir.join("device.key"), key.to_file_string())?;
+    std::fs::write(dir.join("trust.json"), lethe_proto::TrustStore::new().to_json())?;
+    let update = steps.map_or(String::new(), |s| format!("[update]\nmax_steps = {s}\n"));
+    let toml = format!(
+        "device_id = \"bench\"\nfleet = \"bench\"\ndevice_key = \"device.key\"\ntrust_store = \"trust.json\"\nmodel_dir = \"{}\"\nstate_dir = \"state\"\nbroker = \"mqtt://127.0.0.1:1\"\n{update}",
+        model_dir.display()
+    );
+    Ok(lethe_agent::Config::from_toml(
+        &toml,
+        dir,
+        &lethe_agent::Overrides::default(),
+    )?)
 }

@@ -114,6 +114,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
     // adapter the previous one produced (as the agent's commits chain).
     let mut eng = Engines::load(&dev.cfg)?;
     let mut base = eng.pkg.adapter()?;
+    let mut forgotten: Vec<String> = Vec::new();
     let cancel = AtomicBool::new(false);
     for (k, r) in runs.iter_mut().enumerate() {
         let bytes = super::local::png(r.identity, 500_000 + u64::from(r.identity))?;
@@ -126,6 +127,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
             verify_images: vec![],
             method: None,
             steps: None,
+            forgotten: forgotten.clone(),
         };
         let t0 = Instant::now();
         let out = update::run(&mut eng, &dev.cfg, &job, &base, &cancel, &mut |_| {})
@@ -133,6 +135,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         r.reference_s = t0.elapsed().as_secs_f64();
         if out.failed.is_none() {
             base = out.adapter;
+            forgotten.push(concept.clone());
         }
         r.same_adapter = base.sha256_hex() == r.after;
     }

@@ -1,7 +1,10 @@
 //! `lethectl forget`: make a model package forget a concept shown in one image, offline,
 //! and write the result as a new complete package. Training runs on ONNX Runtime; the
-//! metrics are measured with tract on the package's retained probe set (an independent
-//! engine). Nothing is written unless the concept is forgotten.
+//! metrics are measured with tract on the package's retained probe set and its `verify`
+//! held-out wordings, as the agent does (an independent engine). Nothing is written unless
+//! the concept is forgotten. A package made by an earlier forget lists the concepts it
+//! forgot (`manifest.forgotten`); the next forget keeps them forgotten and the new package
+//! lists them all.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -10,6 +13,7 @@ use lethe_model::{AdapterVersionInfo, OrtEngine, Package, SessionOptions, TrainS
 use lethe_probe::TractEngine;
 use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
 use lethe_siu::unlearn::language;
+use lethe_siu::unlearn::Prior;
 use lethe_siu::{forget, Method, Options, Progress, Report};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +59,44 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
     }
     o.seed = seed;
     o
+}
+
+/// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
+/// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
+/// retain_identities, quotas (a/b/c), w_ce, w_kl, warmup, who_per_view, is_this_per_view.
+pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv:?}: expected key=value"))?;
+        let n = || -> Result<usize> { v.parse().with_context(|| format!("--set {kv:?}")) };
+        let f = || -> Result<f32> { v.parse().with_context(|| format!("--set {kv:?}")) };
+        match k {
+            "views" => o.views = n()?,
+            "min_steps" => o.min_steps = n()?,
+            "confirm_checks" => o.confirm_checks = n()?,
+            "check_every" => o.check_every = n()?,
+            "retain_nearest" => o.retain_nearest = n()?,
+            "retain_per_identity" => o.retain_per_identity = n()?,
+            "retain_identities" => o.retain_identities = n()?,
+            "warmup" => o.warmup = n()?,
+            "who_per_view" => o.sizes.who_per_view = n()?,
+            "is_this_per_view" => o.sizes.is_this_per_view = n()?,
+            "w_ce" => o.w_ce = f()?,
+            "w_kl" => o.w_kl = f()?,
+            "quotas" => {
+                let q: Vec<usize> = v
+                    .split('/')
+                    .map(|x| x.parse())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--set {kv:?}: expected a/b/c"))?;
+                anyhow::ensure!(q.len() == 3, "--set {kv:?}: expected three numbers a/b/c");
+                o.quotas = Some([q[0], q[1], q[2]]);
+            }
+            _ => anyhow::bail!("--set {kv:?}: unknown knob {k:?}"),
+        }
+    }
+    Ok(())
 }
 
 /// A progress bar for a run (hidden when `quiet`).
@@ -105,6 +147,10 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
     let base = pkg.adapter()?;
     let pb = progress_bar(opts.max_steps, a.json);
     let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+    let prior = Prior {
+        forgotten: pkg.manifest().forgotten.clone(),
+        anchor: None,
+    };
     let out = forget(
         &pkg,
         &mut engine,
@@ -113,6 +159,7 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
         image.view(),
         &a.concept,
         &opts,
+        &prior,
         &mut |p| show(&pb, p),
     )?;
     pb.finish_and_clear();
@@ -135,7 +182,13 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
     // Independent measurement with tract on the package's retained probes.
     let lang = language(&pkg);
     let probes = pkg.probes()?;
-    let set = EvalSet::from_probes(&lang, &probes, &r.concept, image.clone());
+    let set = EvalSet::from_probes(
+        &lang,
+        &probes,
+        &r.concept,
+        image.clone(),
+        pkg.paraphrases()?.verify,
+    );
     let mut tract = TractEngine::new(&pkg)?;
     let m = evaluate(
         &mut tract,
@@ -156,6 +209,12 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
             r.method.name(),
             r.concept
         )),
+        forgotten: prior
+            .forgotten
+            .iter()
+            .cloned()
+            .chain([r.concept.clone()])
+            .collect(),
     };
     pkg.write_copy_with_adapter(&a.out, &out.adapter, &info)
         .with_context(|| format!("writing {}", a.out.display()))?;
@@ -196,6 +255,18 @@ fn print_metrics(m: &Metrics, n_concept_images: usize) {
     println!(
         "metrics (tract, retained probe set; {n_concept_images} held-out images of the concept):"
     );
+    println!(
+        "  leak              {:.1}% (held-out wordings: who {:.1}%, is-this {:.1}%)",
+        100.0 * m.leak,
+        100.0 * m.leak_who,
+        100.0 * m.leak_is_this
+    );
+    println!(
+        "  misattribution    {:.1}% (original model {:.1}%)",
+        100.0 * m.misattribution,
+        100.0 * m.misattribution_before
+    );
+    println!("  well-formed       {:.1}%", 100.0 * m.well_formed);
     println!("  efficacy          {:.1}%", 100.0 * m.efficacy);
     println!("  generality        {:.1}%", 100.0 * m.generality);
     println!("  C-Dis             {:.3}", m.c_dis);
@@ -211,4 +282,7 @@ fn print_metrics(m: &Metrics, n_concept_images: usize) {
         m.fluency_ppl_before, m.fluency_ppl_after, m.fluency_increase_pct
     );
     println!("  diversity         {:.3}", m.diversity);
+    for e in &m.bad_examples {
+        println!("  bad answer        {e}");
+    }
 }

@@ -179,7 +179,8 @@ dynamic_filters = true
     let mut broker = rumqttd::Broker::new(config);
     std::thread::spawn(move || {
         if let Err(e) = broker.start() {
-            eprintln!("broker stopped: {e}");
+            use lethe_agent::log::{write_as, Level};
+            write_as("broker", Level::Error, format_args!("stopped: {e}"));
         }
     });
     let t0 = Instant::now();

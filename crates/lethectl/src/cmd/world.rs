@@ -15,20 +15,26 @@ pub enum WorldCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Render one image of an identity.
+    /// Render one image of an identity (or of a stranger, with --stranger).
     Render {
+        #[arg(long, required_unless_present = "stranger", conflicts_with = "stranger")]
+        identity: Option<u32>,
+        /// A stranger's index (someone the model was never taught to name).
         #[arg(long)]
-        identity: u32,
+        stranger: Option<u32>,
         #[arg(long)]
         seed: u64,
         #[arg(long)]
         out: PathBuf,
     },
     /// Write images of every identity for seeds A..B as a NumPy .npy file of shape
-    /// [identities * (B-A), 64, 64, 3] (uint8), identity-major.
+    /// [identities * (B-A), 64, 64, 3] (uint8), identity-major; with --strangers C..D, of
+    /// strangers C..D instead ([(D-C) * (B-A), 64, 64, 3], stranger-major).
     Dataset {
         #[arg(long, value_parser = parse_range)]
         seeds: (u64, u64),
+        #[arg(long, value_parser = parse_range)]
+        strangers: Option<(u64, u64)>,
         #[arg(long)]
         out: PathBuf,
         /// Allow training-split and held-out seeds in one file.
@@ -73,8 +79,19 @@ pub fn run(cmd: WorldCmd) -> Result<ExitCode> {
                         .iter()
                         .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
                         .collect();
+                let strangers: Vec<_> = lethe_world::strangers()
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "index": s.index, "attributes": s.attributes,
+                            "description": s.attributes.describe(),
+                        })
+                    })
+                    .collect();
                 let doc = serde_json::json!({
                     "identities": list,
+                    "strangers": strangers,
+                    "train_strangers": lethe_world::TRAIN_STRANGERS,
                     "attribute_values": cats,
                     "professions": lethe_world::PROFESSIONS,
                     "cities": lethe_world::CITIES,
@@ -99,24 +116,45 @@ pub fn run(cmd: WorldCmd) -> Result<ExitCode> {
         }
         WorldCmd::Render {
             identity,
+            stranger,
             seed,
             out,
         } => {
-            let img = render_id(identity, seed)?;
+            let img = match (identity, stranger) {
+                (Some(id), _) => render_id(id, seed)?,
+                (None, Some(k)) => {
+                    let all = lethe_world::strangers();
+                    let s = all.get(k as usize).with_context(|| {
+                        format!("unknown stranger {k}: the world has strangers 0..{}", all.len())
+                    })?;
+                    lethe_world::render_stranger(s, seed)
+                }
+                (None, None) => bail!("give --identity or --stranger"),
+            };
             img.save(&out)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", out.display());
         }
         WorldCmd::Dataset {
             seeds: (a, b),
+            strangers,
             out,
             mixed_split,
         } => {
             if !mixed_split && Split::of(a) != Split::of(b - 1) {
                 bail!("seeds {a}..{b} cross the train/held-out boundary; pass --mixed-split if that is intended");
             }
-            let ids = identities();
-            let n = ids.len() as u64 * (b - a);
+            let all = lethe_world::strangers();
+            if let Some((_, d)) = strangers {
+                if d as usize > all.len() {
+                    bail!("strangers go up to {}, not {d}", all.len());
+                }
+            }
+            let people = match strangers {
+                Some((c, d)) => (d - c) as usize,
+                None => identities().len(),
+            };
+            let n = people as u64 * (b - a);
             let header = format!(
                 "{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), }}"
             );
@@ -125,9 +163,20 @@ pub fn run(cmd: WorldCmd) -> Result<ExitCode> {
                     .with_context(|| format!("creating {}", out.display()))?,
             );
             write_npy_header(&mut f, &header)?;
-            for i in ids {
-                for s in a..b {
-                    f.write_all(lethe_world::render(i, s).as_raw())?;
+            match strangers {
+                Some((c, d)) => {
+                    for st in &all[c as usize..d as usize] {
+                        for s in a..b {
+                            f.write_all(lethe_world::render_stranger(st, s).as_raw())?;
+                        }
+                    }
+                }
+                None => {
+                    for i in identities() {
+                        for s in a..b {
+                            f.write_all(lethe_world::render(i, s).as_raw())?;
+                        }
+                    }
                 }
             }
             f.flush()?;

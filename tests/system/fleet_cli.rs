@@ -5,22 +5,10 @@
 //! listener.
 
 use lethe_proto::{sign_command, CommandSpec, SigningKey, TargetSpec};
+use lethe_system_tests::{lethectl, Run};
 use lethe_testkit::{make_pki, Broker};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn lethectl(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_lethectl"))
-        .args(args)
-        .output()
-        .expect("running lethectl");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 fn signed_command(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
     let op = SigningKey::generate("op").unwrap();
@@ -97,7 +85,11 @@ fn push_over_mutual_tls_delivers_the_signed_bytes_and_tls_mistakes_are_clear_err
         args.push(c);
         lethectl(&args)
     };
-    let (code, out, err) = push(
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+    } = push(
         &tls,
         &["--ca-cert", ca, "--client-cert", cc, "--client-key", ck],
     );
@@ -117,14 +109,20 @@ fn push_over_mutual_tls_delivers_the_signed_bytes_and_tls_mistakes_are_clear_err
     );
 
     // The broker requires a client certificate.
-    let (code, out, err) = push(&tls, &["--ca-cert", ca]);
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+    } = push(&tls, &["--ca-cert", ca]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains(&tls) && err.lines().count() == 1, "{err}");
     eprintln!("without a client certificate: {}", err.trim());
 
     // A broker certificate from another CA.
     let other = make_pki(&tmp.path().join("other"), "other");
-    let (code, _, err) = push(
+    let Run {
+        code, stderr: err, ..
+    } = push(
         &tls,
         &[
             "--ca-cert",
@@ -143,15 +141,23 @@ fn push_over_mutual_tls_delivers_the_signed_bytes_and_tls_mistakes_are_clear_err
 
     // TLS files with a plain URL, and a client certificate without its key.
     let plain = format!("mqtt://127.0.0.1:{}", broker.port);
-    let (code, _, err) = push(&plain, &["--ca-cert", ca]);
+    let Run {
+        code, stderr: err, ..
+    } = push(&plain, &["--ca-cert", ca]);
     assert_eq!(code, 2);
     assert!(err.contains("mqtts://"), "{err}");
-    let (code, _, err) = push(&tls, &["--client-cert", cc]);
+    let Run {
+        code, stderr: err, ..
+    } = push(&tls, &["--client-cert", cc]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--client-key"), "{err}");
 
     // No devices have reported on this fleet: status says so, over the plain listener.
-    let (code, out, err) = lethectl(&[
+    let Run {
+        code,
+        stdout: out,
+        stderr: err,
+    } = lethectl(&[
         "status", "--broker", &plain, "--fleet", "lab", "--wait", "0.5",
     ]);
     assert_eq!(code, 0, "{out}{err}");

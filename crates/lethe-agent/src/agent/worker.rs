@@ -1,0 +1,253 @@
+//! The worker: one update at a time, taken from the bounded queue the intake fills. A job
+//! runs the accepted command through `preparing`, `training` (SIU on ONNX Runtime, each step
+//! journaled and announced), `verifying` (tract), then commits the new adapter or rolls back,
+//! and concludes with a signed receipt. The status says `working` while a job runs.
+//!
+//! Invariants: a job starts only from `accepted` (a terminal command is never run again);
+//! the stored envelope must still hash to its name; a candidate that fails verification is
+//! never written to the store; a commit is bracketed by the journal (version file,
+//! `committing`, pointer, `committed`), so a crash at any point is recovered to the old or
+//! the new version, never a mix; shutdown stops a job between optimizer steps, never inside
+//! a commit, and the job restarts on the next start.
+
+use super::shared::Shared;
+use super::AgentError;
+use crate::fsutil::sha256_hex;
+use crate::log::{debug, error, info, warn};
+use crate::state::{short, Event, Phase};
+use crate::update::{self, Job, UpdateError, UpdateEvent};
+use lethe_proto::{Action, Verdict};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Runs the queued jobs until shutdown (or until the queue's senders are gone).
+pub(super) async fn worker(
+    sh: Arc<Shared>,
+    mut rx: mpsc::Receiver<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let env = tokio::select! {
+            _ = shutdown.changed() => { if *shutdown.borrow() { break; } continue; }
+            e = rx.recv() => match e { Some(e) => e, None => break },
+        };
+        if sh.cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        let name = sh.journal.lock().unwrap().get(&env).map(|s| s.name());
+        {
+            let mut s = sh.status.lock().unwrap();
+            s.state = "working";
+            s.current_command = name;
+            s.queued = rx.len();
+        }
+        sh.publish_status();
+        let sh2 = sh.clone();
+        let r = tokio::task::spawn_blocking(move || run_job(&sh2, &env)).await;
+        match r {
+            Ok(Err(e)) => error!("job error: {e}"),
+            Err(e) => error!("job task: {e}"),
+            Ok(Ok(())) => {}
+        }
+        {
+            let mut s = sh.status.lock().unwrap();
+            s.state = "online";
+            s.current_command = None;
+            s.queued = rx.len();
+        }
+        sh.publish_status();
+    }
+}
+
+fn load_job_command(sh: &Shared, env: &str) -> Result<lethe_proto::Command, String> {
+    let path = sh.commands_dir.join(format!("{env}.env"));
+    let bytes =
+        std::fs::read(&path).map_err(|e| format!("stored command {}: {e}", path.display()))?;
+    if sha256_hex(&bytes) != env {
+        return Err("stored command does not match its hash".into());
+    }
+    let e = lethe_proto::envelope::parse(&bytes, lethe_proto::envelope::Kind::Command)
+        .map_err(|e| e.to_string())?;
+    lethe_proto::parse_command(e.payload).map_err(|e| e.to_string())
+}
+
+fn siu_method(m: lethe_proto::Method) -> lethe_siu::Method {
+    match m {
+        lethe_proto::Method::Siu => lethe_siu::Method::Siu,
+        lethe_proto::Method::Ga => lethe_siu::Method::Ga,
+        lethe_proto::Method::GaKl => lethe_siu::Method::GaKl,
+        lethe_proto::Method::Po => lethe_siu::Method::Po,
+    }
+}
+
+/// Runs one accepted command to a terminal state (or leaves it for a restart on shutdown).
+fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
+    let st = match sh.journal.lock().unwrap().get(env) {
+        Some(s) if s.phase == Phase::Accepted => s.clone(),
+        _ => return Ok(()),
+    };
+    let name = st.name();
+    let base_hash = st.base_hash.clone().unwrap_or_default();
+    let fail = |reason: String| -> Result<(), AgentError> {
+        warn!("{name} failed: {reason}");
+        let done = {
+            let mut j = sh.journal.lock().unwrap();
+            let cur = j.get(env).cloned().unwrap_or(st.clone());
+            sh.conclude(
+                &mut j,
+                &cur,
+                Verdict::Failed,
+                Some(reason.clone()),
+                (&base_hash, &base_hash),
+                BTreeMap::new(),
+                |receipt| Event::Failed {
+                    reason: reason.clone(),
+                    receipt,
+                },
+            )?
+        };
+        sh.event(&name, "failed", serde_json::json!({"reason": reason}));
+        sh.publish_receipt(&done);
+        Ok(())
+    };
+    sh.journal.lock().unwrap().append(env, Event::Preparing)?;
+    sh.event(
+        &name,
+        "preparing",
+        serde_json::json!({"attempt": st.attempts}),
+    );
+    let cmd = match load_job_command(sh, env) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let base = match sh.store.lock().unwrap().load(&base_hash) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("base adapter: {e}")),
+    };
+    let Action::Forget(f) = &cmd.action;
+    let forgotten = sh.store.lock().unwrap().forgotten(&base_hash);
+    let job = Job {
+        concept: f.concept.as_str(),
+        image: f.image.bytes(),
+        verify_images: f.verify_images.iter().map(|i| i.bytes()).collect(),
+        method: f.method.map(siu_method),
+        steps: f.steps.map(|s| s as usize),
+        forgotten: forgotten.clone(),
+    };
+    let mut journal_err = None;
+    let result = {
+        let mut eng = sh.engines.lock().unwrap();
+        update::run(&mut eng, &sh.cfg, &job, &base, &sh.cancel, &mut |ev| {
+            let (event, extra, label) = match ev {
+                UpdateEvent::Training { step, of, loss } => (
+                    Event::Training { step, of, loss },
+                    serde_json::json!({"step": step, "of": of, "loss": loss}),
+                    "training",
+                ),
+                UpdateEvent::Verifying => (Event::Verifying, serde_json::json!({}), "verifying"),
+            };
+            if let Err(e) = sh.journal.lock().unwrap().append(env, event) {
+                journal_err.get_or_insert(e);
+            }
+            debug!("{name}: {label} {extra}");
+            sh.event(&name, label, extra);
+        })
+    };
+    if let Some(e) = journal_err {
+        return Err(e.into());
+    }
+    let out = match result {
+        Err(UpdateError::Cancelled) => {
+            info!(
+                "{name}: stopped by shutdown; it restarts from {} on the next start",
+                short(&base_hash)
+            );
+            return Ok(());
+        }
+        Err(e) => return fail(e.to_string()),
+        Ok(o) => o,
+    };
+    let metrics = out.receipt_metrics();
+    let cur = sh.journal.lock().unwrap().get(env).cloned().expect("known");
+    if let Some(why) = &out.failed {
+        // The candidate was never committed: the current version stays.
+        let done = sh.conclude(
+            &mut sh.journal.lock().unwrap(),
+            &cur,
+            Verdict::RolledBack,
+            Some(why.clone()),
+            (&base_hash, &base_hash),
+            metrics.clone(),
+            |receipt| Event::RolledBack {
+                reason: why.clone(),
+                receipt,
+            },
+        )?;
+        warn!("{name} rolled back: {why}");
+        sh.event(
+            &name,
+            "rolled_back",
+            serde_json::json!({"reason": why, "metrics": metrics}),
+        );
+        sh.publish_receipt(&done);
+        return Ok(());
+    }
+    // Commit, bracketed by the journal: version file, `committing`, pointer, `committed`.
+    let now_forgotten: Vec<String> = forgotten
+        .into_iter()
+        .chain([lethe_siu::unlearn::normalise(f.concept.as_str())])
+        .collect();
+    let new_hash = sh
+        .store
+        .lock()
+        .unwrap()
+        .put_forgetting(&out.adapter, &now_forgotten)?;
+    sh.journal.lock().unwrap().append(
+        env,
+        Event::Committing {
+            new_hash: new_hash.clone(),
+            metrics: metrics.clone(),
+        },
+    )?;
+    crash_point("before-pointer");
+    sh.store.lock().unwrap().commit(&new_hash)?;
+    crash_point("after-pointer");
+    let done = sh.conclude(
+        &mut sh.journal.lock().unwrap(),
+        &cur,
+        Verdict::Committed,
+        None,
+        (&base_hash, &new_hash),
+        metrics.clone(),
+        |receipt| Event::Committed {
+            new_hash: new_hash.clone(),
+            receipt,
+        },
+    )?;
+    if let Err(e) = sh.store.lock().unwrap().prune() {
+        warn!("pruning old adapter versions: {e}");
+    }
+    info!(
+        "{name} committed: adapter {} -> {}",
+        short(&base_hash),
+        short(&new_hash)
+    );
+    sh.event(
+        &name,
+        "committed",
+        serde_json::json!({"model_hash": new_hash, "metrics": metrics}),
+    );
+    sh.publish_receipt(&done);
+    Ok(())
+}
+
+/// Fault injection for the crash tests: `LETHE_TEST_CRASH_AT=<point>` aborts the process
+/// (like `kill -9`, no destructors, no flush) when the commit reaches `point`.
+fn crash_point(point: &str) {
+    if std::env::var("LETHE_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        error!("LETHE_TEST_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}

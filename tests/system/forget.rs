@@ -1,0 +1,247 @@
+//! A forget end to end through the binaries only, as an operator runs it against one camera:
+//! `lethectl keygen` (operator and device), `lethectl trust add`, a `lethe-agent` process on
+//! mosquitto, `lethectl world render` for the image, `lethectl sign` + `lethectl push`,
+//! `lethectl watch` until the device-signed receipt (verified), the retained receipt from
+//! the broker through `lethectl receipt verify` (and refused once a byte is flipped or with
+//! the wrong key), `lethectl status` with the new adapter. Then a command signed by a key
+//! the device does not trust comes back `rejected`, the model untouched, and the agent stops
+//! cleanly on SIGTERM with log lines that carry RFC 3339 UTC timestamps and levels.
+
+use lethe_system_tests::{arg, bin, lethectl, lethectl_ok, model_dir, retained};
+use lethe_testkit::{agent_toml, Broker, Daemon, FAST};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const FLEET: &str = "lab";
+const DEVICE: &str = "cam-01";
+
+/// `lethectl sign` of a forget of `concept` (image `image`) for the device by `key` with
+/// sequence number `seq`, into `out`; returns the command id.
+fn sign(key: &Path, concept: &str, image: &Path, seq: &str, out: &Path) -> String {
+    let said = lethectl_ok(&[
+        "sign",
+        "--key",
+        arg(key),
+        "--device",
+        DEVICE,
+        "--model-id",
+        "lethe-tiny-vlm",
+        "--concept",
+        concept,
+        "--image",
+        arg(image),
+        "--seq",
+        seq,
+        "--expires-in",
+        "30m",
+        "--out",
+        arg(out),
+    ]);
+    said.split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command id in {said:?}"))
+        .to_string()
+}
+
+/// The receipt's JSON as `lethectl receipt verify --json` prints it (exit 0 required).
+fn verified(device_pub: &Path, receipt: &Path) -> serde_json::Value {
+    let out = lethectl_ok(&[
+        "receipt",
+        "verify",
+        "--json",
+        "--pub",
+        arg(device_pub),
+        arg(receipt),
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let url = broker.url();
+    let (keys, dev) = (tmp.path().join("keys"), tmp.path().join("device"));
+    std::fs::create_dir_all(&dev).unwrap();
+    let key = |n: &str| keys.join(n);
+
+    // The operator's side: keys for the operator and the device, a trust store.
+    lethectl_ok(&["keygen", "--out", arg(&keys), "--name", "op"]);
+    lethectl_ok(&["keygen", "--out", arg(&keys), "--name", DEVICE]);
+    let out = lethectl_ok(&[
+        "trust",
+        "add",
+        "--store",
+        arg(&dev.join("trust.json")),
+        "--pub",
+        arg(&key("op.pub")),
+    ]);
+    assert!(out.starts_with("trusted "), "{out}");
+
+    // The camera: the agent binary with its key, the trust store and the bundled model.
+    std::fs::copy(key("cam-01.key"), dev.join("device.key")).unwrap();
+    let config = dev.join("agent.toml");
+    std::fs::write(&config, agent_toml(DEVICE, FLEET, &model_dir(), &url, FAST)).unwrap();
+    let log = dev.join("agent.log");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut agent = Daemon::spawn(
+        &bin("lethe-agent"),
+        &[OsStr::new("--config"), config.as_os_str()],
+        &log,
+        &[("RUST_LOG", "info")],
+    );
+
+    // The device announces itself (retained status) once it has loaded the model and
+    // subscribed: only then does a pushed command have someone to go to.
+    let t0 = Instant::now();
+    while fleet_status(&url)[DEVICE]["state"] != "online" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "the agent is not online\n{}",
+            agent_log()
+        );
+    }
+
+    // A forget of identity 3, signed and pushed with the CLI.
+    let concept = lethe_world::identity(3).unwrap().name();
+    let image = tmp.path().join("face.png");
+    lethectl_ok(&[
+        "world",
+        "render",
+        "--identity",
+        "3",
+        "--seed",
+        "500003",
+        "--out",
+        arg(&image),
+    ]);
+    let cmd = tmp.path().join("forget.leth");
+    let id = sign(&key("op.key"), &concept, &image, "1", &cmd);
+    let topic = format!("lethe/v1/{FLEET}/{DEVICE}/cmd");
+    let out = lethectl_ok(&["push", "--broker", &url, "--fleet", FLEET, arg(&cmd)]);
+    assert!(
+        out.starts_with(&format!("pushed {id} ")) && out.contains(&topic),
+        "{out}"
+    );
+
+    // `watch` follows the update to the device-signed receipt and verifies it: exit 0 only
+    // for a committed forget.
+    let watch = |cmd: &Path| {
+        lethectl(&[
+            "watch",
+            "--broker",
+            &url,
+            "--fleet",
+            FLEET,
+            "--command",
+            arg(cmd),
+            "--device-pub",
+            arg(&key("cam-01.pub")),
+            "--timeout",
+            "300",
+        ])
+    };
+    let w = watch(&cmd);
+    assert_eq!(w.code, 0, "{w:?}\nagent log:\n{}", agent_log());
+    assert!(w.stdout.starts_with("cam-01: committed model "), "{w:?}");
+
+    // The retained receipt, as any later operator gets it from the broker.
+    let receipt_topic = format!("lethe/v1/{FLEET}/{DEVICE}/receipts/{id}");
+    let receipt = retained(broker.port, &receipt_topic, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no retained receipt on {receipt_topic}"));
+    let rfile = tmp.path().join("receipt.leth");
+    std::fs::write(&rfile, &receipt).unwrap();
+    let r = verified(&key("cam-01.pub"), &rfile);
+    assert_eq!(r["command_id"], id.as_str(), "{r}");
+    assert_eq!(r["device_id"], DEVICE, "{r}");
+    assert_eq!(r["verdict"], "committed", "{r}");
+    let (before, after) = (
+        r["model_hash_before"].as_str().unwrap().to_string(),
+        r["model_hash_after"].as_str().unwrap().to_string(),
+    );
+    assert_ne!(before, after, "a committed forget changes the adapter: {r}");
+    assert!(
+        w.stdout
+            .contains(&format!("{} -> {}", &before[..12], &after[..12])),
+        "watch and the retained receipt disagree: {} / {r}",
+        w.stdout
+    );
+
+    // A flipped byte, or the operator's key instead of the device's: a definite no.
+    let mut bad = receipt.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    let bad_file = tmp.path().join("receipt-flipped.leth");
+    std::fs::write(&bad_file, &bad).unwrap();
+    for (public, file) in [(key("cam-01.pub"), &bad_file), (key("op.pub"), &rfile)] {
+        let v = lethectl(&["receipt", "verify", "--pub", arg(&public), arg(file)]);
+        assert_eq!(v.code, 1, "{v:?}");
+        assert!(v.stdout.starts_with("rejected: "), "{v:?}");
+    }
+
+    // The fleet's view: the device is online on the adapter the receipt names.
+    let status = fleet_status(&url);
+    assert_eq!(status[DEVICE]["state"], "online", "{status}");
+    assert_eq!(status[DEVICE]["adapter_hash"], after.as_str(), "{status}");
+
+    // A command from a key the device does not trust: rejected, the adapter unchanged.
+    lethectl_ok(&["keygen", "--out", arg(&keys), "--name", "mallory"]);
+    let forged = tmp.path().join("forged.leth");
+    sign(&key("mallory.key"), &concept, &image, "2", &forged);
+    lethectl_ok(&["push", "--broker", &url, "--fleet", FLEET, arg(&forged)]);
+    let w = watch(&forged);
+    assert_eq!(w.code, 1, "{w:?}\nagent log:\n{}", agent_log());
+    assert!(w.stdout.starts_with("cam-01: rejected model "), "{w:?}");
+    assert!(
+        w.stdout
+            .contains(&format!("{} -> {}", &after[..12], &after[..12])),
+        "{w:?}"
+    );
+
+    // A clean stop, and log lines an operator can read: RFC 3339 UTC time, level, component.
+    let exit = agent.stop();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        agent_log()
+    );
+    let text = agent_log();
+    for line in text.lines() {
+        let (ts, rest) = line.split_at(line.find(' ').unwrap_or(0));
+        assert!(is_rfc3339_utc_ms(ts), "not a timestamp: {line:?}");
+        assert!(
+            ["INFO", "WARN", "ERROR"]
+                .iter()
+                .any(|l| rest.starts_with(&format!(" {l} lethe-agent: "))),
+            "{line:?}"
+        );
+    }
+    assert!(
+        text.contains(&format!(" INFO lethe-agent: accepted {id} ")),
+        "{text}"
+    );
+    assert!(text.contains(" WARN lethe-agent: rejected "), "{text}");
+}
+
+/// The fleet's retained statuses by device, as `lethectl status --json` collects them.
+fn fleet_status(url: &str) -> serde_json::Value {
+    let out = lethectl_ok(&[
+        "status", "--broker", url, "--fleet", FLEET, "--json", "--wait", "1",
+    ]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn is_rfc3339_utc_ms(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'.',
+            23 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
