@@ -313,6 +313,14 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// A journal file holding `text`, in a folder removed on drop.
+    fn journal_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
     fn accepted(id: &str, seq: u64) -> Event {
         Event::Accepted {
             id: id.into(),
@@ -342,34 +350,37 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_dropped_and_the_file_repaired() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("journal.jsonl");
-        {
+        // Cut inside a record, or after a whole (legal) record but before its newline: either
+        // way the append never returned, so the record does not count.
+        let tails: [&[u8]; 2] = [
+            br#"{"t":1,"env":"e1","state":"acc"#,
+            br#"{"t":2,"env":"e1","state":"accepted","id":"x","issuer":"op","seq":9,"base_hash":"b","concept":"c"}"#,
+        ];
+        for tail in tails {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("journal.jsonl");
+            Journal::open(&p)
+                .unwrap()
+                .append("e1", Event::Received)
+                .unwrap();
+            let whole = std::fs::read(&p).unwrap();
+            let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+            f.write_all(tail).unwrap();
+            drop(f);
             let mut j = Journal::open(&p).unwrap();
-            j.append("e1", Event::Received).unwrap();
+            assert!(j.repaired_tail);
+            assert_eq!(std::fs::read(&p).unwrap(), whole);
+            assert_eq!(j.get("e1").unwrap().phase, crate::state::Phase::Received);
+            j.append("e1", accepted("op-1", 1)).unwrap();
+            drop(j);
+            let j = Journal::open(&p).unwrap();
+            assert_eq!(j.get("e1").unwrap().phase, crate::state::Phase::Accepted);
         }
-        let whole = std::fs::read(&p).unwrap();
-        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(br#"{"t":1,"env":"e1","state":"acc"#).unwrap();
-        drop(f);
-        let mut j = Journal::open(&p).unwrap();
-        assert!(j.repaired_tail);
-        assert_eq!(std::fs::read(&p).unwrap(), whole);
-        j.append("e1", accepted("op-1", 1)).unwrap();
-        drop(j);
-        let j = Journal::open(&p).unwrap();
-        assert_eq!(j.get("e1").unwrap().phase, crate::state::Phase::Accepted);
     }
 
     #[test]
     fn a_damaged_line_in_the_middle_is_an_error() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("journal.jsonl");
-        std::fs::write(
-            &p,
-            "{not json}\n{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n",
-        )
-        .unwrap();
+        let (_d, p) = journal_file("{not json}\n{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n");
         let err = Journal::open(&p).err().unwrap().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
@@ -450,6 +461,59 @@ mod tests {
         drop(j);
         let j = Journal::open(&p).unwrap();
         assert_eq!(j.get("live").unwrap().phase, crate::state::Phase::Verifying);
+    }
+
+    #[test]
+    fn a_damaged_line_is_reported_with_its_own_line_number() {
+        let (_d, p) = journal_file(
+            "{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n{\"t\":2,\"env\":\"e\",\"state\":1}\n\
+             {\"t\":3,\"env\":\"f\",\"state\":\"received\"}\n",
+        );
+        match Journal::open(&p) {
+            Err(JournalError::Damaged { line, .. }) => assert_eq!(line, 2),
+            other => panic!("{:?}", other.map(|j| j.repaired_tail)),
+        }
+    }
+
+    #[test]
+    fn a_replayed_illegal_transition_is_an_error_not_a_skipped_line() {
+        let (_d, p) = journal_file(
+            "{\"t\":1,\"env\":\"e\",\"state\":\"received\"}\n{\"t\":2,\"env\":\"e\",\"state\":\"verifying\"}\n",
+        );
+        assert!(matches!(
+            Journal::open(&p),
+            Err(JournalError::Illegal(IllegalTransition {
+                event: "verifying",
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn commands_are_listed_once_each_in_arrival_order_and_found_by_id() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("journal.jsonl");
+        let mut j = Journal::open(&p).unwrap();
+        for e in ["e2", "e1", "e3"] {
+            j.append(e, Event::Received).unwrap();
+        }
+        j.append("e1", accepted("op-1", 4)).unwrap();
+        j.append("e2", accepted("op-2", 7)).unwrap();
+        j.append("e1", Event::Preparing).unwrap();
+        let st = j.append("e3", accepted("op-3", 5)).unwrap();
+        assert_eq!(st.phase, crate::state::Phase::Accepted);
+        drop(j);
+        let j = Journal::open(&p).unwrap();
+        let order: Vec<&str> = j.commands().map(|c| c.env.as_str()).collect();
+        assert_eq!(order, ["e2", "e1", "e3"]);
+        assert_eq!(j.by_id("op-2").unwrap().env, "e2");
+        assert!(j.by_id("op-9").is_none() && j.get("e9").is_none());
+        // The highest sequence per issuer, whatever the order they were accepted in.
+        assert_eq!(
+            j.accepted_sequences(),
+            BTreeMap::from([("op".to_string(), 7)])
+        );
+        assert_eq!(j.path(), p);
     }
 
     #[test]

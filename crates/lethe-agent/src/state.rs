@@ -563,6 +563,166 @@ mod tests {
         assert_eq!(recovery(&s, "x", |_| false), Recovery::Done);
     }
 
+    /// One event of every kind, in lifecycle order.
+    fn one_of_each_event() -> Vec<Event> {
+        vec![
+            Event::Received,
+            Event::Rejected {
+                code: "c".into(),
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+            Event::Deferred {
+                id: "i".into(),
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+            accepted(),
+            Event::Restarted { attempt: 2 },
+            Event::Preparing,
+            Event::Training {
+                step: 1,
+                of: 2,
+                loss: 0.5,
+            },
+            Event::Verifying,
+            Event::Committing {
+                new_hash: "n".into(),
+                metrics: BTreeMap::new(),
+            },
+            Event::Committed {
+                new_hash: "n".into(),
+                receipt: "x".into(),
+            },
+            Event::RolledBack {
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+            Event::Failed {
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_is_named_by_its_journal_tag_and_every_phase_by_its_serialised_name() {
+        for e in one_of_each_event() {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["state"], e.name(), "{e:?}");
+        }
+        use Phase as P;
+        let phases = [
+            P::Received,
+            P::Rejected,
+            P::Deferred,
+            P::Accepted,
+            P::Preparing,
+            P::Training,
+            P::Verifying,
+            P::Committing,
+            P::Committed,
+            P::RolledBack,
+            P::Failed,
+        ];
+        for p in phases {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name(), "{p:?}");
+        }
+        let terminal: Vec<_> = phases.iter().filter(|p| p.is_terminal()).collect();
+        assert_eq!(
+            terminal,
+            [&P::Rejected, &P::Committed, &P::RolledBack, &P::Failed]
+        );
+    }
+
+    #[test]
+    fn an_illegal_transition_names_the_command_the_event_and_the_phase() {
+        let err = run(&[Event::Received, Event::Verifying]).unwrap_err();
+        assert_eq!(
+            err,
+            IllegalTransition {
+                env: "e1".into(),
+                from: "received",
+                event: "verifying",
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "illegal transition for e1: verifying in phase received"
+        );
+        let err = run(&[Event::Preparing]).unwrap_err();
+        assert_eq!((err.from, err.event), ("(none)", "preparing"));
+    }
+
+    #[test]
+    fn a_restart_goes_back_to_accepted_with_its_attempt_and_forgets_the_candidate() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Training {
+                step: 3,
+                of: 8,
+                loss: 1.0,
+            },
+            Event::Verifying,
+            Event::Committing {
+                new_hash: "new".into(),
+                metrics: BTreeMap::new(),
+            },
+            Event::Restarted { attempt: 2 },
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::Accepted);
+        assert_eq!(s.attempts, 2);
+        assert_eq!((s.step, s.new_hash.as_deref()), (None, None));
+        assert_eq!(s.base_hash.as_deref(), Some("base"), "the base is kept");
+        // From accepted the job runs again.
+        let s = apply(Some(&s), "e1", 0, &Event::Preparing).unwrap();
+        assert_eq!(s.phase, Phase::Preparing);
+    }
+
+    #[test]
+    fn a_failed_verification_rolls_back_with_its_reason_and_receipt() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Verifying,
+            Event::RolledBack {
+                reason: "efficacy 0.2 < 0.9".into(),
+                receipt: "r".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert!(s.phase.is_terminal());
+        assert_eq!(s.reason.as_deref(), Some("efficacy 0.2 < 0.9"));
+        assert_eq!(s.receipt.as_deref(), Some("r"));
+        // Only verification rolls back.
+        assert!(run(&[
+            Event::Received,
+            accepted(),
+            Event::RolledBack {
+                reason: "r".into(),
+                receipt: "r".into(),
+            },
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn recovery_fails_a_command_whose_base_is_gone_naming_both_hashes() {
+        let s = run(&[Event::Received, accepted(), Event::Preparing]).unwrap();
+        assert_eq!(
+            recovery(&s, "0123456789abcdef", |_| true),
+            Recovery::Fail {
+                reason: "the model changed under the command (base base, now 0123456789ab)".into()
+            }
+        );
+        assert_eq!(short("abc"), "abc");
+    }
+
     #[test]
     fn a_snapshot_stands_for_a_whole_history_and_only_as_a_first_record() {
         let s = run(&[Event::Received, accepted(), Event::Preparing]).unwrap();

@@ -255,6 +255,16 @@ mod tests {
     }
 
     #[test]
+    fn a_lifetime_of_exactly_seven_days_is_allowed() {
+        assert_eq!(MAX_LIFETIME_S, 604_800);
+        assert!(check_freshness(1000, 1000 + 604_800, 2000).is_ok());
+        assert_eq!(
+            check_freshness(1000, 1000 + 604_801, 2000).unwrap_err(),
+            Rejection::BadValidityWindow("lifetime longer than 7 days")
+        );
+    }
+
+    #[test]
     fn freshness_does_not_overflow_at_the_end_of_time() {
         assert!(check_freshness(u64::MAX - 10, u64::MAX, u64::MAX - 5).is_ok());
     }

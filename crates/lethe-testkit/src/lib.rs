@@ -2,7 +2,8 @@
 //! (`tests/`): a real mosquitto broker started by the test on a random loopback port (plain,
 //! or plain + a TLS listener requiring client certificates), a throwaway PKI made with the
 //! `openssl` command, hostile image headers, the agent binary's test configuration and
-//! process ([`agent`]), and small mounted file systems to fill up or search ([`smallfs`]).
+//! process ([`agent`]), and small mounted file systems to fill up or search ([`smallfs`]), and the seed of randomised tests (printed, and
+//! replayable with `LETHE_TEST_SEED`).
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
 //! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
@@ -16,7 +17,31 @@ pub use smallfs::{find_bytes, SmallFs};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The environment variable that replays a randomised test with a given seed.
+pub const SEED_VAR: &str = "LETHE_TEST_SEED";
+
+/// The seed of the randomised test `test`: `LETHE_TEST_SEED` when set (a decimal u64, to
+/// replay a failed run), else a fresh one from the clock and the process id. Printed either
+/// way (the test harness shows it with a failure's output).
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var(SEED_VAR) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_VAR}={v:?} is not a decimal u64")),
+        Err(_) => {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    eprintln!("{test}: seed {seed} (replay with {SEED_VAR}={seed})");
+    seed
+}
 
 pub fn mosquitto_bin() -> PathBuf {
     for p in [
@@ -323,4 +348,22 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test touches the variable, so nothing races on it.
+    #[test]
+    fn a_seed_from_the_environment_is_replayed_and_a_fresh_one_differs_by_run() {
+        std::env::set_var(SEED_VAR, " 1796079392609057568 ");
+        assert_eq!(test_seed("replayed"), 1_796_079_392_609_057_568);
+        std::env::set_var(SEED_VAR, "not a number");
+        assert!(std::panic::catch_unwind(|| test_seed("bad")).is_err());
+        std::env::remove_var(SEED_VAR);
+        let a = test_seed("fresh");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, test_seed("fresh again"));
+    }
 }

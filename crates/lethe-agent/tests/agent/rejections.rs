@@ -1,7 +1,8 @@
 //! Forged, tampered, replayed, expired and wrongly targeted commands over MQTT. What carries
 //! no valid trusted signature is dropped unheard: no receipt, no journal record, no file,
 //! only a counter in the status. Every authentic command that is refused gets its reason in
-//! a signed receipt. The model is untouched either way.
+//! a signed receipt. The model is untouched either way, and
+//! no refusal consumes a sequence number.
 
 use crate::common::*;
 use lethe_proto::{SigningKey, TargetSpec, Verdict};
@@ -109,5 +110,10 @@ async fn forgeries_are_dropped_unheard_and_authentic_bad_commands_are_rejected_w
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", agent_log(&f));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // No rejection consumed a sequence number, in the journal or in the running agent: the
+    // real operator's next command may still use 11, the lowest number the bad ones carried.
+    op.push(sign(&spec("ok-11", 11, 3), &f.op)).await;
+    op.wait_event("ok-11", "accepted", &f, Duration::from_secs(60))
+        .await;
     agent.stop();
 }
