@@ -4,8 +4,9 @@
 //! `lethectl watch` until the device-signed receipt (verified), the retained receipt from
 //! the broker through `lethectl receipt verify` (and refused once a byte is flipped or with
 //! the wrong key), `lethectl status` with the new adapter. Then a command signed by a key
-//! the device does not trust comes back `rejected`, the model untouched, and the agent stops
-//! cleanly on SIGTERM with log lines that carry RFC 3339 UTC timestamps and levels.
+//! the device does not trust gets no answer at all (no receipt: it speaks for nobody the
+//! device trusts), only a count in the device's status, the model untouched, and the agent
+//! stops cleanly on SIGTERM with log lines that carry RFC 3339 UTC timestamps and levels.
 
 use lethe_system_tests::{arg, bin, lethectl, lethectl_ok, model_dir, retained};
 use lethe_testkit::{agent_toml, Broker, Daemon, FAST};
@@ -127,7 +128,7 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
 
     // `watch` follows the update to the device-signed receipt and verifies it: exit 0 only
     // for a committed forget.
-    let watch = |cmd: &Path| {
+    let watch = |cmd: &Path, timeout_s: &str| {
         lethectl(&[
             "watch",
             "--broker",
@@ -139,10 +140,10 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
             "--device-pub",
             arg(&key("cam-01.pub")),
             "--timeout",
-            "300",
+            timeout_s,
         ])
     };
-    let w = watch(&cmd);
+    let w = watch(&cmd, "300");
     assert_eq!(w.code, 0, "{w:?}\nagent log:\n{}", agent_log());
     assert!(w.stdout.starts_with("cam-01: committed model "), "{w:?}");
 
@@ -185,19 +186,34 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
     assert_eq!(status[DEVICE]["state"], "online", "{status}");
     assert_eq!(status[DEVICE]["adapter_hash"], after.as_str(), "{status}");
 
-    // A command from a key the device does not trust: rejected, the adapter unchanged.
+    // A command from a key the device does not trust: no answer (watch times out without a
+    // receipt), counted in the status, the adapter unchanged.
     lethectl_ok(&["keygen", "--out", arg(&keys), "--name", "mallory"]);
     let forged = tmp.path().join("forged.leth");
-    sign(&key("mallory.key"), &concept, &image, "2", &forged);
+    let forged_id = sign(&key("mallory.key"), &concept, &image, "2", &forged);
     lethectl_ok(&["push", "--broker", &url, "--fleet", FLEET, arg(&forged)]);
-    let w = watch(&forged);
-    assert_eq!(w.code, 1, "{w:?}\nagent log:\n{}", agent_log());
-    assert!(w.stdout.starts_with("cam-01: rejected model "), "{w:?}");
-    assert!(
-        w.stdout
-            .contains(&format!("{} -> {}", &after[..12], &after[..12])),
-        "{w:?}"
+    let t0 = Instant::now();
+    let channel = loop {
+        let s = fleet_status(&url);
+        if s[DEVICE]["channel"]["unauthenticated"] == 1 {
+            break s[DEVICE]["channel"].clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{s}\n{}",
+            agent_log()
+        );
+    };
+    assert_eq!(
+        channel["last_unauthenticated"]["code"], "unknown-key",
+        "{channel}"
     );
+    let w = watch(&forged, "3");
+    assert_eq!(w.code, 2, "{w:?}");
+    assert!(w.stderr.contains("sent no receipt"), "{w:?}");
+    let topic = format!("lethe/v1/{FLEET}/{DEVICE}/receipts/{forged_id}");
+    assert_eq!(retained(broker.port, &topic, Duration::from_secs(2)), None);
+    assert_eq!(fleet_status(&url)[DEVICE]["adapter_hash"], after.as_str());
 
     // A clean stop, and log lines an operator can read: RFC 3339 UTC time, level, component.
     let exit = agent.stop();
@@ -221,7 +237,10 @@ fn operator_cli_forgets_on_a_running_agent_and_verifies_the_receipt() {
         text.contains(&format!(" INFO lethe-agent: accepted {id} ")),
         "{text}"
     );
-    assert!(text.contains(" WARN lethe-agent: rejected "), "{text}");
+    assert!(
+        text.contains(" WARN lethe-agent: command channel: 1 unauthenticated message(s)"),
+        "{text}"
+    );
 }
 
 /// The fleet's retained statuses by device, as `lethectl status --json` collects them.

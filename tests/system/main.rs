@@ -7,7 +7,10 @@
 //!
 //! - `forget`: keys, trust store, signed forget, push, the agent's update, watch, receipt
 //!   verification and fleet status, all through the binaries;
-//! - `fleet_cli`: `lethectl push` and `status` over mutual TLS, and its TLS errors.
+//! - `fleet_cli`: `lethectl push` and `status` over mutual TLS, and its TLS errors;
+//! - `broker`: the shipped fleet broker configuration and ACL (firmware/broker) refusing
+//!   what a device must not do, and the agent working under it.
 
+mod broker;
 mod fleet_cli;
 mod forget;

@@ -45,6 +45,11 @@ pub struct Config {
     pub max_packet_bytes: usize,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
+    /// Settled commands (terminal or deferred) the journal keeps when it is compacted, so
+    /// that a redelivery of one of them is answered with its stored receipt; older ones are
+    /// refused by the replay floor instead (never applied again).
+    #[serde(default = "default_journal_keep")]
+    pub journal_keep: usize,
     /// Periodic self-check; 0 = only at start-up.
     #[serde(default = "default_selfcheck")]
     pub selfcheck_interval_s: u64,
@@ -165,6 +170,9 @@ fn default_packet() -> usize {
 }
 fn default_keep_alive() -> u64 {
     15
+}
+fn default_journal_keep() -> usize {
+    64
 }
 fn default_selfcheck() -> u64 {
     3600
@@ -368,6 +376,9 @@ impl Config {
         }
         if self.queue_capacity == 0 || self.queue_capacity > 64 {
             p.push("queue_capacity must be 1..=64".into());
+        }
+        if self.journal_keep == 0 || self.journal_keep > 4096 {
+            p.push("journal_keep must be 1..=4096".into());
         }
         if !(64 << 10..=16 << 20).contains(&self.max_packet_bytes) {
             p.push("max_packet_bytes must be 64 KiB..=16 MiB".into());

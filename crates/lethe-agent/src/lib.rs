@@ -14,8 +14,15 @@
 //! probing run on blocking threads ([`update`]); a bounded queue is the backpressure and a
 //! full queue answers `busy` ([`agent`], split by job: intake, recovery, worker, status).
 //! Log lines are RFC 3339 UTC with a level, filtered by `RUST_LOG` ([`log`]).
+//!
+//! The command channel is hostile ground: a delivery is authenticated before anything is
+//! stored, and what fails is only counted ([`channel`]); a packet over the cap that the
+//! broker keeps redelivering is shed with the session that holds it ([`mqtt`]); once a
+//! command is settled its envelope (with the image) is scrubbed and the journal is
+//! compacted to what must still be known; a full disk fails a command with a receipt.
 
 pub mod agent;
+pub mod channel;
 pub mod config;
 pub mod fsutil;
 pub mod journal;

@@ -5,14 +5,29 @@
 //! configured one (a command carries an image), reconnect with capped exponential backoff.
 //! Acknowledgement is manual: a command's PUBACK is sent by the agent only after the
 //! command is durably journaled, so a crash before that makes the broker redeliver it.
+//!
+//! The poll task is also the channel's first guard. A delivery on a command topic is
+//! authenticated (framing and signatures, `lethe_proto::authenticate_command`) right here;
+//! one that fails is acknowledged, counted ([`ChannelStats`]) and dropped, so unauthenticated
+//! bytes never reach the intake, the disk or the broker. A packet over the cap drops the
+//! connection (rumqttc refuses it from its header, before reading it); if the next
+//! connection ends the same way, the broker is redelivering it from the persistent session,
+//! so the agent connects once with a clean session (which discards it, with whatever else
+//! was queued) and then persistent again ([`PoisonWatch`]).
+//!
 //! Invariant: the poll task never awaits anything but the event loop (subscriptions use
-//! `try_` calls, commands go to the intake through a bounded channel with `try_send`).
+//! `try_` calls, commands go to the intake through a bounded channel with `try_send`); the
+//! only work it does besides is the signature check, milliseconds for the largest envelope.
 
+use crate::channel::ChannelStats;
 use crate::config::{parse_broker, Config};
+use crate::fsutil::now_unix;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, Publish, QoS,
+    StateError, Transport,
 };
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -147,16 +162,68 @@ pub enum Inbound {
     Disconnected(String),
 }
 
-/// Polls the event loop until shutdown. Never blocks on anything else.
+/// The size of the packet behind `e`, if `e` is rumqttc refusing a packet over the cap.
+pub fn oversized(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => Some(*n),
+        _ => None,
+    }
+}
+
+/// Tells a redelivered oversized message (a poisoned persistent session) from a single one:
+/// two connections in a row ended by an oversized packet, with no publish read whole in
+/// between, mean the broker is replaying it. Pure; the poll loop acts on its answers.
+#[derive(Debug, Default)]
+pub struct PoisonWatch {
+    streak: u32,
+    dropping: bool,
+}
+
+impl PoisonWatch {
+    /// A publish was read whole: whatever came before is not blocking the session.
+    pub fn publish_read(&mut self) {
+        self.streak = 0;
+    }
+
+    /// The connection ended by an oversized packet: whether the next connection must be a
+    /// clean one (to drop the session holding it).
+    pub fn oversized(&mut self) -> bool {
+        self.streak += 1;
+        if self.streak >= 2 {
+            self.dropping = true;
+        }
+        self.dropping
+    }
+
+    /// Connected: whether this was the clean connection that dropped the session (then the
+    /// caller leaves it at once and reconnects with a persistent session).
+    pub fn connected(&mut self) -> bool {
+        let dropped = self.dropping;
+        if dropped {
+            self.dropping = false;
+            self.streak = 0;
+        }
+        dropped
+    }
+}
+
+/// Polls the event loop until shutdown. Never blocks on anything else. Deliveries on the
+/// command topics go through `gate` (the signature check; `Err` is a rejection code):
+/// authentic ones go to the intake, the rest are acknowledged and counted in `stats`.
 pub async fn poll_loop(
     mut el: EventLoop,
     client: AsyncClient,
     topics: Topics,
+    gate: impl Fn(&[u8]) -> Result<(), &'static str>,
+    stats: Arc<ChannelStats>,
     tx: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut need_subscribe = false;
+    let mut poison = PoisonWatch::default();
     loop {
         if need_subscribe {
             let subs = topics
@@ -172,21 +239,43 @@ pub async fn poll_loop(
             ev = el.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(200);
+                    if poison.connected() {
+                        // The broker dropped the old session and the message in it. Leave
+                        // this clean session (a DISCONNECT: no Last Will) and come back with
+                        // a persistent one, then subscribe as after any connection.
+                        stats.session_dropped();
+                        el.mqtt_options.set_clean_session(false);
+                        let _ = client.try_disconnect();
+                        continue;
+                    }
                     need_subscribe = true;
                     let _ = tx.try_send(Inbound::Connected { session_present: ack.session_present });
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if topics.is_command(&p.topic) {
+                    poison.publish_read();
+                    if !topics.is_command(&p.topic) {
+                        let _ = client.try_ack(&p);
+                    } else if let Err(code) = gate(&p.payload) {
+                        // Speaks for nobody the device trusts: counted, acknowledged (the
+                        // broker must not redeliver it), dropped.
+                        stats.refused(code, p.payload.len(), now_unix());
+                        let _ = client.try_ack(&p);
+                    } else {
                         // Not acknowledged here: the agent acks after journaling. If the intake
                         // is full the broker redelivers it after the next reconnect.
                         let _ = tx.try_send(Inbound::Command(p));
-                    } else {
-                        let _ = client.try_ack(&p);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = tx.try_send(Inbound::Disconnected(e.to_string()));
+                    if let Some(n) = oversized(&e) {
+                        stats.oversized(n);
+                        if poison.oversized() {
+                            el.mqtt_options.set_clean_session(true);
+                        }
+                    } else {
+                        let _ = tx.try_send(Inbound::Disconnected(e.to_string()));
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => { if *shutdown.borrow() { break; } }
@@ -210,6 +299,36 @@ pub async fn poll_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redelivered_oversized_message_drops_the_session_once_and_a_single_one_does_not() {
+        let mut w = PoisonWatch::default();
+        // One oversized QoS 0 message: reconnect as usual, and the next connection is fine.
+        assert!(!w.oversized());
+        assert!(!w.connected());
+        w.publish_read();
+        assert!(!w.oversized());
+        assert!(!w.connected());
+        // The same one again right after connecting: a poisoned session.
+        assert!(w.oversized());
+        assert!(w.connected(), "this connection was the clean one");
+        assert!(!w.connected(), "then persistent again");
+        assert!(!w.oversized(), "a fresh start after the drop");
+    }
+
+    #[test]
+    fn only_the_packet_cap_error_counts_as_oversized() {
+        let big = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(5_000_026),
+        ));
+        assert_eq!(oversized(&big), Some(5_000_026));
+        assert!(big.to_string().contains("5000026"), "{big}");
+        assert_eq!(oversized(&ConnectionError::NetworkTimeout), None);
+        assert_eq!(
+            oversized(&ConnectionError::MqttState(StateError::ConnectionAborted)),
+            None
+        );
+    }
 
     #[test]
     fn topics_follow_the_documented_scheme() {

@@ -31,10 +31,13 @@ pub enum Event {
         reason: String,
         receipt: String,
     },
-    /// Valid, but the queue was full (`busy`): not applied, sequence not consumed. A resend
-    /// of the same envelope is decided again.
+    /// Valid, but not taken now: the queue was full (`busy`), or the disk (`no-space`): not
+    /// applied, sequence not consumed. A resend of the same envelope is decided again.
     Deferred {
         id: String,
+        /// `busy` (also what records written before the field existed mean) or `no-space`.
+        #[serde(default = "busy")]
+        code: String,
         reason: String,
         receipt: String,
     },
@@ -75,6 +78,15 @@ pub enum Event {
         reason: String,
         receipt: String,
     },
+    /// A command's whole state in one record: what journal compaction writes in place of
+    /// the records that led to it. Only ever the first record of a command.
+    Snapshot {
+        of: Box<CommandState>,
+    },
+}
+
+fn busy() -> String {
+    "busy".into()
 }
 
 impl Event {
@@ -92,12 +104,13 @@ impl Event {
             Event::Committed { .. } => "committed",
             Event::RolledBack { .. } => "rolled_back",
             Event::Failed { .. } => "failed",
+            Event::Snapshot { .. } => "snapshot",
         }
     }
 }
 
 /// Where a command is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Received,
@@ -121,6 +134,12 @@ impl Phase {
         )
     }
 
+    /// Nothing is running or owed for it: terminal, or deferred (waiting for a resend that
+    /// is decided afresh). A settled command may be compacted out of the journal.
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == Phase::Deferred
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Phase::Received => "received",
@@ -139,7 +158,7 @@ impl Phase {
 }
 
 /// Everything the journal knows about one command (keyed by the envelope's SHA-256).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandState {
     pub env: String,
     /// The verified command id; `None` until accepted (a rejected command is named
@@ -192,6 +211,7 @@ pub fn apply(
     };
     let Some(prev) = prev else {
         return match event {
+            Event::Snapshot { of } if of.env == env => Ok((**of).clone()),
             Event::Received => Ok(CommandState {
                 env: env.to_string(),
                 id: None,
@@ -234,13 +254,14 @@ pub fn apply(
             P::Received | P::Deferred,
             Event::Deferred {
                 id,
+                code,
                 reason,
                 receipt,
             },
         ) => {
             s.phase = P::Deferred;
             s.id = Some(id.clone());
-            s.reason = Some(format!("busy: {reason}"));
+            s.reason = Some(format!("{code}: {reason}"));
             s.receipt = Some(receipt.clone());
         }
         (
@@ -542,10 +563,192 @@ mod tests {
         assert_eq!(recovery(&s, "x", |_| false), Recovery::Done);
     }
 
+    /// One event of every kind, in lifecycle order.
+    fn one_of_each_event() -> Vec<Event> {
+        vec![
+            Event::Received,
+            Event::Rejected {
+                code: "c".into(),
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+            Event::Deferred {
+                id: "i".into(),
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+            accepted(),
+            Event::Restarted { attempt: 2 },
+            Event::Preparing,
+            Event::Training {
+                step: 1,
+                of: 2,
+                loss: 0.5,
+            },
+            Event::Verifying,
+            Event::Committing {
+                new_hash: "n".into(),
+                metrics: BTreeMap::new(),
+            },
+            Event::Committed {
+                new_hash: "n".into(),
+                receipt: "x".into(),
+            },
+            Event::RolledBack {
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+            Event::Failed {
+                reason: "r".into(),
+                receipt: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_is_named_by_its_journal_tag_and_every_phase_by_its_serialised_name() {
+        for e in one_of_each_event() {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["state"], e.name(), "{e:?}");
+        }
+        use Phase as P;
+        let phases = [
+            P::Received,
+            P::Rejected,
+            P::Deferred,
+            P::Accepted,
+            P::Preparing,
+            P::Training,
+            P::Verifying,
+            P::Committing,
+            P::Committed,
+            P::RolledBack,
+            P::Failed,
+        ];
+        for p in phases {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name(), "{p:?}");
+        }
+        let terminal: Vec<_> = phases.iter().filter(|p| p.is_terminal()).collect();
+        assert_eq!(
+            terminal,
+            [&P::Rejected, &P::Committed, &P::RolledBack, &P::Failed]
+        );
+    }
+
+    #[test]
+    fn an_illegal_transition_names_the_command_the_event_and_the_phase() {
+        let err = run(&[Event::Received, Event::Verifying]).unwrap_err();
+        assert_eq!(
+            err,
+            IllegalTransition {
+                env: "e1".into(),
+                from: "received",
+                event: "verifying",
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "illegal transition for e1: verifying in phase received"
+        );
+        let err = run(&[Event::Preparing]).unwrap_err();
+        assert_eq!((err.from, err.event), ("(none)", "preparing"));
+    }
+
+    #[test]
+    fn a_restart_goes_back_to_accepted_with_its_attempt_and_forgets_the_candidate() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Training {
+                step: 3,
+                of: 8,
+                loss: 1.0,
+            },
+            Event::Verifying,
+            Event::Committing {
+                new_hash: "new".into(),
+                metrics: BTreeMap::new(),
+            },
+            Event::Restarted { attempt: 2 },
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::Accepted);
+        assert_eq!(s.attempts, 2);
+        assert_eq!((s.step, s.new_hash.as_deref()), (None, None));
+        assert_eq!(s.base_hash.as_deref(), Some("base"), "the base is kept");
+        // From accepted the job runs again.
+        let s = apply(Some(&s), "e1", 0, &Event::Preparing).unwrap();
+        assert_eq!(s.phase, Phase::Preparing);
+    }
+
+    #[test]
+    fn a_failed_verification_rolls_back_with_its_reason_and_receipt() {
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Verifying,
+            Event::RolledBack {
+                reason: "efficacy 0.2 < 0.9".into(),
+                receipt: "r".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert!(s.phase.is_terminal());
+        assert_eq!(s.reason.as_deref(), Some("efficacy 0.2 < 0.9"));
+        assert_eq!(s.receipt.as_deref(), Some("r"));
+        // Only verification rolls back.
+        assert!(run(&[
+            Event::Received,
+            accepted(),
+            Event::RolledBack {
+                reason: "r".into(),
+                receipt: "r".into(),
+            },
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn recovery_fails_a_command_whose_base_is_gone_naming_both_hashes() {
+        let s = run(&[Event::Received, accepted(), Event::Preparing]).unwrap();
+        assert_eq!(
+            recovery(&s, "0123456789abcdef", |_| true),
+            Recovery::Fail {
+                reason: "the model changed under the command (base base, now 0123456789ab)".into()
+            }
+        );
+        assert_eq!(short("abc"), "abc");
+    }
+
+    #[test]
+    fn a_snapshot_stands_for_a_whole_history_and_only_as_a_first_record() {
+        let s = run(&[Event::Received, accepted(), Event::Preparing]).unwrap();
+        let snap = Event::Snapshot {
+            of: Box::new(s.clone()),
+        };
+        // It folds into the very state it holds, and the lifecycle goes on from there.
+        let again = apply(None, "e1", 0, &snap).unwrap();
+        assert_eq!(again, s);
+        let next = apply(Some(&again), "e1", 0, &Event::Verifying).unwrap();
+        assert_eq!(next.phase, Phase::Verifying);
+        // Never after other records, never under another command's name.
+        assert!(apply(Some(&s), "e1", 0, &snap).is_err());
+        assert!(apply(None, "e2", 0, &snap).is_err());
+        // It survives the journal's JSON form.
+        let line = serde_json::to_string(&snap).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), snap);
+        assert!(Phase::Deferred.is_settled() && Phase::Committed.is_settled());
+        assert!(!Phase::Received.is_settled() && !Phase::Committing.is_settled());
+    }
+
     #[test]
     fn a_busy_command_is_deferred_and_decided_again_when_resent() {
         let busy = Event::Deferred {
             id: "op-1".into(),
+            code: "busy".into(),
             reason: "queue full".into(),
             receipt: "r1".into(),
         };

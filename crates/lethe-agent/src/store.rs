@@ -232,6 +232,14 @@ mod tests {
         Adapter(vec![x; 8])
     }
 
+    /// A store in `dir` seeded with `a(1.0)`, with `a(2.0)` stored and committed over it.
+    fn store_at_two(dir: &Path) -> (AdapterStore, String) {
+        let mut s = AdapterStore::open(dir, &a(1.0)).unwrap();
+        let h2 = s.put(&a(2.0)).unwrap();
+        s.commit(&h2).unwrap();
+        (s, h2)
+    }
+
     #[test]
     fn an_empty_store_is_seeded_with_the_package_adapter() {
         let d = tempfile::tempdir().unwrap();
@@ -243,9 +251,7 @@ mod tests {
     #[test]
     fn commit_keeps_the_previous_and_rollback_returns_to_it() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
-        let h2 = s.put(&a(2.0)).unwrap();
-        s.commit(&h2).unwrap();
+        let (mut s, h2) = store_at_two(d.path());
         let s2 = AdapterStore::open(d.path(), &a(1.0)).unwrap();
         assert_eq!(s2.current_hash(), h2);
         assert_eq!(s2.previous_hash(), Some(a(1.0).sha256_hex().as_str()));
@@ -256,9 +262,7 @@ mod tests {
     #[test]
     fn a_corrupt_current_version_falls_back_to_the_previous() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
-        let h2 = s.put(&a(2.0)).unwrap();
-        s.commit(&h2).unwrap();
+        let (_, h2) = store_at_two(d.path());
         std::fs::write(
             d.path().join("versions").join(format!("{h2}.bin")),
             b"garbage",
@@ -315,5 +319,83 @@ mod tests {
         }
         assert_eq!(s.prune().unwrap(), 1);
         assert!(s.has(&a(3.0).sha256_hex()) && s.has(&a(2.0).sha256_hex()));
+    }
+
+    #[test]
+    fn prune_removes_every_other_version_and_counts_them() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        for x in [2.0, 3.0, 4.0] {
+            s.put(&a(x)).unwrap();
+        }
+        let h5 = s.put(&a(5.0)).unwrap();
+        s.commit(&h5).unwrap();
+        assert_eq!(s.prune().unwrap(), 3);
+        let left: Vec<bool> = [1.0, 2.0, 3.0, 4.0, 5.0]
+            .map(|x| s.has(&a(x).sha256_hex()))
+            .to_vec();
+        assert_eq!(left, [true, false, false, false, true]);
+        assert_eq!(s.prune().unwrap(), 0, "nothing left to prune");
+    }
+
+    #[test]
+    fn putting_a_stored_version_again_keeps_its_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        let h = s.put(&a(2.0)).unwrap();
+        assert_eq!(h, a(2.0).sha256_hex());
+        let file = d.path().join("versions").join(format!("{h}.bin"));
+        let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(s.put(&a(2.0)).unwrap(), h);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().modified().unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn committing_the_current_version_again_keeps_the_previous_one() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, h2) = store_at_two(d.path());
+        s.commit(&h2).unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s.current_hash(), h2);
+        assert_eq!(s.previous_hash(), Some(a(1.0).sha256_hex().as_str()));
+    }
+
+    #[test]
+    fn a_fresh_store_has_nothing_to_roll_back_to() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s.previous_hash(), None);
+        assert!(matches!(s.rollback(), Err(StoreError::MissingVersion(_))));
+        assert_eq!(s.current().unwrap(), a(1.0));
+    }
+
+    #[test]
+    fn a_store_whose_current_and_previous_are_both_corrupt_refuses_to_open() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, h2) = store_at_two(d.path());
+        for h in [h2, a(1.0).sha256_hex()] {
+            std::fs::write(d.path().join("versions").join(format!("{h}.bin")), b"x").unwrap();
+        }
+        assert!(matches!(
+            AdapterStore::open(d.path(), &a(1.0)),
+            Err(StoreError::NoValidVersion(_))
+        ));
+    }
+
+    #[test]
+    fn a_version_of_the_wrong_length_is_not_served() {
+        let d = tempfile::tempdir().unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        // Stored under its true hash, but 4 values where the package has 8.
+        let short = Adapter(vec![2.0; 4]);
+        let bytes = short.to_bytes();
+        let h = sha256_hex(&bytes);
+        write_atomic(&d.path().join("versions").join(format!("{h}.bin")), &bytes).unwrap();
+        assert!(!s.has(&h));
+        assert!(matches!(s.load(&h), Err(StoreError::MissingVersion(_))));
     }
 }

@@ -33,6 +33,15 @@ pub struct Fixtures {
 }
 
 impl Fixtures {
+    /// How far the Adam moments of `state` (after `steps` fed-back steps) are from JAX's,
+    /// relative to their scale (see [`MOMENT_REL_TOL`]), by name.
+    pub fn moment_diffs(&self, state: &TrainState) -> [(&'static str, f32); 2] {
+        [
+            ("adam_m", max_rel_diff(&state.adam_m, &self.expect_adam_m)),
+            ("adam_v", max_rel_diff(&state.adam_v, &self.expect_adam_v)),
+        ]
+    }
+
     /// Loads the fixtures of a package.
     pub fn load(pkg: &Package) -> Result<Fixtures> {
         let spec = &pkg.manifest().fixtures;
@@ -120,9 +129,45 @@ pub fn max_abs_diff<'a>(
     }
 }
 
+/// Largest absolute difference of two equally long slices, relative to the largest absolute
+/// value of `b` (the reference): NaN if either holds NaN, infinite if the lengths differ or `b`
+/// is all zeros while `a` is not.
+pub fn max_rel_diff<'a>(
+    a: impl IntoIterator<Item = &'a f32>,
+    b: impl IntoIterator<Item = &'a f32> + Clone,
+) -> f32 {
+    let d = max_abs_diff(a, b.clone());
+    let mut scale = 0f32;
+    for x in b {
+        if x.is_nan() {
+            return f32::NAN;
+        }
+        scale = scale.max(x.abs());
+    }
+    if d == 0.0 {
+        0.0
+    } else {
+        d / scale
+    }
+}
+
+/// Tolerance of the Adam moments against the fixtures, relative to their own scale: they are
+/// orders of magnitude below the parameters (the second moment about 1e-9 after three
+/// steps), so the parameters' absolute tolerance would bound nothing.
+pub const MOMENT_REL_TOL: f32 = 1e-3;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_rel_diff_is_relative_to_the_reference_and_propagates_nan() {
+        assert_eq!(max_rel_diff(&[1e-9, 2e-9], &[1e-9, 4e-9]), 0.5);
+        assert_eq!(max_rel_diff(&[0.0], &[0.0]), 0.0);
+        assert!(max_rel_diff(&[1.0], &[0.0]).is_infinite());
+        assert!(max_rel_diff(&[f32::NAN], &[1.0]).is_nan());
+        assert!(max_rel_diff(&[1.0, 1.0], &[1.0, f32::NAN]).is_nan());
+    }
 
     #[test]
     fn max_abs_diff_propagates_nan_and_length_mismatch() {

@@ -1,7 +1,7 @@
 //! tract against the JAX fixtures and against ONNX Runtime on the bundled package
 //! (models/tiny-vlm). Needs ONNX Runtime for the parity test (scripts/fetch-ort).
 
-use lethe_model::fixtures::max_abs_diff;
+use lethe_model::fixtures::{max_abs_diff, MOMENT_REL_TOL};
 use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions};
 use lethe_probe::{probe_parity, TractEngine, TractTrainStep};
 use std::path::Path;
@@ -71,6 +71,12 @@ fn tract_train_step_matches_the_jax_fixtures() {
     );
     assert!(max_loss <= 1e-3, "loss diff {max_loss}");
     assert!(dp <= 2e-3, "params diff {dp}");
+    for (what, r) in fx.moment_diffs(&state) {
+        assert!(
+            r <= MOMENT_REL_TOL,
+            "{what} is {r:.3e} of its scale off JAX's"
+        );
+    }
 }
 
 #[test]
@@ -103,6 +109,12 @@ fn ort_and_tract_give_the_same_greedy_answers_on_every_retained_probe() {
         "{} of {} answers differ",
         r.probes - r.agree,
         r.probes
+    );
+    // Each engine decodes from its own vision features: bound them as tightly as the logits.
+    assert!(
+        r.max_feature_diff <= 1e-3,
+        "max feature diff {}",
+        r.max_feature_diff
     );
     assert!(
         r.max_logit_diff <= 1e-3,

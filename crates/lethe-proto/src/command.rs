@@ -480,6 +480,160 @@ mod tests {
         assert_eq!(parse_command(&bytes).unwrap_err().code(), "image-too-large");
     }
 
+    /// `spec()`'s payload as JSON, edited by `f`, parsed back.
+    fn parse_edited(f: impl FnOnce(&mut Value)) -> Result<Command, Rejection> {
+        let mut v: Value = serde_json::from_slice(&spec().to_payload().unwrap()).unwrap();
+        f(&mut v);
+        parse_command(&serde_json::to_vec(&v).unwrap())
+    }
+
+    /// A real PNG padded with zeros to exactly `len` bytes (only its header is read).
+    fn png_of_len(len: usize) -> Vec<u8> {
+        let mut p = png(8, 8);
+        p.resize(len, 0);
+        p
+    }
+
+    #[test]
+    fn an_image_of_exactly_the_cap_is_accepted_and_one_byte_more_is_refused() {
+        let mut s = spec();
+        s.image = png_of_len(MAX_IMAGE_BYTES);
+        let c = parse_command(&s.to_payload().unwrap()).unwrap();
+        let Action::Forget(f) = &c.action;
+        assert_eq!(f.image.bytes().len(), MAX_IMAGE_BYTES);
+        // One byte more still fits the base64 text cap, so the byte cap itself refuses it.
+        s.image = png_of_len(MAX_IMAGE_BYTES + 1);
+        assert_eq!(B64.encode(&s.image).len(), MAX_IMAGE_B64);
+        assert_eq!(
+            s.to_payload().unwrap_err(),
+            Rejection::ImageTooLarge {
+                index: 0,
+                len: MAX_IMAGE_BYTES + 1,
+                cap: MAX_IMAGE_BYTES
+            }
+        );
+        assert_eq!(
+            Image::new(png_of_len(MAX_IMAGE_BYTES + 1)).unwrap_err(),
+            Rejection::ImageTooLarge {
+                index: 0,
+                len: MAX_IMAGE_BYTES + 1,
+                cap: MAX_IMAGE_BYTES
+            }
+        );
+        assert_eq!(
+            Image::new(png_of_len(MAX_IMAGE_BYTES))
+                .unwrap()
+                .info()
+                .width,
+            8
+        );
+    }
+
+    #[test]
+    fn base64_text_over_its_cap_is_refused_with_the_size_it_would_decode_to() {
+        let err = parse_edited(|v| {
+            v["action"]["forget"]["verify_images"] =
+                serde_json::json!(["A".repeat(MAX_IMAGE_B64 + 4)]);
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Rejection::ImageTooLarge {
+                index: 1,
+                len: (MAX_IMAGE_B64 + 4) / 4 * 3,
+                cap: MAX_IMAGE_BYTES
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_image_is_named_by_its_field_and_index() {
+        let not_base64 = |field| Rejection::InvalidField {
+            field,
+            why: "not standard padded base64",
+        };
+        let good = Value::String(B64.encode(png(2, 2)));
+        let cases = [
+            ("image", Value::String("@@@@".into()), not_base64("image")),
+            (
+                "verify_images",
+                serde_json::json!([good.clone(), "@@@@"]),
+                not_base64("verify_images"),
+            ),
+            (
+                "verify_images",
+                serde_json::json!([good, B64.encode(b"not an image")]),
+                Rejection::NotAnImage { index: 2 },
+            ),
+        ];
+        for (field, value, want) in cases {
+            let err = parse_edited(|v| v["action"]["forget"][field] = value).unwrap_err();
+            assert_eq!(err, want);
+        }
+    }
+
+    #[test]
+    fn four_verification_images_are_accepted_and_a_fifth_is_refused_before_decoding() {
+        let mut s = spec();
+        s.verify_images = vec![png(2, 2); MAX_VERIFY_IMAGES];
+        let c = parse_command(&s.to_payload().unwrap()).unwrap();
+        let Action::Forget(f) = &c.action;
+        assert_eq!(f.verify_images.len(), MAX_VERIFY_IMAGES);
+        // The fifth is not even base64: the count is refused first.
+        let err = parse_edited(|v| {
+            let mut list = vec![Value::String(B64.encode(png(2, 2))); MAX_VERIFY_IMAGES];
+            list.push("@@@@".into());
+            v["action"]["forget"]["verify_images"] = Value::Array(list);
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Rejection::TooManyImages {
+                got: MAX_VERIFY_IMAGES + 1,
+                cap: MAX_VERIFY_IMAGES
+            }
+        );
+    }
+
+    #[test]
+    fn a_payload_over_the_command_cap_is_too_large_before_it_is_read() {
+        let cap = Kind::Command.payload_cap();
+        assert_eq!(
+            parse_command(&vec![b' '; cap + 1]).unwrap_err(),
+            Rejection::TooLarge { len: cap + 1, cap }
+        );
+        assert_eq!(
+            parse_command(&vec![b' '; cap]).unwrap_err().code(),
+            "malformed-payload"
+        );
+    }
+
+    #[test]
+    fn steps_from_one_to_the_bound_are_accepted_and_zero_or_more_refused() {
+        for ok in [1, MAX_STEPS] {
+            let c = parse_edited(|v| v["action"]["forget"]["steps"] = ok.into()).unwrap();
+            let Action::Forget(f) = &c.action;
+            assert_eq!(f.steps, Some(ok));
+        }
+        for bad in [0, MAX_STEPS + 1] {
+            let err = parse_edited(|v| v["action"]["forget"]["steps"] = bad.into()).unwrap_err();
+            assert_eq!(
+                err,
+                Rejection::InvalidField {
+                    field: "steps",
+                    why: "outside 1..=64"
+                },
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_action_given_as_a_known_name_without_a_body_is_malformed() {
+        let err = parse_edited(|v| v["action"] = "forget".into()).unwrap_err();
+        assert_eq!(err.code(), "malformed-payload", "{err}");
+    }
+
     #[test]
     fn a_missing_field_is_malformed() {
         let mut v: Value = serde_json::from_slice(&spec().to_payload().unwrap()).unwrap();

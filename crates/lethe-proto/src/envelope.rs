@@ -266,12 +266,95 @@ mod tests {
     }
 
     #[test]
-    fn bytes_after_the_signatures_are_refused() {
+    fn bytes_after_the_signatures_are_refused_and_counted() {
         let (_, mut env) = sample();
         env.push(0);
         assert_eq!(
             parse(&env, Kind::Command).unwrap_err(),
             Rejection::TrailingBytes(1)
+        );
+        env.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            parse(&env, Kind::Command).unwrap_err(),
+            Rejection::TrailingBytes(5)
+        );
+    }
+
+    #[test]
+    fn a_cut_envelope_is_truncated_in_the_part_where_it_ends() {
+        let (_, env) = sample();
+        let n = 7; // the sample's payload length
+        for cut in 0..env.len() {
+            let want = match cut {
+                c if c < HEADER_LEN => "header",
+                c if c < HEADER_LEN + n => "payload",
+                c if c == HEADER_LEN + n => "signature count",
+                _ => "signatures",
+            };
+            assert_eq!(
+                parse(&env[..cut], Kind::Command).unwrap_err(),
+                Rejection::Truncated(want),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_kind_names_the_kind_expected() {
+        let (_, env) = sample();
+        for (kind, name) in [(Kind::Receipt, "receipt"), (Kind::Rotation, "rotation")] {
+            assert_eq!(kind.name(), name);
+            assert_eq!(
+                parse(&env, kind).unwrap_err(),
+                Rejection::WrongKind {
+                    expected: name,
+                    found: 1
+                }
+            );
+        }
+        assert_eq!(Kind::Command.name(), "command");
+    }
+
+    #[test]
+    fn a_command_payload_up_to_its_cap_fills_exactly_the_envelope_cap_with_one_signature() {
+        let cap = Kind::Command.payload_cap();
+        assert_eq!(cap, MAX_ENVELOPE_BYTES - HEADER_LEN - 1 - SIG_ENTRY_LEN);
+        assert_eq!(cap, 1_048_493);
+        let k = SigningKey::generate("alice").unwrap();
+        let env = sign(Kind::Command, &vec![b' '; cap], &[&k]).unwrap();
+        assert_eq!(env.len(), MAX_ENVELOPE_BYTES);
+        assert_eq!(parse(&env, Kind::Command).unwrap().payload.len(), cap);
+        // One byte more, or a second signature, is over.
+        assert_eq!(
+            sign(Kind::Command, &vec![b' '; cap + 1], &[&k]).unwrap_err(),
+            Rejection::TooLarge { len: cap + 1, cap }
+        );
+        let k2 = SigningKey::generate("bob").unwrap();
+        assert_eq!(
+            sign(Kind::Command, &vec![b' '; cap], &[&k, &k2]).unwrap_err(),
+            Rejection::TooLarge {
+                len: MAX_ENVELOPE_BYTES + SIG_ENTRY_LEN,
+                cap: MAX_ENVELOPE_BYTES
+            }
+        );
+        assert_eq!(Kind::Receipt.payload_cap(), MAX_SMALL_PAYLOAD_BYTES);
+    }
+
+    #[test]
+    fn one_to_eight_signatures_are_sealed_and_parsed_and_none_or_nine_are_refused() {
+        let keys: Vec<SigningKey> = (0..9)
+            .map(|i| SigningKey::generate(&alloc::format!("k{i}")).unwrap())
+            .collect();
+        let refs: Vec<&SigningKey> = keys.iter().collect();
+        let eight = sign(Kind::Command, b"{}", &refs[..8]).unwrap();
+        assert_eq!(parse(&eight, Kind::Command).unwrap().signatures.len(), 8);
+        assert_eq!(
+            sign(Kind::Command, b"{}", &refs).unwrap_err(),
+            Rejection::SignatureCount(9)
+        );
+        assert_eq!(
+            sign(Kind::Command, b"{}", &[]).unwrap_err(),
+            Rejection::SignatureCount(0)
         );
     }
 }

@@ -167,6 +167,52 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every code [`Rejection::code`] can return, in declaration order (PROTOCOL.md's table
+    /// lists the same, in the same order; a unit test holds the three together).
+    pub const CODES: &'static [&'static str] = &[
+        "too-large",
+        "truncated",
+        "bad-magic",
+        "unsupported-envelope",
+        "wrong-kind",
+        "trailing-bytes",
+        "signature-count",
+        "unknown-key",
+        "revoked-key",
+        "key-not-yet-valid",
+        "key-expired",
+        "bad-signature",
+        "duplicate-signer",
+        "insufficient-signatures",
+        "issuer-mismatch",
+        "malformed-payload",
+        "duplicate-field",
+        "unknown-field",
+        "unsupported-version",
+        "unknown-action",
+        "field-too-long",
+        "invalid-field",
+        "too-many-images",
+        "image-too-large",
+        "not-an-image",
+        "image-dimensions",
+        "bad-validity-window",
+        "not-yet-valid",
+        "expired",
+        "wrong-device",
+        "wrong-group",
+        "wrong-model",
+        "wrong-model-version",
+        "replayed-seq",
+        "stale-seq",
+        "bad-key-file",
+        "key-id-mismatch",
+        "bad-trust-store",
+        "key-already-trusted",
+        "rotation-name-mismatch",
+        "receipt-device-mismatch",
+    ];
+
     /// Stable short code: the contract for logs, MQTT status events and scripts.
     pub fn code(&self) -> &'static str {
         use Rejection::*;
@@ -331,6 +377,25 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n, "duplicate rejection codes");
         assert_eq!(n, 41);
+    }
+
+    #[test]
+    fn protocol_md_lists_exactly_the_rejection_codes() {
+        let doc = include_str!("../PROTOCOL.md");
+        let table = doc.split("## Rejection codes").nth(1).unwrap();
+        let documented: alloc::vec::Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`'))
+            .map(|(code, _)| code)
+            .collect();
+        let codes: alloc::vec::Vec<&str> = one_of_each().iter().map(|r| r.code()).collect();
+        assert_eq!(
+            codes,
+            Rejection::CODES,
+            "Rejection::CODES vs Rejection::code"
+        );
+        assert_eq!(documented, codes, "PROTOCOL.md's table vs Rejection::code");
     }
 
     #[test]

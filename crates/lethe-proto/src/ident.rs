@@ -158,6 +158,28 @@ mod tests {
     }
 
     #[test]
+    fn identifiers_and_concepts_print_as_their_text() {
+        let id = Ident::new("f", "cam-01").unwrap();
+        assert_eq!(
+            (alloc::format!("{id}"), alloc::format!("{id:?}")),
+            ("cam-01".into(), "\"cam-01\"".into())
+        );
+        assert_eq!((&*id, id.as_str()), ("cam-01", "cam-01"));
+        let c = Concept::new("Émile Zola").unwrap();
+        assert_eq!(
+            (alloc::format!("{c}"), alloc::format!("{c:?}")),
+            ("Émile Zola".into(), "\"Émile Zola\"".into())
+        );
+        assert_eq!((&*c, c.as_str()), ("Émile Zola", "Émile Zola"));
+    }
+
+    #[test]
+    fn a_concept_of_exactly_its_capacity_is_accepted() {
+        let c = "é".repeat(CONCEPT_CAP / 2);
+        assert_eq!(Concept::new(&c).unwrap().as_str(), c);
+    }
+
+    #[test]
     fn concepts_allow_unicode_but_not_control_characters() {
         assert!(Concept::new("Émile Zola").is_ok());
         assert_eq!(Concept::new("a\nb").unwrap_err().code(), "invalid-field");

@@ -141,6 +141,61 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dimensions_up_to_the_caps_pass_and_one_pixel_more_on_a_side_is_refused() {
+        let info = check_header(&png_claiming(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), 0).unwrap();
+        assert_eq!((info.width, info.height), (4096, 4096));
+        assert_eq!(
+            u64::from(info.width) * u64::from(info.height),
+            MAX_IMAGE_PIXELS
+        );
+        for (w, h) in [(MAX_IMAGE_SIDE + 1, 1), (1, MAX_IMAGE_SIDE + 1)] {
+            assert_eq!(
+                check_header(&png_claiming(w, h), 3).unwrap_err(),
+                Rejection::ImageDimensions {
+                    index: 3,
+                    width: w,
+                    height: h
+                }
+            );
+        }
+    }
+
+    /// A small real JPEG whose frame header (SOF0) is patched to declare `w` x `h`.
+    fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg)
+            .unwrap();
+        let sof = out.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        // Marker, length (2), precision (1), then height and width (big-endian).
+        out[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+        out
+    }
+
+    /// (The PNG and JPEG decoders refuse a zero side themselves; the check below them stays
+    /// for any format added later.)
+    #[test]
+    fn an_image_without_width_or_height_is_not_an_image() {
+        for (w, h) in [(0, 5), (5, 0)] {
+            assert_eq!(
+                check_header(&png_claiming(w, h), 0).unwrap_err(),
+                Rejection::NotAnImage { index: 0 },
+                "{w}x{h}"
+            );
+            assert_eq!(
+                check_header(&jpeg_claiming(w as u16, h as u16), 0).unwrap_err(),
+                Rejection::NotAnImage { index: 0 },
+                "jpeg {w}x{h}"
+            );
+        }
+        assert_eq!(
+            check_header(&jpeg_claiming(8, 8), 0).unwrap().format,
+            ImageFormat::Jpeg
+        );
+    }
+
+    #[test]
     fn bytes_that_are_not_an_image_are_refused() {
         for bad in [
             &b""[..],

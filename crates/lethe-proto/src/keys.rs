@@ -263,9 +263,46 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_does_not_contain_the_secret() {
+    fn debug_output_names_the_key_but_does_not_contain_the_secret() {
         let k = SigningKey::generate("alice").unwrap();
         let dbg = alloc::format!("{k:?}");
         assert!(!dbg.contains(&B64.encode(&k.pkcs8)));
+        let id = k.id();
+        assert_eq!(
+            dbg,
+            alloc::format!("SigningKey {{ name: \"alice\", id: KeyId({id}), .. }}")
+        );
+        assert_eq!(alloc::format!("{id:?}"), alloc::format!("KeyId({id})"));
+    }
+
+    #[test]
+    fn a_key_file_may_be_padded_to_4_kib_and_no_further() {
+        let k = SigningKey::generate("alice").unwrap();
+        let mut text = k.to_file_string();
+        text.push_str(&" ".repeat(4096 - text.len()));
+        assert_eq!(SigningKey::from_file_str(&text).unwrap().id(), k.id());
+        text.push(' ');
+        assert_eq!(
+            SigningKey::from_file_str(&text).unwrap_err(),
+            Rejection::BadKeyFile("key file over 4 KiB")
+        );
+    }
+
+    #[test]
+    fn a_key_file_of_the_other_kind_or_an_unknown_tag_is_named_as_such() {
+        let k = SigningKey::generate("alice").unwrap();
+        let swapped = Rejection::BadKeyFile("public and private key files swapped");
+        assert_eq!(
+            SigningKey::from_file_str(&k.public().to_file_string()).unwrap_err(),
+            swapped
+        );
+        assert_eq!(
+            PublicKey::from_file_str(&k.to_file_string()).unwrap_err(),
+            swapped
+        );
+        assert_eq!(
+            PublicKey::from_file_str("ssh-ed25519:alice:AAAA").unwrap_err(),
+            Rejection::BadKeyFile("unknown key file tag")
+        );
     }
 }

@@ -13,7 +13,8 @@
 //!   any pixel. Identifiers and the concept live in fixed-capacity `heapless` strings.
 //! - **Pure checks.** `now` is an argument; the caller persists state.
 //!
-//! Entry points: [`verify_command`] / [`sign_command`], [`TrustStore`],
+//! Entry points: [`authenticate_command`] (signatures only, before storing anything),
+//! [`verify_command`] / [`sign_command`], [`TrustStore`],
 //! [`ReplayState`], [`sign_receipt`] / [`verify_receipt`]. The wire format, caps and codes
 //! are written down in PROTOCOL.md.
 //!
@@ -44,4 +45,6 @@ pub use keys::{KeyId, PublicKey, SigningKey};
 pub use receipt::{sign_receipt, verify_receipt, Receipt, Verdict};
 pub use replay::ReplayState;
 pub use trust::{sign_rotation, RotationSpec, TrustStore};
-pub use verify::{sign_command, verify_command, DeviceContext, ModelContext, Verified};
+pub use verify::{
+    authenticate_command, sign_command, verify_command, DeviceContext, ModelContext, Verified,
+};

@@ -218,6 +218,62 @@ mod tests {
     }
 
     #[test]
+    fn every_verdict_is_named_as_it_is_serialised() {
+        for v in [
+            Verdict::Committed,
+            Verdict::RolledBack,
+            Verdict::Rejected,
+            Verdict::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+        }
+    }
+
+    #[test]
+    fn texts_and_metrics_up_to_their_caps_are_signed_and_one_more_is_refused() {
+        let k = SigningKey::generate("cam-01").unwrap();
+        let mut r = receipt();
+        r.reason = Some("x".repeat(MAX_RECEIPT_TEXT));
+        r.metrics = (0..MAX_METRICS)
+            .map(|i| (alloc::format!("m{i}"), 0.5))
+            .collect();
+        let env = sign_receipt(&r, &k).unwrap();
+        assert_eq!(verify_receipt(&env, &k.public()).unwrap().into_inner(), r);
+        let mut long = r.clone();
+        long.reason = Some("x".repeat(MAX_RECEIPT_TEXT + 1));
+        assert_eq!(
+            sign_receipt(&long, &k).unwrap_err(),
+            Rejection::FieldTooLong {
+                field: "reason",
+                len: MAX_RECEIPT_TEXT + 1,
+                cap: MAX_RECEIPT_TEXT
+            }
+        );
+        let mut many = r;
+        many.metrics.insert("one-more".into(), 1.0);
+        assert_eq!(
+            sign_receipt(&many, &k).unwrap_err(),
+            Rejection::InvalidField {
+                field: "metrics",
+                why: "more than 32 entries"
+            }
+        );
+    }
+
+    #[test]
+    fn a_receipt_may_finish_when_it_started_but_not_before() {
+        let k = SigningKey::generate("cam-01").unwrap();
+        let mut r = receipt();
+        r.finished_at = r.started_at;
+        assert!(sign_receipt(&r, &k).is_ok());
+        r.finished_at = r.started_at - 1;
+        assert_eq!(
+            sign_receipt(&r, &k).unwrap_err(),
+            Rejection::BadValidityWindow("finished_at before started_at")
+        );
+    }
+
+    #[test]
     fn non_finite_metrics_are_refused_at_signing() {
         let k = SigningKey::generate("cam-01").unwrap();
         let mut r = receipt();

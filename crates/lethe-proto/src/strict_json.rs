@@ -129,6 +129,16 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_value_reads_as_serde_json_reads_it() {
+        let doc = br#"{"t":true,"f":false,"n":null,"i":-7,"u":18446744073709551615,"x":-0.5,
+            "s":"plain","e":"esc\"aped\u00e9","a":[1,"two",null,[],{}],"o":{"k":{}}}"#;
+        let want: Value = serde_json::from_slice(doc).unwrap();
+        assert_eq!(parse(doc).unwrap(), want);
+        assert_eq!(want["i"], -7);
+        assert_eq!(want["e"], "esc\"aped\u{e9}");
+    }
+
+    #[test]
     fn trailing_bytes_and_bad_utf8_are_malformed() {
         for bad in [&b"{} {}"[..], b"{\"a\":1", b"\xff", b"", b"[1,]"] {
             assert_eq!(parse(bad).unwrap_err().code(), "malformed-payload");

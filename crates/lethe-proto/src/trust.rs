@@ -510,6 +510,123 @@ mod tests {
         );
     }
 
+    /// A store file from JSON text, with `keys` and the top-level fields in `extra`.
+    fn store_json(keys: &[serde_json::Value], extra: &str) -> String {
+        alloc::format!(
+            r#"{{"v":1,"keys":{}{extra}}}"#,
+            serde_json::Value::Array(keys.to_vec())
+        )
+    }
+
+    fn key_entry(
+        k: &SigningKey,
+        not_before: Option<u64>,
+        not_after: Option<u64>,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "id": k.id().to_string(), "name": k.name(), "public_key": B64.encode(k.public().raw()),
+            "not_before": not_before, "not_after": not_after
+        })
+    }
+
+    #[test]
+    fn a_store_file_without_a_threshold_requires_one_signature() {
+        let a = SigningKey::generate("alice").unwrap();
+        let s =
+            TrustStore::from_json(store_json(&[key_entry(&a, None, None)], "").as_bytes()).unwrap();
+        assert_eq!(s.threshold(), 1);
+        assert_eq!(s.keys().len(), 1);
+        assert_eq!(s.keys()[0].name.as_str(), "alice");
+    }
+
+    #[test]
+    fn the_threshold_is_one_to_eight() {
+        let mut s = TrustStore::new();
+        for k in [1, 2, MAX_SIGNATURES] {
+            s.set_threshold(k).unwrap();
+            assert_eq!(s.threshold(), k);
+        }
+        for k in [0, MAX_SIGNATURES + 1] {
+            assert_eq!(s.set_threshold(k).unwrap_err().code(), "bad-trust-store");
+            assert_eq!(s.threshold(), MAX_SIGNATURES, "unchanged by a refusal");
+        }
+        let back = TrustStore::from_json(s.to_json().as_bytes()).unwrap();
+        assert_eq!(back.threshold(), MAX_SIGNATURES);
+    }
+
+    #[test]
+    fn a_store_file_up_to_its_caps_loads_and_one_more_is_refused() {
+        let keys: Vec<SigningKey> = (0..=MAX_TRUSTED_KEYS)
+            .map(|i| SigningKey::generate(&alloc::format!("k{i}")).unwrap())
+            .collect();
+        let entries: Vec<_> = keys.iter().map(|k| key_entry(k, None, None)).collect();
+        let full = store_json(&entries[..MAX_TRUSTED_KEYS], "");
+        assert_eq!(
+            TrustStore::from_json(full.as_bytes()).unwrap().keys().len(),
+            MAX_TRUSTED_KEYS
+        );
+        let over = store_json(&entries, "");
+        assert_eq!(
+            TrustStore::from_json(over.as_bytes()).unwrap_err(),
+            Rejection::BadTrustStore(alloc::format!("more than {MAX_TRUSTED_KEYS} keys"))
+        );
+        // The byte cap: padded with spaces to exactly the cap, then one byte more.
+        let mut padded = full;
+        padded.push_str(&" ".repeat(MAX_TRUST_STORE_BYTES - padded.len()));
+        assert!(TrustStore::from_json(padded.as_bytes()).is_ok());
+        padded.push(' ');
+        assert_eq!(
+            TrustStore::from_json(padded.as_bytes()).unwrap_err(),
+            Rejection::TooLarge {
+                len: MAX_TRUST_STORE_BYTES + 1,
+                cap: MAX_TRUST_STORE_BYTES
+            }
+        );
+    }
+
+    #[test]
+    fn a_key_window_may_be_one_second_long_but_not_reversed() {
+        let a = SigningKey::generate("alice").unwrap();
+        for (nb, na) in [(5, 5), (4, 5)] {
+            let json = store_json(&[key_entry(&a, Some(nb), Some(na))], "");
+            assert!(TrustStore::from_json(json.as_bytes()).is_ok(), "{nb}..{na}");
+            assert!(TrustStore::new()
+                .add(&a.public(), Some(nb), Some(na))
+                .is_ok());
+        }
+        let json = store_json(&[key_entry(&a, Some(6), Some(5))], "");
+        assert_eq!(
+            TrustStore::from_json(json.as_bytes()).unwrap_err(),
+            Rejection::BadTrustStore(alloc::format!("key {}: not_before after not_after", a.id()))
+        );
+        assert_eq!(
+            TrustStore::new()
+                .add(&a.public(), Some(6), Some(5))
+                .unwrap_err(),
+            Rejection::BadValidityWindow("not_before after not_after")
+        );
+    }
+
+    #[test]
+    fn a_key_signs_from_its_first_to_its_last_second_inclusive() {
+        let a = SigningKey::generate("alice").unwrap();
+        let mut s = TrustStore::new();
+        s.add(&a.public(), Some(100), Some(200)).unwrap();
+        let env = envelope::sign(Kind::Command, b"{}", &[&a]).unwrap();
+        let e = envelope::parse(&env, Kind::Command).unwrap();
+        for now in [100, 200] {
+            assert_eq!(s.check_signatures(&e, now).unwrap().len(), 1, "at {now}");
+        }
+        assert_eq!(
+            s.check_signatures(&e, 99).unwrap_err().code(),
+            "key-not-yet-valid"
+        );
+        assert_eq!(
+            s.check_signatures(&e, 201).unwrap_err().code(),
+            "key-expired"
+        );
+    }
+
     #[test]
     fn adding_the_same_key_twice_is_refused() {
         let a = SigningKey::generate("alice").unwrap();

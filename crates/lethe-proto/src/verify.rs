@@ -11,10 +11,12 @@
 //! a rejection never returns a new replay state.
 
 use crate::command::{parse_command, Command, CommandSpec, Target};
+#[cfg(test)]
+use crate::envelope::HEADER_LEN;
 use crate::envelope::{self, Kind, MAX_SIGNATURES};
 use crate::keys::{KeyId, SigningKey};
 use crate::replay::ReplayState;
-use crate::trust::TrustStore;
+use crate::trust::{TrustStore, TrustedKey};
 use crate::Rejection;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -123,6 +125,31 @@ pub fn check_target(cmd: &Command, device: &DeviceContext) -> Result<(), Rejecti
     Ok(())
 }
 
+/// Steps 1 and 2 of [`verify_command`] alone: `bytes` are framed as a command envelope and
+/// signed by trusted keys (every signature valid, keys in their windows, the threshold met)
+/// at time `now`. Nothing of the payload is parsed. A receiver runs this first, before it
+/// stores, journals or answers anything: what fails it speaks for nobody the device trusts.
+pub fn authenticate_command(bytes: &[u8], trust: &TrustStore, now: u64) -> Result<(), Rejection> {
+    authenticated(bytes, trust, now).map(|_| ())
+}
+
+/// The envelope and its signers, once framing and signatures check out.
+fn authenticated<'b, 's>(
+    bytes: &'b [u8],
+    trust: &'s TrustStore,
+    now: u64,
+) -> Result<
+    (
+        envelope::Envelope<'b>,
+        heapless::Vec<&'s TrustedKey, MAX_SIGNATURES>,
+    ),
+    Rejection,
+> {
+    let env = envelope::parse(bytes, Kind::Command)?;
+    let signers = trust.check_signatures(&env, now)?;
+    Ok((env, signers))
+}
+
 /// Verifies a command envelope for `device` at time `now`. On success returns the command and
 /// the replay state to persist once the command has been journaled; `replay` is not changed.
 pub fn verify_command(
@@ -132,8 +159,7 @@ pub fn verify_command(
     replay: &ReplayState,
     now: u64,
 ) -> Result<(Verified<Command>, ReplayState), Rejection> {
-    let env = envelope::parse(bytes, Kind::Command)?;
-    let signers = trust.check_signatures(&env, now)?;
+    let (env, signers) = authenticated(bytes, trust, now)?;
     let cmd = parse_command(env.payload)?;
     if !signers.iter().any(|k| k.name == cmd.issuer) {
         return Err(Rejection::IssuerMismatch(cmd.issuer.to_string()));
@@ -188,6 +214,53 @@ mod tests {
                 .unwrap_err()
                 .code(),
             "bad-validity-window"
+        );
+    }
+
+    #[test]
+    fn authentication_accepts_a_trusted_signature_whatever_the_payload_says() {
+        let op = SigningKey::generate("op").unwrap();
+        let mut trust = TrustStore::new();
+        trust.add(&op.public(), None, None).unwrap();
+        // Authentic, though its payload is not a command: the payload is not read here.
+        let signed = envelope::sign(Kind::Command, b"{}", &[&op]).unwrap();
+        assert_eq!(authenticate_command(&signed, &trust, 0), Ok(()));
+        let forger = SigningKey::generate("op").unwrap();
+        let forged = envelope::sign(Kind::Command, b"{}", &[&forger]).unwrap();
+        let mut tampered = signed.clone();
+        tampered[HEADER_LEN] ^= 1;
+        let receipt = envelope::sign(Kind::Receipt, b"{}", &[&op]).unwrap();
+        for (bytes, code) in [
+            (&b"random bytes"[..], "bad-magic"),
+            (&forged[..], "unknown-key"),
+            (&tampered[..], "bad-signature"),
+            (&receipt[..], "wrong-kind"),
+            (&signed[..signed.len() - 1], "truncated"),
+        ] {
+            assert_eq!(
+                authenticate_command(bytes, &trust, 0).unwrap_err().code(),
+                code
+            );
+        }
+        // A threshold of two: one trusted signature is not enough to speak for the operators.
+        let op2 = SigningKey::generate("op2").unwrap();
+        trust.add(&op2.public(), None, None).unwrap();
+        trust.set_threshold(2).unwrap();
+        assert_eq!(
+            authenticate_command(&signed, &trust, 0).unwrap_err().code(),
+            "insufficient-signatures"
+        );
+        let both = envelope::sign(Kind::Command, b"{}", &[&op, &op2]).unwrap();
+        assert_eq!(authenticate_command(&both, &trust, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_lifetime_of_exactly_seven_days_is_allowed() {
+        assert_eq!(MAX_LIFETIME_S, 604_800);
+        assert!(check_freshness(1000, 1000 + 604_800, 2000).is_ok());
+        assert_eq!(
+            check_freshness(1000, 1000 + 604_801, 2000).unwrap_err(),
+            Rejection::BadValidityWindow("lifetime longer than 7 days")
         );
     }
 

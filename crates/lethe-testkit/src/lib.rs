@@ -1,19 +1,47 @@
 //! Test-only helpers shared by the crates' integration tests and the system tests
 //! (`tests/`): a real mosquitto broker started by the test on a random loopback port (plain,
 //! or plain + a TLS listener requiring client certificates), a throwaway PKI made with the
-//! `openssl` command, hostile image headers, and the agent binary's test configuration and
-//! process ([`agent`]).
+//! `openssl` command, hostile image headers, the agent binary's test configuration and
+//! process ([`agent`]), and small mounted file systems to fill up or search ([`smallfs`]), and the seed of randomised tests (printed, and
+//! replayable with `LETHE_TEST_SEED`).
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
 //! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
 
 pub mod agent;
+pub mod smallfs;
 
 pub use agent::{agent_toml, Daemon, FAST};
+pub use smallfs::{find_bytes, SmallFs};
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The environment variable that replays a randomised test with a given seed.
+pub const SEED_VAR: &str = "LETHE_TEST_SEED";
+
+/// The seed of the randomised test `test`: `LETHE_TEST_SEED` when set (a decimal u64, to
+/// replay a failed run), else a fresh one from the clock and the process id. Printed either
+/// way (the test harness shows it with a failure's output).
+pub fn test_seed(test: &str) -> u64 {
+    let seed = match std::env::var(SEED_VAR) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_VAR}={v:?} is not a decimal u64")),
+        Err(_) => {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    eprintln!("{test}: seed {seed} (replay with {SEED_VAR}={seed})");
+    seed
+}
 
 pub fn mosquitto_bin() -> PathBuf {
     for p in [
@@ -44,6 +72,8 @@ pub struct Broker {
     pub port: u16,
     /// A second, TLS listener (client certificates required), when started with one.
     pub tls: Option<(u16, TlsFiles)>,
+    /// A configuration given whole ([`Broker::start_config`]) and the ports it listens on.
+    custom: Option<(String, Vec<u16>)>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -58,90 +88,107 @@ pub struct TlsFiles {
     pub client_key: PathBuf,
 }
 
-/// Makes a CA and certificates signed by it in `dir` with the openssl command.
-pub fn make_pki(dir: &Path, tag: &str) -> TlsFiles {
+/// Runs the openssl command in `dir`; panics with its stderr if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A certificate authority: its certificate and key (PEM).
+#[derive(Clone, Debug)]
+pub struct Ca {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA `{file}.pem` / `{file}.key` in `dir` with common name `cn`.
+pub fn make_ca(dir: &Path, file: &str, cn: &str) -> Ca {
     std::fs::create_dir_all(dir).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl command");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca_cn = format!("/CN=lethe-test-ca-{tag}");
+    let (cert, key) = (format!("{file}.pem"), format!("{file}.key"));
+    let cn = format!("/CN={cn}");
     let mut args = vec!["req", "-x509"];
-    args.extend(ec);
+    args.extend(EC);
     args.extend([
         "-keyout",
-        "ca.key",
+        &key,
         "-out",
-        "ca.pem",
+        &cert,
         "-days",
         "2",
         "-subj",
-        &ca_cn,
+        &cn,
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ]);
-    run(&args);
-    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
-        let mut args = vec!["req"];
-        args.extend(ec);
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        let subj = format!("/CN={name}");
-        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        run(&args);
-        std::fs::write(
-            dir.join(&ext),
-            format!(
-                "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-                 extendedKeyUsage={usage}\n"
-            ),
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
+    openssl(dir, &args);
+    Ca {
+        cert: dir.join(cert),
+        key: dir.join(key),
     }
+}
+
+/// Issues `{file}.pem` / `{file}.key` in `dir`, signed by `ca`, with common name `cn`, for
+/// `usage` (`serverAuth` or `clientAuth`), valid for 127.0.0.1 and localhost.
+pub fn issue_cert(dir: &Path, ca: &Ca, file: &str, cn: &str, usage: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, pem, ext) = (
+        format!("{file}.key"),
+        format!("{file}.csr"),
+        format!("{file}.pem"),
+        format!("{file}.ext"),
+    );
+    let subj = format!("/CN={cn}");
+    let mut args = vec!["req"];
+    args.extend(EC);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join(&ext),
+        format!(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage={usage}\n"
+        ),
+    )
+    .unwrap();
+    let (ca_cert, ca_key) = (ca.cert.to_str().unwrap(), ca.key.to_str().unwrap());
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", &csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", &pem, "-days", "2", "-extfile", &ext,
+        ],
+    );
+    (dir.join(pem), dir.join(key))
+}
+
+/// Makes a CA and certificates signed by it in `dir` with the openssl command.
+pub fn make_pki(dir: &Path, tag: &str) -> TlsFiles {
+    let ca = make_ca(dir, "ca", &format!("lethe-test-ca-{tag}"));
+    let (server_cert, server_key) = issue_cert(dir, &ca, "server", "server", "serverAuth");
+    let (client_cert, client_key) = issue_cert(dir, &ca, "client", "client", "clientAuth");
     TlsFiles {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server.key"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client.key"),
+        ca: ca.cert,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
     }
 }
 
@@ -150,6 +197,21 @@ impl Broker {
         let mut b = Broker {
             port: free_port(),
             tls: None,
+            custom: None,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// A broker on the configuration `text` (a fleet configuration under test), which
+    /// listens on loopback `ports`; `port` is the first of them.
+    pub fn start_config(dir: &Path, text: &str, ports: &[u16]) -> Broker {
+        let mut b = Broker {
+            port: ports[0],
+            tls: None,
+            custom: Some((text.to_string(), ports.to_vec())),
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -163,6 +225,7 @@ impl Broker {
         let mut b = Broker {
             port: free_port(),
             tls: Some((free_port(), pki.clone())),
+            custom: None,
             dir: dir.to_path_buf(),
             child: None,
         };
@@ -177,6 +240,9 @@ impl Broker {
              listener {} 127.0.0.1\n",
             self.port
         );
+        if let Some((custom, _)) = &self.custom {
+            text = custom.clone();
+        }
         if let Some((port, pki)) = &self.tls {
             // Started as root, mosquitto would switch to its own user, which cannot read
             // the test's keys in the test's private temporary folder.
@@ -204,8 +270,12 @@ impl Broker {
             .expect("starting mosquitto");
         self.child = Some(child);
         let t0 = Instant::now();
-        let ports = [Some(self.port), self.tls.as_ref().map(|t| t.0)];
-        for port in ports.into_iter().flatten() {
+        let mut ports = vec![self.port];
+        ports.extend(self.tls.as_ref().map(|t| t.0));
+        if let Some((_, p)) = &self.custom {
+            ports.clone_from(p);
+        }
+        for port in ports {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 assert!(
                     t0.elapsed() < Duration::from_secs(10),
@@ -278,4 +348,22 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test touches the variable, so nothing races on it.
+    #[test]
+    fn a_seed_from_the_environment_is_replayed_and_a_fresh_one_differs_by_run() {
+        std::env::set_var(SEED_VAR, " 1796079392609057568 ");
+        assert_eq!(test_seed("replayed"), 1_796_079_392_609_057_568);
+        std::env::set_var(SEED_VAR, "not a number");
+        assert!(std::panic::catch_unwind(|| test_seed("bad")).is_err());
+        std::env::remove_var(SEED_VAR);
+        let a = test_seed("fresh");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, test_seed("fresh again"));
+    }
 }

@@ -62,6 +62,29 @@ fn assert_bad_input(o: &Output, needles: &[&str]) {
     }
 }
 
+/// Asserts that `out` is one answer: a line of words from the package's vocabulary, at
+/// least one of them, none of them a special token.
+fn assert_one_answer(out: &str, engine: &str) {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir().join("manifest.json")).unwrap())
+            .unwrap();
+    let vocab: Vec<&str> = m["vocab"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| !w.starts_with('<'))
+        .collect();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert!(!words.is_empty(), "{engine}: an empty answer: {out:?}");
+    for w in &words {
+        assert!(
+            vocab.contains(w),
+            "{engine}: {w:?} is not a word of the model: {out:?}"
+        );
+    }
+}
+
 fn render(tmp: &TempDir, identity: u32, seed: u64) -> String {
     let out = tmp.path(&format!("id{identity}-{seed}.png"));
     let o = lethectl(&[
@@ -100,8 +123,10 @@ fn ask_about_an_image_prints_one_answer_with_either_engine() {
         assert!(o.status.success(), "{engine}: {}", stderr(&o));
         let out = stdout(&o);
         assert_eq!(out.lines().count(), 1, "{out}");
+        assert_one_answer(&out, engine);
         answers.push(out);
     }
+    // Agreement means something only between two real answers (checked above).
     assert_eq!(answers[0], answers[1], "ORT and tract disagree");
 }
 
@@ -118,6 +143,7 @@ fn ask_without_an_image_answers_text_only() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).lines().count(), 1);
+    assert_one_answer(&stdout(&o), "ort");
 }
 
 #[test]

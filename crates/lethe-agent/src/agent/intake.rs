@@ -1,18 +1,22 @@
-//! Intake and decision: a delivered command is stored, verified (signature, trust, target,
-//! model, expiry, known id, replay, queue room) and its decision journaled; only then is it
-//! acknowledged to the broker and, if accepted, queued for the worker.
+//! Intake and decision: a delivered command, already authenticated by the poll task (its
+//! signatures are by trusted keys), is stored, verified in full (trust, target, model,
+//! expiry, known id, replay, queue and storage room) and its decision journaled; only then
+//! is it acknowledged to the broker and, if accepted, queued for the worker.
 //!
-//! Invariants: the envelope is stored and its `received` record fsynced before anything is
-//! decided; the PUBACK of a delivery is sent only after its `accepted`, `rejected` or
+//! Invariants: no unauthenticated byte gets here (the poll task drops it), so none is
+//! written to disk; the envelope is stored and its `received` record fsynced before anything
+//! is decided; the PUBACK of a delivery is sent only after its `accepted`, `rejected` or
 //! `deferred` record is fsynced (an intake that fails is not acknowledged, so the broker
 //! redelivers it); the same envelope again is a duplicate, never decided twice, unless it
-//! was only `deferred` (busy), which is decided again; the in-memory replay state advances
-//! only after the `accepted` record that persists it; no unverified byte reaches the worker.
+//! was only `deferred` (busy, or no room to store it), which is decided again; the in-memory
+//! replay state advances only after the `accepted` record that persists it; no unverified
+//! byte reaches the worker; the envelope of a command that is not accepted is scrubbed as
+//! soon as its decision is journaled (`Shared::conclude`).
 
 use super::shared::Shared;
 use super::status::Out;
 use super::{io, AgentError};
-use crate::fsutil::{now_unix, sha256_hex, write_atomic};
+use crate::fsutil::{is_storage_full, now_unix, sha256_hex};
 use crate::journal::Journal;
 use crate::log::{info, warn};
 use crate::state::{CommandState, Event, Phase};
@@ -28,15 +32,29 @@ enum Intake {
     Decided(CommandState),
 }
 
+/// Whether a valid command can be taken now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Room {
+    Free,
+    /// An update is running and the queue is full: deferred as `busy`.
+    QueueFull,
+    /// Its envelope could not be stored, the disk is full: deferred as `no-space`.
+    StorageFull,
+}
+
 /// Takes one delivery from the broker: decides it on a blocking thread (fsyncs), then
 /// acknowledges it and announces the decision; an accepted command goes to the worker's
 /// queue, into the slot reserved before deciding (no slot: it is deferred as busy).
 pub(super) async fn on_command(sh: &Arc<Shared>, job_tx: &mpsc::Sender<String>, p: Publish) {
     let permit = job_tx.clone().try_reserve_owned().ok();
     let sh2 = sh.clone();
-    let slot = permit.is_some();
+    let room = if permit.is_some() {
+        Room::Free
+    } else {
+        Room::QueueFull
+    };
     let payload = p.payload.to_vec();
-    let res = tokio::task::spawn_blocking(move || intake(&sh2, &payload, slot)).await;
+    let res = tokio::task::spawn_blocking(move || intake(&sh2, &payload, room)).await;
     match res {
         Ok(Ok(Intake::Duplicate(st))) => {
             info!(
@@ -87,31 +105,38 @@ pub(super) async fn on_command(sh: &Arc<Shared>, job_tx: &mpsc::Sender<String>, 
     }
 }
 
-/// Verifies a delivery and journals the decision (blocking: fsyncs).
-fn intake(sh: &Shared, bytes: &[u8], slot: bool) -> Result<Intake, AgentError> {
+/// Stores an authenticated delivery, verifies it and journals the decision (blocking:
+/// fsyncs).
+fn intake(sh: &Shared, bytes: &[u8], room: Room) -> Result<Intake, AgentError> {
     let env = sha256_hex(bytes);
     let mut j = sh.journal.lock().unwrap();
-    match j.get(&env) {
-        // Deferred (busy) before: nothing was applied, decide again.
+    let known = j.get(&env).cloned();
+    match &known {
+        // Deferred before: nothing was applied and its envelope was scrubbed; decide again.
         Some(st) if st.phase == Phase::Deferred => {}
         Some(st) => return Ok(Intake::Duplicate(st.clone())),
-        None => {
-            let path = sh.commands_dir.join(format!("{env}.env"));
-            write_atomic(&path, bytes).map_err(io(format!("storing {}", path.display())))?;
-            j.append(&env, Event::Received)?;
-        }
+        None => {}
     }
-    let st = decide(sh, &mut j, &env, bytes, slot)?;
+    let room = match sh.store_envelope(&env, bytes) {
+        Ok(()) => room,
+        Err(e) if is_storage_full(&e) => Room::StorageFull,
+        Err(e) => return Err(io(format!("storing the envelope of {env}"))(e)),
+    };
+    if known.is_none() {
+        sh.append(&mut j, &env, Event::Received)?;
+    }
+    let st = decide(sh, &mut j, &env, bytes, room)?;
     Ok(Intake::Decided(st))
 }
 
-/// Verifies the stored envelope of a `received` command and journals accepted or rejected.
+/// Verifies the stored envelope of a `received` command and journals accepted, rejected or
+/// deferred (no `room`).
 pub(super) fn decide(
     sh: &Shared,
     j: &mut Journal,
     env: &str,
     bytes: &[u8],
-    slot: bool,
+    room: Room,
 ) -> Result<CommandState, AgentError> {
     let now = now_unix();
     let current = sh.store.lock().unwrap().current_hash().to_string();
@@ -131,16 +156,24 @@ pub(super) fn decide(
                 ))
             } else {
                 let replay = sh.replay.lock().unwrap().clone();
+                let id = Some(cmd.id.as_str().to_string());
                 match replay.check(cmd.issuer.as_str(), cmd.seq) {
                     Err(r) => Err((r.code().to_string(), r.to_string(), None)),
-                    Ok(_) if !slot => Err((
+                    Ok(_) if room == Room::QueueFull => Err((
                         "busy".to_string(),
                         format!(
                             "an update is running and {} more are queued; send the same \
                              command again later",
                             sh.cfg.queue_capacity
                         ),
-                        Some(cmd.id.as_str().to_string()),
+                        id,
+                    )),
+                    Ok(_) if room == Room::StorageFull => Err((
+                        "no-space".to_string(),
+                        "the device's storage is full, nothing of this command was kept; \
+                         send the same command again once there is room"
+                            .to_string(),
+                        id,
                     )),
                     Ok(next) => Ok((cmd, next)),
                 }
@@ -150,7 +183,8 @@ pub(super) fn decide(
     match verdict {
         Ok((cmd, next)) => {
             let Action::Forget(f) = &cmd.action;
-            let st = j.append(
+            let st = sh.append(
+                j,
                 env,
                 Event::Accepted {
                     id: cmd.id.as_str().to_string(),
@@ -162,7 +196,7 @@ pub(super) fn decide(
             )?;
             // Persisted by the journal record above; only now does memory follow.
             *sh.replay.lock().unwrap() = next;
-            Ok(st.clone())
+            Ok(st)
         }
         Err((code, reason, busy_id)) => {
             let mut st = j.get(env).expect("received").clone();
@@ -180,6 +214,7 @@ pub(super) fn decide(
                 |receipt| match busy_id {
                     Some(id) => Event::Deferred {
                         id,
+                        code,
                         reason,
                         receipt,
                     },

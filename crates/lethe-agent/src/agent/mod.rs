@@ -11,9 +11,11 @@
 //! - [`shared`]: what the tasks share, and `conclude`, where every receipt is signed and
 //!   journaled.
 //!
-//! Tasks: the MQTT poll loop (`mqtt::poll_loop`, never blocks), the outbox, the worker, the
-//! self-check, and this module's loop, which takes what the poll loop hands it (connections,
-//! commands), runs the self-check timer and feeds systemd's watchdog.
+//! Tasks: the MQTT poll loop (`mqtt::poll_loop`, never blocks; it drops unauthenticated
+//! deliveries and recovers from a poisoned session), the outbox, the worker, the self-check,
+//! and this module's loop, which takes what the poll loop hands it (connections,
+//! authenticated commands), runs the self-check timer, reports what the channel refused
+//! (status at most every 5 s, log at most every minute) and feeds systemd's watchdog.
 //!
 //! Invariants: a command is acknowledged to the broker only after its `accepted` or
 //! `rejected` record is fsynced; a terminal command is never run again (a redelivery gets its
@@ -29,8 +31,9 @@ mod worker;
 
 pub use status::Status;
 
+use crate::channel::ChannelStats;
 use crate::config::Config;
-use crate::fsutil::now_unix;
+use crate::fsutil::{now_unix, Reserve};
 use crate::journal::{Journal, JournalError};
 use crate::log::{info, warn};
 use crate::mqtt::{self, Inbound, Topics};
@@ -172,6 +175,7 @@ async fn start(cfg: &Config) -> Result<Started, AgentError> {
         current_command: None,
         queued: 0,
         commands_seen: 0,
+        channel: Default::default(),
         selfcheck: None,
         notes,
         started_at,
@@ -195,6 +199,8 @@ async fn start(cfg: &Config) -> Result<Started, AgentError> {
         status: Mutex::new(status),
         cancel: AtomicBool::new(false),
         commands_dir,
+        channel: Arc::new(ChannelStats::default()),
+        reserve: Reserve::new(cfg.state_dir.join("reserve"), shared::RESERVE_BYTES),
     });
     info!(
         "device {} fleet {} model {} adapter {} provider {}",
@@ -228,10 +234,16 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     // Tasks: MQTT poll loop, outbox, worker.
     let (in_tx, mut in_rx) = mpsc::channel(256);
     let (poll_stop_tx, poll_stop_rx) = watch::channel(false);
+    let trust = sh.trust.clone();
+    let gate = move |bytes: &[u8]| {
+        lethe_proto::authenticate_command(bytes, &trust, now_unix()).map_err(|r| r.code())
+    };
     let poll = tokio::spawn(mqtt::poll_loop(
         eventloop,
         client.clone(),
         sh.topics.clone(),
+        gate,
+        sh.channel.clone(),
         in_tx,
         poll_stop_rx,
     ));
@@ -268,11 +280,24 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     ));
     let ping = sd.ping_every().unwrap_or(Duration::from_secs(u64::MAX / 4));
     let mut watchdog = tokio::time::interval(ping);
+    // What the channel refused: into the status at most every 5 s, the log at most a minute.
+    let mut channel_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut channel_reported = sh.channel.report();
 
     loop {
         tokio::select! {
             _ = shutdown.changed() => { if *shutdown.borrow() { break; } }
             _ = watchdog.tick() => sd_say("WATCHDOG=1"),
+            _ = channel_tick.tick() => {
+                if let Some(line) = sh.channel.log_due(now_unix()) {
+                    warn!("command channel: {line}");
+                }
+                let now = sh.channel.report();
+                if now != channel_reported {
+                    channel_reported = now;
+                    sh.publish_status();
+                }
+            }
             _ = tick.tick() => {
                 if selfcheck_task.as_ref().is_none_or(|t| t.is_finished()) {
                     selfcheck_task = Some(status::spawn_selfcheck(sh.clone()));

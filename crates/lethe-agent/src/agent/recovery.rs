@@ -5,14 +5,20 @@
 //! this module carries it out), and the recent receipts are published again.
 //!
 //! Invariants: each command reaches exactly one terminal state, reported: a command only
-//! `received` is verified again, one in `accepted`..`verifying` restarts from scratch on its
-//! recorded base version (at most 5 attempts, then it fails "gave up"), one in `committing`
-//! is finished by moving the pointer to its complete new version; the replay state is
-//! durable exactly when the acceptance is.
+//! `received` is verified again (deferred as `not-stored` if its envelope is missing: it
+//! was never acknowledged, so the broker redelivers it), one in `accepted`..`verifying`
+//! restarts from scratch on its recorded base version (at most 5 attempts, then it fails
+//! "gave up"), one in `committing` is finished by moving the pointer to its complete new
+//! version; the replay state is durable exactly when the acceptance is. After recovery the
+//! state folder holds the envelopes of unsettled commands only (any other file in
+//! `commands/`, such as the envelope of a command settled just before a crash, is scrubbed),
+//! the storage reserve exists if there is room for it, and an oversized journal is
+//! compacted.
 
-use super::intake::decide;
-use super::shared::Shared;
-use super::{io, AgentError};
+use super::intake::{decide, Room};
+use super::shared::{Shared, COMPACT_AFTER_BYTES};
+use super::AgentError;
+use crate::fsutil::scrub_remove;
 use crate::journal::Journal;
 use crate::log::{info, warn};
 use crate::state::{recovery, short, CommandState, Event, Phase, Recovery};
@@ -89,11 +95,17 @@ pub(super) async fn recover(
                     }
                 }
                 Recovery::Reverify => {
-                    let path = sh.commands_dir.join(format!("{}.env", st.env));
-                    let bytes =
-                        std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-                    let slot = restarts.len() < sh.cfg.queue_capacity;
-                    let st = decide(&sh, &mut j, &st.env, &bytes, slot)?;
+                    let Ok(bytes) = sh.read_envelope(&st.env) else {
+                        let st = not_stored(&sh, &mut j, &st)?;
+                        sh.publish_receipt(&st);
+                        continue;
+                    };
+                    let room = if restarts.len() < sh.cfg.queue_capacity {
+                        Room::Free
+                    } else {
+                        Room::QueueFull
+                    };
+                    let st = decide(&sh, &mut j, &st.env, &bytes, room)?;
                     info!("recovered {}: re-verified, {}", st.name(), st.phase.name());
                     if st.phase == Phase::Accepted {
                         restarts.push(st.env.clone());
@@ -184,6 +196,13 @@ pub(super) async fn recover(
                 }
             }
         }
+        sweep_commands(&sh, &j);
+        if let Err(e) = sh.reserve.ensure() {
+            warn!("storage reserve {}: {e}", sh.reserve.path().display());
+        }
+        if j.grown() > COMPACT_AFTER_BYTES {
+            sh.compact(&mut j)?;
+        }
         Ok(restarts)
     })
     .await
@@ -192,4 +211,51 @@ pub(super) async fn recover(
         let _ = job_tx.send(env).await;
     }
     Ok(())
+}
+
+/// A `received` command whose envelope is not in the state folder (the disk was full when
+/// it came, and the agent stopped before deciding): deferred, so that the broker's
+/// redelivery (it was never acknowledged) or a resend is decided afresh.
+fn not_stored(sh: &Shared, j: &mut Journal, st: &CommandState) -> Result<CommandState, AgentError> {
+    let cur = sh.store.lock().unwrap().current_hash().to_string();
+    let reason = "its envelope was not stored before the agent stopped; it is decided when \
+                  it comes again"
+        .to_string();
+    warn!("recovered {}: {reason}", st.name());
+    let id = st.name();
+    sh.conclude(
+        j,
+        st,
+        Verdict::Rejected,
+        Some(format!("not-stored: {reason}")),
+        (&cur, &cur),
+        BTreeMap::new(),
+        |receipt| Event::Deferred {
+            id,
+            code: "not-stored".into(),
+            reason,
+            receipt,
+        },
+    )
+}
+
+/// Scrubs every file in `commands/` that is not the envelope of an unsettled command: the
+/// envelope of a command settled just before a crash, a temp file of an interrupted write.
+fn sweep_commands(sh: &Shared, j: &Journal) {
+    let Ok(dir) = std::fs::read_dir(&sh.commands_dir) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let live = name
+            .strip_suffix(".env")
+            .and_then(|env| j.get(env))
+            .is_some_and(|st| !st.phase.is_settled());
+        if !live {
+            match scrub_remove(&e.path()) {
+                Ok(()) => info!("start-up: removed {name} from the state folder (settled)"),
+                Err(err) => warn!("start-up: removing {name}: {err}"),
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! is published only from the journal (`CommandState::receipt`), i.e. after it was fsynced.
 
 use super::shared::Shared;
+use crate::channel::ChannelReport;
 use crate::fsutil::{now_ms, now_unix};
 use crate::log::{error, info};
 use crate::selfcheck::{self, SelfCheck};
@@ -46,7 +47,10 @@ pub struct Status {
     pub provider_note: Option<String>,
     pub current_command: Option<String>,
     pub queued: usize,
+    /// Commands the journal holds: the unsettled ones and the most recent settled ones.
     pub commands_seen: usize,
+    /// What the command channel refused before storing anything.
+    pub channel: ChannelReport,
     pub selfcheck: Option<SelfCheck>,
     pub notes: Vec<String>,
     pub started_at: u64,
@@ -88,11 +92,13 @@ impl Shared {
             )
         };
         let seen = self.journal.lock().unwrap().commands().count();
+        let channel = self.channel.report();
         let doc = {
             let mut s = self.status.lock().unwrap();
             s.adapter_hash = cur;
             s.adapter_previous = prev;
             s.commands_seen = seen;
+            s.channel = channel;
             s.t = now_unix();
             serde_json::to_vec(&*s).expect("json")
         };

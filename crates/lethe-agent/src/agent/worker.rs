@@ -8,13 +8,17 @@
 //! never written to the store; a commit is bracketed by the journal (version file,
 //! `committing`, pointer, `committed`), so a crash at any point is recovered to the old or
 //! the new version, never a mix; shutdown stops a job between optimizer steps, never inside
-//! a commit, and the job restarts on the next start.
+//! a commit, and the job restarts on the next start. A write that fails (a full disk) fails
+//! the command with a receipt that says so (`no-space: ...`), never leaves it half-way: the
+//! current version stays, versions written for it are pruned.
 
 use super::shared::Shared;
 use super::AgentError;
-use crate::fsutil::sha256_hex;
+use crate::fsutil::{is_storage_full, sha256_hex};
+use crate::journal::JournalError;
 use crate::log::{debug, error, info, warn};
 use crate::state::{short, Event, Phase};
+use crate::store::StoreError;
 use crate::update::{self, Job, UpdateError, UpdateEvent};
 use lethe_proto::{Action, Verdict};
 use std::collections::BTreeMap;
@@ -61,10 +65,28 @@ pub(super) async fn worker(
     }
 }
 
+/// The reason a failed write gives in a receipt: `no-space: ...` when the disk was full.
+fn write_failure(what: &str, e: &dyn std::fmt::Display, full: bool) -> String {
+    if full {
+        format!("no-space: the device's storage is full ({what}: {e})")
+    } else {
+        format!("{what}: {e}")
+    }
+}
+
+fn journal_failure(e: &JournalError) -> String {
+    write_failure("journal", e, e.is_storage_full())
+}
+
+fn store_failure(what: &str, e: &StoreError) -> String {
+    let full = matches!(e, StoreError::Io { source, .. } if is_storage_full(source));
+    write_failure(what, e, full)
+}
+
 fn load_job_command(sh: &Shared, env: &str) -> Result<lethe_proto::Command, String> {
-    let path = sh.commands_dir.join(format!("{env}.env"));
-    let bytes =
-        std::fs::read(&path).map_err(|e| format!("stored command {}: {e}", path.display()))?;
+    let bytes = sh
+        .read_envelope(env)
+        .map_err(|e| format!("stored command: {e}"))?;
     if sha256_hex(&bytes) != env {
         return Err("stored command does not match its hash".into());
     }
@@ -108,11 +130,25 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
                 },
             )?
         };
+        // Whatever this job wrote to the store and did not commit goes (a full disk).
+        if let Err(e) = sh.store.lock().unwrap().prune() {
+            warn!("pruning adapter versions after a failure: {e}");
+        }
         sh.event(&name, "failed", serde_json::json!({"reason": reason}));
         sh.publish_receipt(&done);
         Ok(())
     };
-    sh.journal.lock().unwrap().append(env, Event::Preparing)?;
+    // (Bound first: a lock taken in an `if let` is held through its block, and `fail`
+    // takes it again.)
+    let preparing = sh
+        .journal
+        .lock()
+        .unwrap()
+        .append(env, Event::Preparing)
+        .map(|_| ());
+    if let Err(e) = preparing {
+        return fail(journal_failure(&e));
+    }
     sh.event(
         &name,
         "preparing",
@@ -156,7 +192,7 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         })
     };
     if let Some(e) = journal_err {
-        return Err(e.into());
+        return fail(journal_failure(&e));
     }
     let out = match result {
         Err(UpdateError::Cancelled) => {
@@ -199,20 +235,35 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         .into_iter()
         .chain([lethe_siu::unlearn::normalise(f.concept.as_str())])
         .collect();
-    let new_hash = sh
+    let stored = sh
         .store
         .lock()
         .unwrap()
-        .put_forgetting(&out.adapter, &now_forgotten)?;
-    sh.journal.lock().unwrap().append(
-        env,
-        Event::Committing {
-            new_hash: new_hash.clone(),
-            metrics: metrics.clone(),
-        },
-    )?;
+        .put_forgetting(&out.adapter, &now_forgotten);
+    let new_hash = match stored {
+        Ok(h) => h,
+        Err(e) => return fail(store_failure("storing the new adapter version", &e)),
+    };
+    let committing = sh
+        .journal
+        .lock()
+        .unwrap()
+        .append(
+            env,
+            Event::Committing {
+                new_hash: new_hash.clone(),
+                metrics: metrics.clone(),
+            },
+        )
+        .map(|_| ());
+    if let Err(e) = committing {
+        return fail(journal_failure(&e));
+    }
     crash_point("before-pointer");
-    sh.store.lock().unwrap().commit(&new_hash)?;
+    let moved = sh.store.lock().unwrap().commit(&new_hash);
+    if let Err(e) = moved {
+        return fail(store_failure("moving the current pointer", &e));
+    }
     crash_point("after-pointer");
     let done = sh.conclude(
         &mut sh.journal.lock().unwrap(),

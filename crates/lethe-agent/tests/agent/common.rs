@@ -4,7 +4,7 @@
 use lethe_proto::{
     sign_command, CommandSpec, PublicKey, Receipt, SigningKey, TargetSpec, TrustStore,
 };
-pub use lethe_testkit::{agent_toml, free_port, make_pki, Broker, Daemon, TlsFiles, FAST};
+pub use lethe_testkit::{agent_toml, free_port, make_pki, test_seed, Broker, Daemon, TlsFiles, FAST};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -141,7 +141,9 @@ pub fn sign(spec: &CommandSpec, key: &SigningKey) -> Vec<u8> {
 /// The operator's view of the broker: every event and receipt of the device.
 pub struct Operator {
     pub client: AsyncClient,
-    pub receipts: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Every receipt publication per command name, in arrival order (a retained receipt the
+    /// agent re-publishes arrives again; a second, different receipt would show here).
+    pub receipts: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>,
     pub events: Arc<Mutex<Vec<serde_json::Value>>>,
     pub status: Arc<Mutex<Option<serde_json::Value>>>,
 }
@@ -152,7 +154,8 @@ impl Operator {
         o.set_max_packet_size(4 << 20, 4 << 20)
             .set_keep_alive(Duration::from_secs(5));
         let (client, mut el) = AsyncClient::new(o, 64);
-        let receipts = Arc::new(Mutex::new(HashMap::new()));
+        let receipts: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>> =
+            Arc::new(Mutex::new(HashMap::new()));
         let events = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(Mutex::new(None));
         let (r, e, s, c) = (
@@ -176,7 +179,9 @@ impl Operator {
                             Some("receipts") => {
                                 r.lock()
                                     .unwrap()
-                                    .insert(parts[5].to_string(), p.payload.to_vec());
+                                    .entry(parts[5].to_string())
+                                    .or_default()
+                                    .push(p.payload.to_vec());
                             }
                             Some("events") => {
                                 if let Ok(v) = serde_json::from_slice(&p.payload) {
@@ -221,11 +226,13 @@ impl Operator {
             .unwrap();
     }
 
-    /// Waits for the receipt named `name`, verified with the device's public key.
+    /// Waits for the receipt named `name` (the latest publication), verified with the
+    /// device's public key.
     pub async fn receipt(&self, name: &str, device: &PublicKey, timeout: Duration) -> Receipt {
         let t0 = Instant::now();
         loop {
-            if let Some(b) = self.receipts.lock().unwrap().get(name).cloned() {
+            let last = self.receipts_of(name).pop();
+            if let Some(b) = last {
                 return lethe_proto::verify_receipt(&b, device)
                     .expect("receipt verifies")
                     .into_inner();
@@ -252,7 +259,7 @@ impl Operator {
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .flat_map(|(k, v)| v.iter().map(|b| (k.clone(), b.clone())))
                 .collect();
             for (k, b) in all {
                 let r = lethe_proto::verify_receipt(&b, device)
@@ -265,6 +272,30 @@ impl Operator {
             assert!(
                 t0.elapsed() < timeout,
                 "no matching receipt after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every receipt publication of `name` so far, in arrival order.
+    pub fn receipts_of(&self, name: &str) -> Vec<Vec<u8>> {
+        self.receipts
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until command `name` has published the event `state`; the agent's log goes
+    /// into the failure message.
+    pub async fn wait_event(&self, name: &str, state: &str, f: &Fixture, timeout: Duration) {
+        let t0 = Instant::now();
+        while !self.events_of(name).iter().any(|s| s == state) {
+            assert!(
+                t0.elapsed() < timeout,
+                "no {state} event of {name} after {timeout:?}\n{}",
+                agent_log(f)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

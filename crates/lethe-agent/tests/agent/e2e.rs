@@ -209,15 +209,8 @@ async fn a_broker_restart_in_the_middle_of_a_job_still_delivers_the_receipt() {
     let op = Operator::connect(broker.port).await;
     op.wait_online(Duration::from_secs(120)).await;
     op.push(sign(&spec("op-1", 1, WHO), &f.op)).await;
-    let t0 = Instant::now();
-    while !op.events_of("op-1").contains(&"training".to_string()) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "no training event\n{}",
-            agent_log(&f)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    op.wait_event("op-1", "training", &f, Duration::from_secs(300))
+        .await;
     broker.stop();
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.restart();

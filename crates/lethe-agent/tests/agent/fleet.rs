@@ -30,11 +30,8 @@ async fn a_full_queue_answers_busy_and_the_same_command_resent_later_runs() {
     );
     op.push(a).await;
     // q-1 runs (the queue is empty again), q-2 waits in the queue of one, q-3 is refused.
-    let t0 = Instant::now();
-    while !op.events_of("q-1").contains(&"training".to_string()) {
-        assert!(t0.elapsed() < Duration::from_secs(300), "{}", agent_log(&f));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    op.wait_event("q-1", "training", &f, Duration::from_secs(300))
+        .await;
     op.push(b).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     op.push(c.clone()).await;

@@ -3,8 +3,10 @@
 //! its own process (the `lethe-agent` binary), so a test can `kill -9` it.
 //!
 //! mosquitto is required: a missing broker FAILS the tests with a message (`./x test` installs it);
-//! nothing is skipped silently. `LETHE_CRASH_ITERS` sets the crash-loop iterations (default 5).
+//! nothing is skipped silently. `LETHE_CRASH_ITERS` sets the crash-loop iterations (default 5);
+//! the crash loop prints its random seed, and `LETHE_TEST_SEED=<seed>` replays it.
 
+mod channel;
 mod common;
 mod crash;
 mod e2e;

@@ -1,5 +1,8 @@
-//! Forged, tampered, replayed, expired and wrongly targeted commands over MQTT: each is
-//! rejected with its reason in a signed receipt, and the model is untouched.
+//! Forged, tampered, replayed, expired and wrongly targeted commands over MQTT. What carries
+//! no valid trusted signature is dropped unheard: no receipt, no journal record, no file,
+//! only a counter in the status. Every authentic command that is refused gets its reason in
+//! a signed receipt. The model is untouched either way, and
+//! no refusal consumes a sequence number.
 
 use crate::common::*;
 use lethe_proto::{SigningKey, TargetSpec, Verdict};
@@ -11,7 +14,7 @@ fn env_name(bytes: &[u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_commands_are_rejected_with_reasons_and_change_nothing() {
+async fn forgeries_are_dropped_unheard_and_authentic_bad_commands_are_rejected_with_reasons() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Broker::start(tmp.path());
     let f = fixture(&broker, FAST);
@@ -24,11 +27,14 @@ async fn bad_commands_are_rejected_with_reasons_and_change_nothing() {
 
     let forger = SigningKey::generate("op").unwrap(); // same name, untrusted key
     let now = now();
-    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
-    cases.push(("unknown-key", sign(&spec("f-1", 11, 3), &forger)));
     let mut tampered = sign(&spec("t-1", 12, 3), &f.op);
     tampered[40] ^= 1;
-    cases.push(("bad-signature", tampered));
+    let forged: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown-key", sign(&spec("f-1", 11, 3), &forger)),
+        ("bad-signature", tampered),
+        ("bad-magic", b"not a lethe envelope".to_vec()),
+    ];
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     cases.push(("replayed-seq", sign(&spec("r-1", 10, 3), &f.op)));
     cases.push(("stale-seq", sign(&spec("r-2", 4, 3), &f.op)));
     let mut s = spec("e-1", 13, 3);
@@ -44,9 +50,9 @@ async fn bad_commands_are_rejected_with_reasons_and_change_nothing() {
     let mut s = spec("w-3", 16, 3);
     s.model_id = "another-model".into();
     cases.push(("wrong-model", sign(&s, &f.op)));
-    cases.push(("bad-magic", b"not a lethe envelope".to_vec()));
 
-    for (_, bytes) in &cases {
+    // The forgeries first: by the time the last authentic case is answered, they were read.
+    for (_, bytes) in forged.iter().chain(&cases) {
         op.push(bytes.clone()).await;
     }
     for (code, bytes) in &cases {
@@ -74,5 +80,40 @@ async fn bad_commands_are_rejected_with_reasons_and_change_nothing() {
         recs.iter().filter(|r| r["state"] == "rejected").count(),
         cases.len()
     );
+
+    // The forgeries: counted in the status (within its 5 s reporting period), and nothing
+    // else: no receipt, no event, no journal record, no stored envelope.
+    let t0 = std::time::Instant::now();
+    let channel = loop {
+        let s = op.status.lock().unwrap().clone().unwrap_or_default();
+        if s["channel"]["unauthenticated"] == forged.len() {
+            break s["channel"].clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "status: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("REJECTED forgeries unheard; status channel: {channel}");
+    assert_eq!(channel["last_unauthenticated"]["code"], "bad-magic");
+    let total: usize = forged.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!(channel["unauthenticated_bytes"], total);
+    let envs: Vec<String> = recs.iter().map(|r| r["env"].to_string()).collect();
+    for (code, bytes) in &forged {
+        let name = env_name(bytes);
+        assert!(!op.receipts.lock().unwrap().contains_key(&name), "{code}");
+        assert!(op.events_of(&name).is_empty(), "{code}");
+        assert!(!envs.iter().any(|e| e.contains(&name[4..])), "{code}");
+    }
+    let stored = std::fs::read_dir(f.state.join("commands")).unwrap().count();
+    assert_eq!(stored, 0, "no envelope is kept once its command is settled");
+    // And one log line for the three (the log is written every 5 s at most).
+    while !agent_log(&f).contains("command channel: 3 unauthenticated message(s)") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", agent_log(&f));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // No rejection consumed a sequence number, in the journal or in the running agent: the
+    // real operator's next command may still use 11, the lowest number the bad ones carried.
+    op.push(sign(&spec("ok-11", 11, 3), &f.op)).await;
+    op.wait_event("ok-11", "accepted", &f, Duration::from_secs(60))
+        .await;
     agent.stop();
 }
