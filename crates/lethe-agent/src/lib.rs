@@ -14,6 +14,9 @@
 //! probing run on blocking threads ([`update`]); a bounded queue is the backpressure and a
 //! full queue answers `busy` ([`agent`], split by job: intake, recovery, worker, status).
 //! Log lines are RFC 3339 UTC with a level, filtered by `RUST_LOG` ([`log`]).
+//!
+//! The model's side is behind one seam, [`updater::Updater`]: the shipped agent runs the
+//! package's engines; the fleet-scale tests run the same agent on a simulation of it.
 
 pub mod agent;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod selfcheck;
 pub mod state;
 pub mod store;
 pub mod update;
+pub mod updater;
 
 pub use agent::{run, AgentHandle};
 pub use config::{Config, Overrides};

@@ -15,7 +15,8 @@ use super::AgentError;
 use crate::fsutil::sha256_hex;
 use crate::log::{debug, error, info, warn};
 use crate::state::{short, Event, Phase};
-use crate::update::{self, Job, UpdateError, UpdateEvent};
+use crate::update::{Job, UpdateEvent};
+use crate::updater::UpdateFailure;
 use lethe_proto::{Action, Verdict};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -139,7 +140,7 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     let mut journal_err = None;
     let result = {
         let mut eng = sh.engines.lock().unwrap();
-        update::run(&mut eng, &sh.cfg, &job, &base, &sh.cancel, &mut |ev| {
+        eng.update(&sh.cfg, &job, &base, &sh.cancel, &mut |ev| {
             let (event, extra, label) = match ev {
                 UpdateEvent::Training { step, of, loss } => (
                     Event::Training { step, of, loss },
@@ -159,17 +160,17 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         return Err(e.into());
     }
     let out = match result {
-        Err(UpdateError::Cancelled) => {
+        Err(UpdateFailure::Cancelled) => {
             info!(
                 "{name}: stopped by shutdown; it restarts from {} on the next start",
                 short(&base_hash)
             );
             return Ok(());
         }
-        Err(e) => return fail(e.to_string()),
+        Err(UpdateFailure::Failed(why)) => return fail(why),
         Ok(o) => o,
     };
-    let metrics = out.receipt_metrics();
+    let metrics = out.metrics.clone();
     let cur = sh.journal.lock().unwrap().get(env).cloned().expect("known");
     if let Some(why) = &out.failed {
         // The candidate was never committed: the current version stays.
