@@ -52,6 +52,8 @@ enum Command {
     Watch(cmd::fleet::WatchArgs),
     /// Fleet summary from the devices' retained status.
     Status(cmd::fleet::StatusArgs),
+    /// Deliver a signed command to many devices in waves: rate, abort criteria, resumable.
+    Rollout(cmd::rollout::RolloutArgs),
     /// The whole loop in one process: broker, agent, signed forget, receipt, answers.
     Demo(cmd::demo::DemoArgs),
 }
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Push(a) => cmd::fleet::push(a),
         Command::Watch(a) => cmd::fleet::watch(a),
         Command::Status(a) => cmd::fleet::status(a),
+        Command::Rollout(a) => cmd::rollout::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

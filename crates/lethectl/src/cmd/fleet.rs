@@ -108,7 +108,7 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-fn client_for(broker: &Conn, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
+pub(super) fn client_for(broker: &Conn, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
     let a = lethe_agent::config::parse_broker(&broker.url).map_err(anyhow::Error::msg)?;
     if !a.tls && (broker.ca_cert.is_some() || broker.client.is_some()) {
         bail!(

@@ -17,5 +17,9 @@ pub mod verify;
 
 // Fleet over MQTT (lethe-agent's topics) and the in-process demo.
 pub mod demo;
+mod devices;
 pub mod fleet;
+mod jsonl;
+mod link;
 mod local;
+pub mod rollout;
