@@ -54,6 +54,9 @@ enum Command {
     Status(cmd::fleet::StatusArgs),
     /// Deliver a signed command to many devices in waves: rate, abort criteria, resumable.
     Rollout(cmd::rollout::RolloutArgs),
+    /// Erasure audit trail: collect verified receipts into a ledger (and clear them on the
+    /// broker), report per command; `audit verify LEDGER` re-verifies offline.
+    Audit(cmd::audit::AuditArgs),
     /// The whole loop in one process: broker, agent, signed forget, receipt, answers.
     Demo(cmd::demo::DemoArgs),
 }
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => cmd::fleet::watch(a),
         Command::Status(a) => cmd::fleet::status(a),
         Command::Rollout(a) => cmd::rollout::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -25,8 +25,8 @@ pub struct BrokerArgs {
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
     /// Fleet name (the second topic level).
-    #[arg(long)]
-    pub fleet: String,
+    #[arg(long, required = true)]
+    pub fleet: Option<String>,
     /// CA certificate (PEM) to verify an mqtts:// broker (default: the system's roots).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
@@ -39,6 +39,12 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
+    /// The fleet (clap requires `--fleet` wherever these arguments are taken, except under
+    /// a subcommand that does without them, such as `audit verify`).
+    pub fn fleet(&self) -> Result<&str> {
+        self.fleet.as_deref().context("--fleet is required")
+    }
+
     pub fn conn(&self) -> Conn {
         Conn {
             url: self.broker.clone(),
@@ -186,7 +192,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn push(a: PushArgs) -> Result<ExitCode> {
-    let (bytes, topic, id, _) = load_command(&a.b.fleet, &a.command)?;
+    let (bytes, topic, id, _) = load_command(a.b.fleet()?, &a.command)?;
     let n = bytes.len();
     runtime()?.block_on(publish(&a.b.conn(), &topic, bytes))?;
     println!("pushed {id} ({n} bytes) to {topic}");
@@ -321,11 +327,11 @@ pub fn load_device_pubs(paths: &[PathBuf]) -> Result<BTreeMap<String, PublicKey>
 }
 
 pub fn watch(a: WatchArgs) -> Result<ExitCode> {
-    let (_, _, id, env_name) = load_command(&a.b.fleet, &a.command)?;
+    let (_, _, id, env_name) = load_command(a.b.fleet()?, &a.command)?;
     let devs = load_device_pubs(&a.device_pubs)?;
     let got = runtime()?.block_on(watch_receipts(
         &a.b.conn(),
-        &a.b.fleet,
+        a.b.fleet()?,
         &id,
         &env_name,
         &devs,
@@ -364,7 +370,7 @@ pub fn watch(a: WatchArgs) -> Result<ExitCode> {
 }
 
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
-    let fleet = a.b.fleet.clone();
+    let fleet = a.b.fleet()?.to_string();
     let docs = runtime()?.block_on(async move {
         let (client, mut el) = client_for(&a.b.conn(), "status")?;
         let mut docs: BTreeMap<String, serde_json::Value> = BTreeMap::new();

@@ -56,8 +56,9 @@ pub fn parse_all<T: DeserializeOwned>(path: &Path, lines: &[String]) -> Result<V
 }
 
 impl JsonLines {
-    /// Creates a new file (it must not exist) holding `first`, fsynced with its folder.
-    pub fn create<T: Serialize>(path: &Path, first: &T) -> Result<JsonLines> {
+    /// Creates a new file (it must not exist) holding `first` (maybe none), fsynced with its
+    /// folder.
+    pub fn create<T: Serialize>(path: &Path, first: &[T]) -> Result<JsonLines> {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
@@ -67,7 +68,7 @@ impl JsonLines {
             path: path.to_path_buf(),
             file,
         };
-        j.append(std::slice::from_ref(first))?;
+        j.append(first)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -81,8 +82,15 @@ impl JsonLines {
     /// Opens an existing file for appending and returns its records; a torn last line is
     /// cut off (the returned flag says so).
     pub fn open<T: DeserializeOwned>(path: &Path) -> Result<(JsonLines, Vec<T>, bool)> {
-        let read = read_lines(path)?;
+        let (j, read) = JsonLines::open_lines(path)?;
         let records = parse_all(path, &read.lines)?;
+        Ok((j, records, read.torn_tail))
+    }
+
+    /// Opens an existing file for appending and returns its whole lines as stored; a torn
+    /// last line is cut off (`torn_tail` says so).
+    pub fn open_lines(path: &Path) -> Result<(JsonLines, Lines)> {
+        let read = read_lines(path)?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)
@@ -93,14 +101,11 @@ impl JsonLines {
                 .and_then(|()| file.sync_all())
                 .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
         }
-        Ok((
-            JsonLines {
-                path: path.to_path_buf(),
-                file,
-            },
-            records,
-            read.torn_tail,
-        ))
+        let j = JsonLines {
+            path: path.to_path_buf(),
+            file,
+        };
+        Ok((j, read))
     }
 
     /// Appends `records`, one line each, and fsyncs; nothing is written for none.
@@ -137,7 +142,7 @@ mod tests {
     fn records_appended_in_batches_read_back_in_order() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("log.jsonl");
-        let mut j = JsonLines::create(&p, &json!({"n": 0})).unwrap();
+        let mut j = JsonLines::create(&p, &[json!({"n": 0})]).unwrap();
         j.append(&[json!({"n": 1}), json!({"n": 2})]).unwrap();
         j.append::<Value>(&[]).unwrap();
         drop(j);
@@ -151,8 +156,8 @@ mod tests {
     fn creating_over_an_existing_file_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("log.jsonl");
-        JsonLines::create(&p, &json!({})).unwrap();
-        assert!(JsonLines::create(&p, &json!({})).is_err());
+        JsonLines::create::<Value>(&p, &[]).unwrap();
+        assert!(JsonLines::create(&p, &[json!({})]).is_err());
     }
 
     #[test]

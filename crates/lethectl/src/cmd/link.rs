@@ -31,12 +31,13 @@ pub enum Inbound {
     Message {
         topic: String,
         payload: Vec<u8>,
-        retained: bool,
     },
     /// The broker acknowledged the publish tagged so.
     Acked(String),
     /// (Re)connected and subscribed; `dropped` publishes were lost with the old session.
-    Up { dropped: Vec<String> },
+    Up {
+        dropped: Vec<String>,
+    },
     /// The connection failed; publishes wait until [`Inbound::Up`].
     Down(String),
 }
@@ -109,7 +110,6 @@ impl Link {
                         let _ = tx.send(Inbound::Message {
                             topic: p.topic.clone(),
                             payload: p.payload.to_vec(),
-                            retained: p.retain,
                         });
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {

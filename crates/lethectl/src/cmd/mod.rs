@@ -16,6 +16,7 @@ pub mod trust;
 pub mod verify;
 
 // Fleet over MQTT (lethe-agent's topics) and the in-process demo.
+pub mod audit;
 pub mod demo;
 mod devices;
 pub mod fleet;

@@ -161,7 +161,7 @@ pub async fn drive(
             _ = tick.tick() => {}
             m = link.rx.recv() => {
                 match m {
-                    Some(Inbound::Message { topic, payload, .. }) => match about.get(&topic) {
+                    Some(Inbound::Message { topic, payload }) => match about.get(&topic) {
                         Some(About::Receipt(d)) => {
                             if let Some(r) = receipt_record(plan, st, d, &payload, &mut notes) {
                                 learned.push(r);

@@ -145,14 +145,14 @@ fn open_state(
         return Ok((log, st));
     }
     let first = start()?;
-    let log = JsonLines::create(path, &first)?;
+    let log = JsonLines::create(path, std::slice::from_ref(&first))?;
     let st = RolloutState::replay(&[first]).map_err(anyhow::Error::msg)?;
     Ok((log, st))
 }
 
 pub fn run(a: RolloutArgs) -> Result<ExitCode> {
     let conn = a.b.conn();
-    let fleet = a.b.fleet.clone();
+    let fleet = a.b.fleet()?.to_string();
     let (bytes, _, id, env_name) = load_command(&fleet, &a.command)?;
     if let Some(cap) = a.max_message_bytes {
         if bytes.len() > cap {
