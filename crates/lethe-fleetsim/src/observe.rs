@@ -39,6 +39,7 @@ impl Seen {
 /// The observer: a connection of its own, collecting on a thread until dropped.
 pub struct Observer {
     client: Client,
+    status_filter: String,
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -81,7 +82,11 @@ impl Observer {
         ready_rx
             .recv_timeout(Duration::from_secs(20))
             .context("the observer's subscriptions were not acknowledged in 20 s")?;
-        Ok(Observer { client, seen })
+        Ok(Observer {
+            client,
+            status_filter: filters[1].clone(),
+            seen,
+        })
     }
 
     /// A copy of what was seen so far.
@@ -89,12 +94,23 @@ impl Observer {
         self.seen.lock().unwrap().clone()
     }
 
-    /// Waits until `pred` holds on what was seen; `false` after `timeout`.
+    /// Waits until `pred` holds on what was seen; `false` after `timeout`. Every few
+    /// seconds the status subscription is renewed, which makes the broker send every
+    /// retained status again: a burst of a thousand agents announcing themselves can
+    /// overflow a broker's per-client queue (mosquitto: `max_queued_messages`, 1000), and
+    /// the retained copies fill what was dropped.
     pub fn wait(&self, timeout: Duration, pred: impl Fn(&Seen) -> bool) -> bool {
         let t0 = Instant::now();
+        let mut renewed = Instant::now();
         while t0.elapsed() < timeout {
             if pred(&self.seen.lock().unwrap()) {
                 return true;
+            }
+            if renewed.elapsed() > Duration::from_secs(3) {
+                let _ = self
+                    .client
+                    .try_subscribe(self.status_filter.as_str(), QoS::AtLeastOnce);
+                renewed = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(100));
         }

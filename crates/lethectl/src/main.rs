@@ -31,9 +31,9 @@ enum Command {
     Model(cmd::model::ModelCmd),
     /// Forget a concept shown in one image, offline: writes a new package.
     Forget(cmd::forget::ForgetArgs),
-    /// MMUBench-style unlearning benchmarks on the bundled world.
+    /// Benchmarks: unlearning (MMUBench-style), the agent, a fleet of simulated devices.
     #[command(subcommand)]
-    Bench(cmd::bench::BenchCmd),
+    Bench(cmd::bench_fleet::BenchAll),
     /// Make an Ed25519 key pair (operator or device): NAME.key (0600) and NAME.pub.
     Keygen(cmd::keys::KeygenArgs),
     /// Edit a trust store: add, revoke, rotate keys; k-of-n threshold.
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::World(c) => cmd::world::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Forget(a) => cmd::forget::run(a),
-        Command::Bench(c) => cmd::bench::run(c),
+        Command::Bench(c) => cmd::bench_fleet::run(c),
         Command::Keygen(a) => cmd::keys::run(a),
         Command::Trust(c) => cmd::trust::run(c),
         Command::Sign(a) => cmd::sign::run(a),

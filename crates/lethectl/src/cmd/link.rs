@@ -165,6 +165,17 @@ impl Link {
         Ok(())
     }
 
+    /// Subscribes to `filters` again (the broker re-sends their retained messages).
+    pub async fn resubscribe(&self, filters: &[String]) -> Result<()> {
+        for b in filters.chunks(FILTERS_PER_SUBSCRIBE) {
+            let subs = b
+                .iter()
+                .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+            self.client.subscribe_many(subs).await?;
+        }
+        Ok(())
+    }
+
     /// Disconnects politely (what was acknowledged is with the broker).
     pub async fn close(self) {
         let _ = self.client.disconnect().await;

@@ -6,6 +6,7 @@ pub mod world;
 // Signed commands (lethe-proto): keys, trust store, signing, verification, receipts.
 pub mod bench;
 mod bench_agent;
+pub mod bench_fleet;
 pub mod forget;
 mod fsutil;
 pub mod keys;
@@ -20,7 +21,9 @@ pub mod audit;
 pub mod demo;
 mod devices;
 pub mod fleet;
+mod fleet_rig;
 mod jsonl;
 mod link;
 mod local;
+mod procstat;
 pub mod rollout;

@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 
 /// How often the loop acts.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the receipt topics of silent devices are subscribed to again (the broker then
+/// sends their retained receipts again: one dropped by a full per-client queue, or missed
+/// while the connection was down, arrives after all).
+const SWEEP: Duration = Duration::from_secs(10);
 
 /// What the rollout delivers, where, and by which rules.
 pub struct Plan {
@@ -156,6 +160,7 @@ pub async fn drive(
     let mut acked: Vec<String> = Vec::new();
     let mut online: HashMap<String, bool> = HashMap::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut last_sweep = Instant::now();
     while !st.done() {
         tokio::select! {
             _ = tick.tick() => {}
@@ -172,6 +177,7 @@ pub async fn drive(
                                 .ok()
                                 .and_then(|v| v["state"].as_str().map(str::to_string));
                             online.insert(d.clone(), state.is_some_and(|s| s != "offline"));
+
                         }
                         None => {}
                     },
@@ -239,7 +245,9 @@ pub async fn drive(
             let mut cursor = st.wave_cursor.clone();
             for d in next {
                 let wave = cursor.assign(k, per_min);
-                let offline = !online.get(&d).copied().unwrap_or(false);
+                // Known offline (its last will or a clean stop said so); a device not heard of
+                // is not counted (its status may just not have arrived yet).
+                let offline = online.get(&d) == Some(&false);
                 match learned.last_mut() {
                     Some(Record::Sending {
                         wave: w,
@@ -289,6 +297,25 @@ pub async fn drive(
             }
         }
         commit(log, st, &mut learned)?;
+        if last_sweep.elapsed() >= SWEEP {
+            last_sweep = Instant::now();
+            let silent: Vec<String> = st
+                .order
+                .iter()
+                .filter(|d| {
+                    let dev = &st.devices[*d];
+                    dev.outcome() == Outcome::Waiting
+                        && dev.sent_at.is_some_and(|t| now.saturating_sub(t) >= 5_000)
+                })
+                .flat_map(|d| {
+                    [
+                        topics::receipt(&st.fleet, d, &st.command_id),
+                        topics::receipt(&st.fleet, d, &st.env_name),
+                    ]
+                })
+                .collect();
+            link.resubscribe(&silent).await?;
+        }
         for d in sends {
             let topic = topics::device_cmd(&st.fleet, &d);
             link.publish(&d, &topic, plan.command.clone(), false)

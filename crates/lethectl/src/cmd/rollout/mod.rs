@@ -15,7 +15,7 @@
 //! `drive` (the loop over the broker), `bars` (progress), `report` (table, JSON).
 //! Exit codes: 0 every device committed, 1 otherwise (aborted, failures, timeouts), 2 errors.
 
-mod bars;
+pub mod bars;
 pub mod drive;
 pub mod report;
 pub mod schedule;
