@@ -1,6 +1,7 @@
 //! Test-only helpers shared by the crates' integration tests and the system tests
 //! (`tests/`): a real mosquitto broker started by the test on a random loopback port (plain,
-//! or plain + a TLS listener requiring client certificates), a throwaway PKI made with the
+//! or plain + a TLS listener requiring client certificates), a RabbitMQ node with its MQTT
+//! plugin ([`rabbitmq`]), either behind [`TestBroker`], a throwaway PKI made with the
 //! `openssl` command, hostile image headers, and the agent binary's test configuration and
 //! process ([`agent`]).
 //!
@@ -8,8 +9,10 @@
 //! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
 
 pub mod agent;
+pub mod rabbitmq;
 
 pub use agent::{agent_toml, Daemon, FAST};
+pub use rabbitmq::RabbitMq;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -237,6 +240,34 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What a test needs of a broker, whichever it is: its name and plain loopback port.
+pub trait TestBroker {
+    /// `mosquitto` or `rabbitmq`.
+    fn name(&self) -> &'static str;
+    fn port(&self) -> u16;
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port())
+    }
+}
+
+impl TestBroker for Broker {
+    fn name(&self) -> &'static str {
+        "mosquitto"
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl TestBroker for RabbitMq {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+    fn port(&self) -> u16 {
+        self.port
     }
 }
 

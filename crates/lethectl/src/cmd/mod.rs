@@ -27,3 +27,4 @@ mod link;
 mod local;
 mod procstat;
 pub mod rollout;
+mod topic_index;

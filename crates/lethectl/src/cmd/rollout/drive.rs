@@ -15,6 +15,7 @@ use super::state::{Outcome, Record, RolloutState};
 use crate::cmd::fleet::Conn;
 use crate::cmd::jsonl::JsonLines;
 use crate::cmd::link::{Inbound, Link};
+use crate::cmd::topic_index::TopicIndex;
 use anyhow::Result;
 use bytes::Bytes;
 use lethe_agent::mqtt as topics;
@@ -54,43 +55,20 @@ pub fn now_ms() -> u64 {
     lethe_agent::fsutil::now_ms()
 }
 
-/// Every exact topic of the rollout, in the forms a broker may deliver it (see
-/// `topics::topic_is`): each device's receipt topics (command id and envelope name) and
-/// its status.
-fn topic_map(st: &RolloutState) -> HashMap<String, About> {
-    let mut m = HashMap::new();
+/// Every exact topic of the rollout (no wildcards: see `link`): each device's receipt topics
+/// (command id and envelope name) and its status.
+fn topic_index(st: &RolloutState) -> TopicIndex<About> {
+    let mut ix = TopicIndex::default();
     for d in &st.order {
-        let mut put = |t: String, a: About| {
-            if t.contains('.') {
-                m.insert(t.replace('.', "/"), a.clone());
-            }
-            m.insert(t, a);
-        };
-        put(
-            topics::receipt(&st.fleet, d, &st.command_id),
-            About::Receipt(d.clone()),
-        );
-        put(
-            topics::receipt(&st.fleet, d, &st.env_name),
-            About::Receipt(d.clone()),
-        );
-        put(topics::status(&st.fleet, d), About::Status(d.clone()));
+        for name in [&st.command_id, &st.env_name] {
+            ix.insert(
+                topics::receipt(&st.fleet, d, name),
+                About::Receipt(d.clone()),
+            );
+        }
+        ix.insert(topics::status(&st.fleet, d), About::Status(d.clone()));
     }
-    m
-}
-
-/// The subscriptions: each topic once, as published.
-fn filters(st: &RolloutState) -> Vec<String> {
-    st.order
-        .iter()
-        .flat_map(|d| {
-            [
-                topics::receipt(&st.fleet, d, &st.command_id),
-                topics::receipt(&st.fleet, d, &st.env_name),
-                topics::status(&st.fleet, d),
-            ]
-        })
-        .collect()
+    ix
 }
 
 /// The record of a receipt from `device`, if it verifies against the device's key and is
@@ -149,9 +127,14 @@ pub async fn drive(
     st: &mut RolloutState,
     bars: &Bars,
 ) -> Result<()> {
-    let about = topic_map(st);
-    let mut link =
-        Link::connect(&plan.conn, "rollout", filters(st), Duration::from_secs(60)).await?;
+    let about = topic_index(st);
+    let mut link = Link::connect(
+        &plan.conn,
+        "rollout",
+        about.filters(),
+        Duration::from_secs(60),
+    )
+    .await?;
     let mut up = true;
     let mut pacer = Pacer::default();
     let mut tick = tokio::time::interval(TICK);
@@ -363,16 +346,18 @@ mod tests {
     #[test]
     fn every_device_is_followed_on_its_exact_topics_and_their_rabbitmq_forms() {
         let st = state(&["cam.1", "cam-2"]);
-        let f = filters(&st);
+        let ix = topic_index(&st);
+        let f = ix.filters();
         assert_eq!(f.len(), 6);
         assert!(f.contains(&"lethe/v1/f/cam.1/receipts/op.7".to_string()));
         assert!(f.contains(&"lethe/v1/f/cam-2/receipts/env-ab".to_string()));
         assert!(f.contains(&"lethe/v1/f/cam-2/status".to_string()));
-        let m = topic_map(&st);
         assert!(
-            matches!(m.get("lethe/v1/f/cam/1/receipts/op/7"), Some(About::Receipt(d)) if d == "cam.1")
+            matches!(ix.get("lethe/v1/f/cam/1/receipts/op/7"), Some(About::Receipt(d)) if d == "cam.1")
         );
-        assert!(matches!(m.get("lethe/v1/f/cam-2/status"), Some(About::Status(d)) if d == "cam-2"));
+        assert!(
+            matches!(ix.get("lethe/v1/f/cam-2/status"), Some(About::Status(d)) if d == "cam-2")
+        );
         assert!(!f.iter().any(|t| t.contains('+') || t.contains('#')));
     }
 }
