@@ -11,6 +11,8 @@
 //! from; one that is missing, or older than a Rust source it is built from, fails the test
 //! with the command that builds it.
 
+pub mod fleet;
+
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,7 +128,10 @@ pub fn retained(port: u16, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
     let t0 = Instant::now();
     while let Some(left) = timeout.checked_sub(t0.elapsed()) {
         match conn.recv_timeout(left) {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == topic => {
+            // RabbitMQ delivers a dotted topic in another form (lethe_agent::mqtt::topic_is).
+            Ok(Ok(Event::Incoming(Packet::Publish(p))))
+                if lethe_agent::mqtt::topic_is(&p.topic, topic) && !p.payload.is_empty() =>
+            {
                 let _ = client.disconnect();
                 return Some(p.payload.to_vec());
             }

@@ -7,7 +7,10 @@
 //!
 //! - `forget`: keys, trust store, signed forget, push, the agent's update, watch, receipt
 //!   verification and fleet status, all through the binaries;
-//! - `fleet_cli`: `lethectl push` and `status` over mutual TLS, and its TLS errors.
+//! - `fleet_cli`: `lethectl push` and `status` over mutual TLS, and its TLS errors;
+//! - `rollout`: `lethectl rollout` to a simulated fleet (lethe-fleetsim): receipts, abort,
+//!   resume without a second delivery, devices offline at delivery.
 
 mod fleet_cli;
 mod forget;
+mod rollout;
