@@ -78,7 +78,7 @@ impl Default for UpdateConfig {
             max_steps: 40,
             min_steps: 4,
             seed: 0,
-            views: 4,
+            views: 8,
             lr: 1e-3,
             allow_mismatch: false,
             step_delay_ms: 0,

@@ -128,7 +128,7 @@ impl Default for Sizes {
     fn default() -> Self {
         Sizes {
             who_per_view: 3,
-            is_this_per_view: 2,
+            is_this_per_view: 4,
         }
     }
 }
@@ -494,7 +494,7 @@ pub(crate) mod tests {
             .filter(|x| x.facet == Facet::T2NewDescription)
             .collect();
         assert_eq!(t1.len(), 3 * 3, "who wordings per view, on every view");
-        assert_eq!(t2.len(), 3 * 2);
+        assert_eq!(t2.len(), 3 * 2, "two is-this templates in the test language");
         assert!(t1.iter().all(|x| x.answer == "i do not know who this is"
             && x.role == TokenRole::CeOnly
             && x.view.unwrap() < 3));

@@ -266,7 +266,7 @@ fn recognition_queries(
             .collect()
     };
     let (kw, ki) = match method {
-        Method::Siu => (4, 2),
+        Method::Siu => (4, 4),
         _ => (who.len(), is_this.len()),
     };
     let mut q = Vec::new();

@@ -46,6 +46,9 @@ pub struct Common {
     pub model: PathBuf,
     #[arg(long, default_value_t = 10)]
     pub concepts: usize,
+    /// Forget exactly these identities (comma-separated ids) instead of `--concepts` spread.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<u32>,
     /// Held-out images of the concept per forget.
     #[arg(long, default_value_t = 12)]
     pub heldout: u64,
@@ -105,7 +108,26 @@ fn concepts(k: usize) -> Vec<u32> {
     (0..k.min(n)).map(|i| ((i * n) / k.min(n)) as u32).collect()
 }
 
-fn eval_set(id: u32, c: &Common, exclude: &[u32], wordings: &Wordings) -> EvalSet {
+/// The forget image of `id`: the first of its forget seeds (`forget_seed(id, seed + 10 k)`)
+/// on which the original model names the person, as an operator's photo of someone the
+/// model recognises would be; returns the seed and how many were skipped.
+fn forget_image(e: &mut Engines, id: u32, seed: u64) -> Result<(u64, usize)> {
+    let me = &identities()[id as usize];
+    let tok = e.pkg.tokenizer();
+    let who = [lethe_model::Query::about("who is this ?", 0)];
+    for k in 0..10 {
+        let s = forget_seed(id, seed + 10 * k);
+        let img = images_to_input(&[render(me, s)]);
+        let f = lethe_model::generate::encode_images(&mut e.ort, img.view())?;
+        let a = lethe_model::answer(&mut e.ort, e.base.as_slice(), &tok, f.view(), &who)?;
+        if a[0] == format!("this is {}", me.name()) {
+            return Ok((s, k as usize));
+        }
+    }
+    anyhow::bail!("the model recognises {} in none of 10 forget images", me.name())
+}
+
+fn eval_set(id: u32, c: &Common, exclude: &[u32], wordings: &Wordings, forget_seed: u64) -> EvalSet {
     let me = &identities()[id as usize];
     let start = c.eval_seeds;
     let mine: Vec<_> = (0..c.heldout).map(|s| render(me, start + s)).collect();
@@ -123,7 +145,7 @@ fn eval_set(id: u32, c: &Common, exclude: &[u32], wordings: &Wordings) -> EvalSe
     }
     EvalSet {
         concept: me.name(),
-        train_image: images_to_input(&[render(me, forget_seed(id, c.seed))]),
+        train_image: images_to_input(&[render(me, forget_seed)]),
         concept_images: images_to_input(&mine),
         other_images: images_to_input(&others),
         other_names: names,
@@ -291,12 +313,19 @@ fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
     let c = &a.common;
     let mut e = Engines::open(&c.model)?;
     let held_out = wordings(&e.pkg, &c.wordings)?;
-    let ids = concepts(c.concepts);
+    let ids = if c.ids.is_empty() {
+        concepts(c.concepts)
+    } else {
+        c.ids.clone()
+    };
     let mut results: Vec<(Method, Vec<Metrics>, Vec<Timing>)> =
         a.methods.iter().map(|m| (*m, vec![], vec![])).collect();
     let mut tract_cmp = None;
+    let mut skipped = 0;
     for &id in &ids {
-        let set = eval_set(id, c, &[], &held_out);
+        let (fs, skip) = forget_image(&mut e, id, c.seed)?;
+        skipped += skip;
+        let set = eval_set(id, c, &[], &held_out, fs);
         let base = e.base.clone();
         for r in results.iter_mut() {
             let out = e.forget(&base, &set, r.0, c)?;
@@ -333,12 +362,12 @@ fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"concepts": ids, "wordings": c.wordings, "eval_seeds": c.eval_seeds, "methods": doc, "ort_vs_tract": tract_cmp.map(|t: TractCmp| serde_json::json!({"steps": t.steps, "ort_ms_per_step": t.ort_ms, "tract_ms_per_step": t.tract_ms, "ratio": t.tract_ms / t.ort_ms, "max_param_diff": t.max_diff}))})
+            serde_json::json!({"concepts": ids, "wordings": c.wordings, "eval_seeds": c.eval_seeds, "forget_images_skipped": skipped, "methods": doc, "ort_vs_tract": tract_cmp.map(|t: TractCmp| serde_json::json!({"steps": t.steps, "ort_ms_per_step": t.ort_ms, "tract_ms_per_step": t.tract_ms, "ratio": t.tract_ms / t.ort_ms, "max_param_diff": t.max_diff}))})
         );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "MMUBench-style results: {} concepts, ONE image each (seed {}+), {} held-out images per concept (seeds {}+), {:?} held-out wordings, tract metrics; mean ± sd [worst]",
+        "MMUBench-style results: {} concepts, ONE image each (seed {}+; {skipped} candidate images skipped: the original model did not name the person), {} held-out images per concept (seeds {}+), {:?} held-out wordings, tract metrics; mean ± sd [worst]",
         ids.len(),
         FORGET_SEEDS,
         c.heldout,
@@ -485,7 +514,11 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     );
     let mut e = Engines::open(&c.model)?;
     let held_out = wordings(&e.pkg, &c.wordings)?;
-    let order = random_order(c.concepts, c.seed);
+    let order = if c.ids.is_empty() {
+        random_order(c.concepts, c.seed)
+    } else {
+        c.ids.clone()
+    };
     // The agent's configuration with its default thresholds.
     let dir = tempfile::tempdir()?;
     let cfg = agent_config(&c.model, dir.path(), c.steps)?;
@@ -498,7 +531,8 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     let cancel = AtomicBool::new(false);
     for (k, &id) in order.iter().enumerate() {
         let concept = identities()[id as usize].name();
-        let png = super::local::png(id, forget_seed(id, c.seed))?;
+        let (fs, _) = forget_image(&mut e, id, c.seed)?;
+        let png = super::local::png(id, fs)?;
         let job = Job {
             concept: &concept,
             image: &png,
@@ -519,12 +553,12 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         }
         // This forget, on held-out images and wordings, against the original model; others =
         // identities not yet forgotten.
-        let set = eval_set(id, c, &forgotten_ids, &held_out);
+        let set = eval_set(id, c, &forgotten_ids, &held_out, fs);
         let m = e.measure(&base, &out.adapter, &set)?;
         let mut held = 0;
         let mut worst: f64 = 0.0;
         for &prev in forgotten_ids.iter().filter(|&&p| p != id) {
-            let h = e.holds(&current, &eval_set(prev, c, &[], &held_out))?;
+            let h = e.holds(&current, &eval_set(prev, c, &[], &held_out, 0))?;
             worst = worst.max(h.leak);
             held += (h.leak <= 0.01) as usize;
         }
