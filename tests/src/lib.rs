@@ -11,6 +11,8 @@
 //! from; one that is missing, or older than a Rust source it is built from, fails the test
 //! with the command that builds it.
 
+pub mod fleet;
+
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +44,7 @@ pub fn bin(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}: build it with {build}", path.display()));
-    if let Some((src, t)) = newest_source() {
+    if let Some((src, t)) = newest_source(name) {
         assert!(
             t <= built,
             "{} is older than {}: rebuild it with {build}",
@@ -53,18 +55,46 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The most recently changed Rust source the binaries are built from (`src/` of every crate
-/// but the test kit), with its time. Only sources: a changed source always rebuilds its
-/// crate and relinks the binaries, while a manifest or Cargo.lock can change without either
-/// (a dev-dependency, a new workspace member), which would make a fresh binary look stale.
-fn newest_source() -> Option<(PathBuf, SystemTime)> {
-    let crates = std::fs::read_dir(workspace().join("crates")).ok()?;
-    let mut files = Vec::new();
-    for krate in crates.flatten() {
-        if krate.file_name() == "lethe-testkit" {
+/// The workspace crates binary `name` is built from: its own crate and, transitively, the
+/// `lethe-*` crates under `[dependencies]` in each manifest (not dev-dependencies: they are
+/// not linked into the binary).
+fn crates_of(name: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut todo = vec![name.to_string()];
+    while let Some(c) = todo.pop() {
+        if seen.contains(&c) {
             continue;
         }
-        let mut dirs = vec![krate.path().join("src")];
+        let manifest =
+            std::fs::read_to_string(workspace().join("crates").join(&c).join("Cargo.toml"))
+                .unwrap_or_default();
+        let mut in_deps = false;
+        for line in manifest.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_deps = line == "[dependencies]";
+            } else if in_deps && line.starts_with("lethe-") {
+                let dep: String = line
+                    .chars()
+                    .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '-' || *ch == '_')
+                    .collect();
+                todo.push(dep);
+            }
+        }
+        seen.push(c);
+    }
+    seen
+}
+
+/// The most recently changed Rust source binary `name` is built from (`src/` of its crates,
+/// see [`crates_of`]), with its time. Only sources: a changed source always rebuilds its
+/// crate and relinks the binaries that use it, while a manifest or Cargo.lock can change
+/// without either (a dev-dependency, a new workspace member), which would make a fresh
+/// binary look stale; and a crate the binary does not use never relinks it.
+fn newest_source(name: &str) -> Option<(PathBuf, SystemTime)> {
+    let mut files = Vec::new();
+    for krate in crates_of(name) {
+        let mut dirs = vec![workspace().join("crates").join(krate).join("src")];
         while let Some(d) = dirs.pop() {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 let p = e.path();
@@ -81,6 +111,33 @@ fn newest_source() -> Option<(PathBuf, SystemTime)> {
         .filter_map(|f| Some((std::fs::metadata(&f).ok()?.modified().ok()?, f)))
         .max()
         .map(|(t, f)| (f, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_is_checked_against_the_crates_it_links_and_no_others() {
+        let agent = crates_of("lethe-agent");
+        for c in [
+            "lethe-agent",
+            "lethe-model",
+            "lethe-probe",
+            "lethe-proto",
+            "lethe-siu",
+        ] {
+            assert!(agent.iter().any(|x| x == c), "{c} missing from {agent:?}");
+        }
+        assert!(!agent
+            .iter()
+            .any(|x| x == "lethectl" || x == "lethe-testkit"));
+        let ctl = crates_of("lethectl");
+        assert!(ctl.iter().any(|x| x == "lethe-agent") && ctl.iter().any(|x| x == "lethe-world"));
+        assert!(!ctl
+            .iter()
+            .any(|x| x == "lethe-fleetsim" || x == "lethe-testkit"));
+    }
 }
 
 /// What a command said: its exit code, stdout and stderr.
@@ -126,7 +183,10 @@ pub fn retained(port: u16, topic: &str, timeout: Duration) -> Option<Vec<u8>> {
     let t0 = Instant::now();
     while let Some(left) = timeout.checked_sub(t0.elapsed()) {
         match conn.recv_timeout(left) {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == topic => {
+            // RabbitMQ delivers a dotted topic in another form (lethe_agent::mqtt::topic_is).
+            Ok(Ok(Event::Incoming(Packet::Publish(p))))
+                if lethe_agent::mqtt::topic_is(&p.topic, topic) && !p.payload.is_empty() =>
+            {
                 let _ = client.disconnect();
                 return Some(p.payload.to_vec());
             }

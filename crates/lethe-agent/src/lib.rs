@@ -20,6 +20,9 @@
 //! broker keeps redelivering is shed with the session that holds it ([`mqtt`]); once a
 //! command is settled its envelope (with the image) is scrubbed and the journal is
 //! compacted to what must still be known; a full disk fails a command with a receipt.
+//!
+//! The model's side is behind one seam, [`updater::Updater`]: the shipped agent runs the
+//! package's engines; the fleet-scale tests run the same agent on a simulation of it.
 
 pub mod agent;
 pub mod channel;
@@ -33,6 +36,7 @@ pub mod selfcheck;
 pub mod state;
 pub mod store;
 pub mod update;
+pub mod updater;
 
 pub use agent::{run, AgentHandle};
 pub use config::{Config, Overrides};

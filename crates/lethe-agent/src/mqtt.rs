@@ -60,7 +60,7 @@ impl Topics {
     }
 
     pub fn is_command(&self, topic: &str) -> bool {
-        topic == self.cmd || self.group_cmds.iter().any(|t| t == topic)
+        topic_is(topic, &self.cmd) || self.group_cmds.iter().any(|t| topic_is(topic, t))
     }
 
     pub fn events(&self, command: &str) -> String {
@@ -70,6 +70,20 @@ impl Topics {
     pub fn receipt(&self, command: &str) -> String {
         receipt(&self.fleet, &self.device, command)
     }
+}
+
+/// Whether a message delivered on `delivered` was published on `topic`. RabbitMQ's MQTT
+/// plugin (3.x) turns every `.` of a topic into `/` on delivery (identifiers may hold
+/// dots), so that form counts too; no topic of the scheme has a level more than the
+/// dotted one, so no other topic can be mistaken for it.
+pub fn topic_is(delivered: &str, topic: &str) -> bool {
+    delivered == topic
+        || (topic.contains('.')
+            && delivered.len() == topic.len()
+            && delivered
+                .bytes()
+                .zip(topic.bytes())
+                .all(|(d, t)| d == t || (t == b'.' && d == b'/')))
 }
 
 /// `lethe/v1/{fleet}/{device}/cmd`
@@ -339,5 +353,16 @@ mod tests {
         assert_eq!(t.receipt("c1"), "lethe/v1/lab/cam-01/receipts/c1");
         assert!(t.is_command("lethe/v1/lab/groups/lobby/cmd"));
         assert!(!t.is_command("lethe/v1/lab/groups/other/cmd"));
+    }
+
+    #[test]
+    fn a_dotted_device_recognises_its_commands_in_the_form_rabbitmq_delivers_them() {
+        let t = Topics::new("lab", "cam.01", &["hall.b".into()]);
+        assert!(t.is_command("lethe/v1/lab/cam.01/cmd"));
+        assert!(t.is_command("lethe/v1/lab/cam/01/cmd"));
+        assert!(t.is_command("lethe/v1/lab/groups/hall/b/cmd"));
+        assert!(!t.is_command("lethe/v1/lab/cam/02/cmd"));
+        assert!(!t.is_command("lethe/v1/lab/cam-01/cmd"));
+        assert!(!Topics::new("lab", "cam-01", &[]).is_command("lethe/v1/lab/cam/01/cmd"));
     }
 }

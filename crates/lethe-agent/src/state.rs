@@ -574,6 +574,7 @@ mod tests {
             },
             Event::Deferred {
                 id: "i".into(),
+                code: "busy".into(),
                 reason: "r".into(),
                 receipt: "x".into(),
             },

@@ -305,7 +305,9 @@ mod tests {
         assert_eq!(s.prune().unwrap(), 3, "version 1, version 2 and its list");
         assert_eq!(s.forgotten(&a(4.0).sha256_hex()), vec!["c4".to_string()]);
         assert!(s.forgotten(&a(2.0).sha256_hex()).is_empty());
-        let left = std::fs::read_dir(d.path().join("versions")).unwrap().count();
+        let left = std::fs::read_dir(d.path().join("versions"))
+            .unwrap()
+            .count();
         assert_eq!(left, 4, "two versions and their two lists");
     }
 

@@ -121,7 +121,10 @@ impl Outcome {
         put("c_dis", m.c_dis);
         put("specificity_before", m.specificity_before);
         put("specificity_after", m.specificity_after);
-        put("specificity_paraphrased_after", m.specificity_paraphrased_after);
+        put(
+            "specificity_paraphrased_after",
+            m.specificity_paraphrased_after,
+        );
         put("factual_retention", m.factual_retention);
         put("fluency_ppl_before", m.fluency_ppl_before);
         put("fluency_ppl_after", m.fluency_ppl_after);

@@ -146,12 +146,15 @@ mod tests {
 
     #[test]
     fn camera_views_are_deterministic_in_range_and_differ_from_the_image() {
-        let img = Array3::from_shape_fn((16, 16, 3), |(y, x, k)| ((y * 13 + x * 7 + k) % 256) as f32);
+        let img =
+            Array3::from_shape_fn((16, 16, 3), |(y, x, k)| ((y * 13 + x * 7 + k) % 256) as f32);
         let a = views_at(img.view(), 5, 3, Strength::Camera);
         assert_eq!(a, views_at(img.view(), 5, 3, Strength::Camera));
         assert_eq!(a[0], img);
         assert!(a[1..].iter().all(|v| v != img));
-        assert!(a.iter().all(|v| v.iter().all(|p| (0.0..=255.0).contains(p))));
+        assert!(a
+            .iter()
+            .all(|v| v.iter().all(|p| (0.0..=255.0).contains(p))));
         assert_ne!(a, views_at(img.view(), 5, 4, Strength::Camera));
     }
 
@@ -160,7 +163,11 @@ mod tests {
         let img = Array3::from_shape_fn((2, 2, 1), |(y, x, _)| (10 * y + x) as f32);
         assert_eq!(bilinear(img.view(), 1.0, 0.0, 0), 1.0);
         assert_eq!(bilinear(img.view(), 0.5, 0.5, 0), 5.5);
-        assert_eq!(bilinear(img.view(), -3.0, 9.0, 0), 10.0, "clamped to the edge");
+        assert_eq!(
+            bilinear(img.view(), -3.0, 9.0, 0),
+            10.0,
+            "clamped to the edge"
+        );
     }
 
     #[test]

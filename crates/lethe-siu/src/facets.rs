@@ -265,7 +265,13 @@ pub fn build(
             for v in 0..n_views {
                 for q in rotating(&lang.who, v, sizes.who_per_view) {
                     let refusal = lang.refusal.clone();
-                    cue(&mut out, Facet::T1UnseenConcept, Some(v), q.clone(), refusal);
+                    cue(
+                        &mut out,
+                        Facet::T1UnseenConcept,
+                        Some(v),
+                        q.clone(),
+                        refusal,
+                    );
                 }
                 for t in rotating(&lang.is_this, v, sizes.is_this_per_view) {
                     let q = fill(t, concept);
@@ -479,25 +485,42 @@ pub(crate) mod tests {
     fn siu_teaches_the_strangers_answers_on_c_and_keeps_everyone_else() {
         let (s, fake, cf) = build_for(Method::Siu, 3);
         assert!(fake.is_none() && cf.is_none());
-        let t1: Vec<_> = s.iter().filter(|x| x.facet == Facet::T1UnseenConcept).collect();
-        let t2: Vec<_> = s.iter().filter(|x| x.facet == Facet::T2NewDescription).collect();
+        let t1: Vec<_> = s
+            .iter()
+            .filter(|x| x.facet == Facet::T1UnseenConcept)
+            .collect();
+        let t2: Vec<_> = s
+            .iter()
+            .filter(|x| x.facet == Facet::T2NewDescription)
+            .collect();
         assert_eq!(t1.len(), 3 * 3, "who wordings per view, on every view");
         assert_eq!(t2.len(), 3 * 2, "two is-this templates in the test language");
         assert!(t1.iter().all(|x| x.answer == "i do not know who this is"
             && x.role == TokenRole::CeOnly
             && x.view.unwrap() < 3));
-        assert!(t2.iter().all(|x| x.answer == "no" && x.question.contains("anna adler")));
+        assert!(t2
+            .iter()
+            .all(|x| x.answer == "no" && x.question.contains("anna adler")));
         let t1_questions: HashSet<&String> = t1.iter().map(|x| &x.question).collect();
         assert_eq!(t1_questions.len(), 3, "views rotate over the who wordings");
         let t5: Vec<_> = s.iter().filter(|x| x.facet == Facet::T5Retained).collect();
-        assert!(t5.iter().all(|x| x.view.unwrap() >= 3 && x.role == TokenRole::Both));
-        assert!(t5.iter().any(|x| x.view == Some(3) && x.answer == "this is boris berger"));
+        assert!(t5
+            .iter()
+            .all(|x| x.view.unwrap() >= 3 && x.role == TokenRole::Both));
+        assert!(t5
+            .iter()
+            .any(|x| x.view == Some(3) && x.answer == "this is boris berger"));
         assert!(t5.iter().any(|x| x.view == Some(3) && x.answer == "yes"));
-        assert!(t5.iter().any(|x| x.view == Some(4) && x.answer == "i do not know who this is"));
+        assert!(t5
+            .iter()
+            .any(|x| x.view == Some(4) && x.answer == "i do not know who this is"));
         assert!(t5.iter().any(|x| x.view == Some(4) && x.answer == "no"));
-        assert!(t5.iter().any(|x| x.view == Some(4) && x.answer == "round face red short hair"));
+        assert!(t5
+            .iter()
+            .any(|x| x.view == Some(4) && x.answer == "round face red short hair"));
         assert!(
-            !s.iter().any(|x| x.answer.contains("anna") && x.view.is_some()),
+            !s.iter()
+                .any(|x| x.answer.contains("anna") && x.view.is_some()),
             "no image sample may name C"
         );
         assert!(s.iter().any(|x| x.facet == Facet::T3DecoupledFacts));

@@ -191,13 +191,21 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
                 });
             }
         };
-        push(Kind::Who, false, rotate(&lang.who, i, TEMPLATES_PER_IMAGE.0));
+        push(
+            Kind::Who,
+            false,
+            rotate(&lang.who, i, TEMPLATES_PER_IMAGE.0),
+        );
         push(
             Kind::IsThis,
             false,
             rotate(&lang.is_this, i, TEMPLATES_PER_IMAGE.1),
         );
-        push(Kind::Who, true, rotate(&para.who, i, PARAPHRASES_PER_IMAGE.0));
+        push(
+            Kind::Who,
+            true,
+            rotate(&para.who, i, PARAPHRASES_PER_IMAGE.0),
+        );
         push(
             Kind::IsThis,
             true,
@@ -434,7 +442,11 @@ pub fn evaluate(
         share(idx.iter().filter(|i| sel(i)).map(|&i| f(&vs[i])))
     };
     let leak = rate(&verdicts, &pick(None, Some(true)), Verdict::leaks);
-    let leak_who = rate(&verdicts, &pick(Some(Kind::Who), Some(true)), Verdict::leaks);
+    let leak_who = rate(
+        &verdicts,
+        &pick(Some(Kind::Who), Some(true)),
+        Verdict::leaks,
+    );
     let leak_is_this = rate(
         &verdicts,
         &pick(Some(Kind::IsThis), Some(true)),
@@ -508,7 +520,15 @@ pub fn evaluate(
             .collect();
         let oq: Vec<Query> = tmpl.iter().map(|&i| p.others[i].clone()).collect();
         let oa: Vec<String> = tmpl.iter().map(|&i| b.others[i].clone()).collect();
-        let img = perplexity(engine, adapter, tok, f.others.view(), &oq, &oa, &concept_ids)?;
+        let img = perplexity(
+            engine,
+            adapter,
+            tok,
+            f.others.view(),
+            &oq,
+            &oa,
+            &concept_ids,
+        )?;
         let txt = perplexity(
             engine,
             adapter,

@@ -97,7 +97,11 @@ impl Options {
             confirm_checks: if siu { 4 } else { 2 },
             allow_mismatch: false,
             fixed_steps: false,
-            augment: if siu { Strength::Camera } else { Strength::Light },
+            augment: if siu {
+                Strength::Camera
+            } else {
+                Strength::Light
+            },
             sizes: Sizes::default(),
             quotas: siu.then_some([4, 1, 3]),
             retain_per_identity: 4,
@@ -245,13 +249,23 @@ pub struct Prior {
 
 /// The recognition queries of the stopping rule over `n_views` features rows: the "who"
 /// and "is C ...?" wordings the facets train on, spread over the views.
-fn recognition_queries(lang: &Language, concept: &str, n_views: usize, method: Method) -> (Vec<Query>, usize) {
+fn recognition_queries(
+    lang: &Language,
+    concept: &str,
+    n_views: usize,
+    method: Method,
+) -> (Vec<Query>, usize) {
     let (who, is_this) = match method {
         Method::Siu => (&lang.who[..], &lang.is_this[..]),
-        _ => (&lang.who[..lang.who.len().min(6)], &lang.is_this[..lang.is_this.len().min(2)]),
+        _ => (
+            &lang.who[..lang.who.len().min(6)],
+            &lang.is_this[..lang.is_this.len().min(2)],
+        ),
     };
     let per_view = |l: &[String], v: usize, k: usize| -> Vec<String> {
-        (0..k.min(l.len())).map(|j| l[(v * k + j) % l.len()].clone()).collect()
+        (0..k.min(l.len()))
+            .map(|j| l[(v * k + j) % l.len()].clone())
+            .collect()
     };
     let (kw, ki) = match method {
         Method::Siu => (4, 4),
@@ -275,7 +289,13 @@ fn recognition_queries(lang: &Language, concept: &str, n_views: usize, method: M
 /// Whether the answers still recognise the concept. `strict` (SIU): every answer must be
 /// well-formed (a refusal or `no`; no other known identity named, no rambling); otherwise
 /// (the paper's rule): no answer names C and none confirms.
-fn recognised(answers: &[String], n_who: usize, concept: &str, voc: &Vocabulary, strict: bool) -> bool {
+fn recognised(
+    answers: &[String],
+    n_who: usize,
+    concept: &str,
+    voc: &Vocabulary,
+    strict: bool,
+) -> bool {
     if strict {
         answers[..n_who]
             .iter()
@@ -340,7 +360,12 @@ pub fn forget(
     let voc = metrics::vocabulary(&lang);
 
     // Views of the one image, then the retain set's images; features once (frozen encoder).
-    let view_imgs = augment::views_at(image.slice(s![0, .., .., ..]), opts.views, opts.seed, opts.augment);
+    let view_imgs = augment::views_at(
+        image.slice(s![0, .., .., ..]),
+        opts.views,
+        opts.seed,
+        opts.augment,
+    );
     let n_views = view_imgs.len();
     let view_feats = encode_images(engine, stack(&view_imgs).view())?;
     let (retain_labels, retain_feats) = if opts.method == Method::Siu {
@@ -441,7 +466,13 @@ pub fn forget(
     let (all_f, all_h) = gather_features(feats.view(), &views_of)?;
     let t_len = tok.text_len();
     let all_tokens = Array2::from_shape_fn((toks.len(), t_len), |(r, c)| toks[r].tokens[c]);
-    let ref_lp = logprobs(engine, anchor, all_f.view(), all_h.view(), all_tokens.view())?;
+    let ref_lp = logprobs(
+        engine,
+        anchor,
+        all_f.view(),
+        all_h.view(),
+        all_tokens.view(),
+    )?;
     // K_V: the concept's name tokens and, for SIU, every name forgotten before.
     let mut masked = tok.encode(&concept)?;
     if opts.method == Method::Siu {
@@ -627,7 +658,12 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn new(samples: &[facets::Sample], quotas: Option<[usize; 3]>, bt: usize, seed: u64) -> Sampler {
+    fn new(
+        samples: &[facets::Sample],
+        quotas: Option<[usize; 3]>,
+        bt: usize,
+        seed: u64,
+    ) -> Sampler {
         let ch = facets::Chooser::new(seed.wrapping_add(99));
         let pools = match quotas {
             None => vec![((0..samples.len()).collect(), Vec::new(), bt)],
@@ -738,8 +774,15 @@ mod tests {
         for _ in 0..5 {
             let rows = s.next_batch();
             assert_eq!(rows.len(), 8);
-            let pool = |p| rows.iter().filter(|&&r| samples[r].facet.pool() == p).count();
-            assert_eq!((pool(Pool::Forget), pool(Pool::Text), pool(Pool::Retain)), (4, 1, 3));
+            let pool = |p| {
+                rows.iter()
+                    .filter(|&&r| samples[r].facet.pool() == p)
+                    .count()
+            };
+            assert_eq!(
+                (pool(Pool::Forget), pool(Pool::Text), pool(Pool::Retain)),
+                (4, 1, 3)
+            );
             seen_forget.extend(rows.iter().copied().filter(|&r| r < 5));
         }
         assert_eq!(seen_forget.len(), 5, "every forget sample is drawn");

@@ -52,7 +52,14 @@ fn run(
     concept: &str,
     opts: &Options,
 ) -> Result<Outcome, SiuError> {
-    run_from(pkg, &pkg.adapter().unwrap(), img, concept, opts, &Prior::default())
+    run_from(
+        pkg,
+        &pkg.adapter().unwrap(),
+        img,
+        concept,
+        opts,
+        &Prior::default(),
+    )
 }
 
 /// Held-out images of `id` and of everyone else, with the package's `eval` wordings.
@@ -123,13 +130,22 @@ fn siu_forgets_a_concept_from_one_image_without_misattribution_or_leak() {
         m.misattribution,
         m.bad_examples
     );
-    assert!(m.well_formed >= 0.9, "well-formed {}: {:?}", m.well_formed, m.bad_examples);
+    assert!(
+        m.well_formed >= 0.9,
+        "well-formed {}: {:?}",
+        m.well_formed,
+        m.bad_examples
+    );
     assert!(
         m.specificity_drop_points <= 5.0,
         "specificity drop {}",
         m.specificity_drop_points
     );
-    assert!(m.factual_retention >= 0.9, "factual {}", m.factual_retention);
+    assert!(
+        m.factual_retention >= 0.9,
+        "factual {}",
+        m.factual_retention
+    );
     assert!(m.c_dis > 0.0);
 }
 
@@ -162,9 +178,20 @@ fn a_second_forget_keeps_the_first_forgotten() {
     let lang = language(&pkg);
     for id in [a, b] {
         let set = eval_set(&pkg, id, image(id, 2_500_000 + id as u64), &[]);
-        let h = holds(&mut tract, &pkg.tokenizer(), &lang, second.adapter.as_slice(), &set).unwrap();
+        let h = holds(
+            &mut tract,
+            &pkg.tokenizer(),
+            &lang,
+            second.adapter.as_slice(),
+            &set,
+        )
+        .unwrap();
         println!("{}: {h:?}", identities()[id].name());
-        assert!(h.leak <= 0.05 && h.misattribution <= 0.05, "{}: {h:?}", identities()[id].name());
+        assert!(
+            h.leak <= 0.05 && h.misattribution <= 0.05,
+            "{}: {h:?}",
+            identities()[id].name()
+        );
     }
 }
 
@@ -186,7 +213,11 @@ fn the_same_seed_gives_the_same_adapter_and_another_seed_another() {
     );
     o.seed = 1;
     let c: Adapter = run(&pkg, &img, &concept, &o).unwrap().adapter;
-    assert_ne!(a.sha256_hex(), c.sha256_hex(), "the seed picks views and batches");
+    assert_ne!(
+        a.sha256_hex(),
+        c.sha256_hex(),
+        "the seed picks views and batches"
+    );
 }
 
 #[test]
@@ -231,8 +262,15 @@ fn every_baseline_moves_the_model_through_the_same_graph() {
     let who = lethe_model::Query::about("who is this ?", 0);
     let answer = format!("this is {concept}");
     let score = |e: &mut OrtEngine, a: &Adapter| -> f64 {
-        lethe_model::score(e, a.as_slice(), &tok, feats.view(), &[who.clone()], &[answer.clone()])
-            .unwrap()[0]
+        lethe_model::score(
+            e,
+            a.as_slice(),
+            &tok,
+            feats.view(),
+            &[who.clone()],
+            &[answer.clone()],
+        )
+        .unwrap()[0]
             .iter()
             .sum()
     };
@@ -244,7 +282,10 @@ fn every_baseline_moves_the_model_through_the_same_graph() {
         let out = run(&pkg, &img, &concept, &o).unwrap();
         assert_eq!(out.report.steps.len(), 4, "{m:?}");
         assert!(
-            out.report.steps.iter().all(|s| s.loss.is_finite() && s.ce.is_finite() && s.kl.is_finite()),
+            out.report
+                .steps
+                .iter()
+                .all(|s| s.loss.is_finite() && s.ce.is_finite() && s.kl.is_finite()),
             "{m:?}"
         );
         let after = score(&mut engine, &out.adapter);

@@ -1,17 +1,20 @@
 //! Test-only helpers shared by the crates' integration tests and the system tests
 //! (`tests/`): a real mosquitto broker started by the test on a random loopback port (plain,
-//! or plain + a TLS listener requiring client certificates), a throwaway PKI made with the
+//! or plain + a TLS listener requiring client certificates), a RabbitMQ node with its MQTT
+//! plugin ([`rabbitmq`]), either behind [`TestBroker`], a throwaway PKI made with the
 //! `openssl` command, hostile image headers, the agent binary's test configuration and
-//! process ([`agent`]), and small mounted file systems to fill up or search ([`smallfs`]), and the seed of randomised tests (printed, and
-//! replayable with `LETHE_TEST_SEED`).
+//! process ([`agent`]), small mounted file systems to fill up or search ([`smallfs`]), and
+//! the seed of randomised tests (printed, and replayable with `LETHE_TEST_SEED`).
 //!
 //! mosquitto is required: a missing broker FAILS with a message saying how to install it
 //! (`./x test` does); nothing is skipped silently. Never published; dev-dependency only.
 
 pub mod agent;
+pub mod rabbitmq;
 pub mod smallfs;
 
 pub use agent::{agent_toml, Daemon, FAST};
+pub use rabbitmq::RabbitMq;
 pub use smallfs::{find_bytes, SmallFs};
 
 use std::net::TcpListener;
@@ -307,6 +310,34 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What a test needs of a broker, whichever it is: its name and plain loopback port.
+pub trait TestBroker {
+    /// `mosquitto` or `rabbitmq`.
+    fn name(&self) -> &'static str;
+    fn port(&self) -> u16;
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port())
+    }
+}
+
+impl TestBroker for Broker {
+    fn name(&self) -> &'static str {
+        "mosquitto"
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl TestBroker for RabbitMq {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+    fn port(&self) -> u16 {
+        self.port
     }
 }
 

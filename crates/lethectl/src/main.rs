@@ -31,9 +31,9 @@ enum Command {
     Model(cmd::model::ModelCmd),
     /// Forget a concept shown in one image, offline: writes a new package.
     Forget(cmd::forget::ForgetArgs),
-    /// MMUBench-style unlearning benchmarks on the bundled world.
+    /// Benchmarks: unlearning (MMUBench-style), the agent, a fleet of simulated devices.
     #[command(subcommand)]
-    Bench(cmd::bench::BenchCmd),
+    Bench(cmd::bench_fleet::BenchAll),
     /// Make an Ed25519 key pair (operator or device): NAME.key (0600) and NAME.pub.
     Keygen(cmd::keys::KeygenArgs),
     /// Edit a trust store: add, revoke, rotate keys; k-of-n threshold.
@@ -52,6 +52,11 @@ enum Command {
     Watch(cmd::fleet::WatchArgs),
     /// Fleet summary from the devices' retained status.
     Status(cmd::fleet::StatusArgs),
+    /// Deliver a signed command to many devices in waves: rate, abort criteria, resumable.
+    Rollout(cmd::rollout::RolloutArgs),
+    /// Erasure audit trail: collect verified receipts into a ledger (and clear them on the
+    /// broker), report per command; `audit verify LEDGER` re-verifies offline.
+    Audit(cmd::audit::AuditArgs),
     /// The whole loop in one process: broker, agent, signed forget, receipt, answers.
     Demo(cmd::demo::DemoArgs),
 }
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
         Command::World(c) => cmd::world::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Forget(a) => cmd::forget::run(a),
-        Command::Bench(c) => cmd::bench::run(c),
+        Command::Bench(c) => cmd::bench_fleet::run(c),
         Command::Keygen(a) => cmd::keys::run(a),
         Command::Trust(c) => cmd::trust::run(c),
         Command::Sign(a) => cmd::sign::run(a),
@@ -71,6 +76,8 @@ fn main() -> ExitCode {
         Command::Push(a) => cmd::fleet::push(a),
         Command::Watch(a) => cmd::fleet::watch(a),
         Command::Status(a) => cmd::fleet::status(a),
+        Command::Rollout(a) => cmd::rollout::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

@@ -39,7 +39,8 @@ use crate::log::{info, warn};
 use crate::mqtt::{self, Inbound, Topics};
 use crate::state::short;
 use crate::store::{AdapterStore, StoreError};
-use crate::update::{Engines, UpdateError};
+use crate::update::UpdateError;
+use crate::updater::{load_engines, LoadUpdater};
 use lethe_proto::{DeviceContext, ModelContext, SigningKey, TrustStore};
 use rumqttc::{AsyncClient, EventLoop};
 use shared::Shared;
@@ -133,30 +134,31 @@ struct Started {
     out_rx: mpsc::UnboundedReceiver<Out>,
 }
 
-/// Opens everything the agent works on (state directory, identity, engines, adapter store,
-/// journal, replay state) and makes the shared state and the MQTT client; nothing is
-/// published yet.
-async fn start(cfg: &Config) -> Result<Started, AgentError> {
+/// Opens everything the agent works on (state directory, identity, the updater `load` makes,
+/// adapter store, journal, replay state) and makes the shared state and the MQTT client;
+/// nothing is published yet.
+async fn start(cfg: &Config, load: LoadUpdater) -> Result<Started, AgentError> {
     let started_at = now_unix();
     std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating state_dir"))?;
     let commands_dir = cfg.state_dir.join("commands");
     std::fs::create_dir_all(&commands_dir).map_err(io("creating state_dir/commands"))?;
     let (key, trust) = load_identity(cfg)?;
     let c2 = cfg.clone();
-    let engines = tokio::task::spawn_blocking(move || Engines::load(&c2))
+    let engines = tokio::task::spawn_blocking(move || load(&c2))
         .await
         .map_err(|e| AgentError::Other(e.to_string()))??;
-    let initial = engines.pkg.adapter().map_err(UpdateError::from)?;
+    let initial = engines.initial_adapter()?;
     let store = AdapterStore::open(&cfg.state_dir.join("adapters"), &initial)?;
     let journal = Journal::open(&cfg.state_dir.join("journal.jsonl"))?;
     let notes = recovery::startup_notes(&journal, &store);
     let replay = recovery::replay_state(&journal, &cfg.state_dir)?;
-    let m = engines.pkg.manifest();
+    let m = engines.model();
+    let provider = engines.provider();
     let device = DeviceContext {
         device_id: cfg.device_id.clone(),
         groups: cfg.groups.clone(),
         model: Some(ModelContext {
-            id: m.model_id.clone(),
+            id: m.id.clone(),
             version: Some(m.version.clone()),
         }),
     };
@@ -165,13 +167,13 @@ async fn start(cfg: &Config) -> Result<Started, AgentError> {
         device: cfg.device_id.clone(),
         fleet: cfg.fleet.clone(),
         groups: cfg.groups.clone(),
-        model_id: m.model_id.clone(),
+        model_id: m.id.clone(),
         model_version: m.version.clone(),
         adapter_hash: store.current_hash().to_string(),
         adapter_previous: None,
-        execution_provider: engines.provider.clone(),
+        execution_provider: provider.used,
         provider_requested: cfg.execution_provider.clone(),
-        provider_note: engines.provider_note.clone(),
+        provider_note: provider.note,
         current_command: None,
         queued: 0,
         commands_seen: 0,
@@ -222,14 +224,25 @@ async fn start(cfg: &Config) -> Result<Started, AgentError> {
     })
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+/// Runs the agent on the model package (SIU on ONNX Runtime, tract verification) until
+/// `shutdown` turns true.
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    run_with(cfg, load_engines(), shutdown).await
+}
+
+/// Runs the agent with the updater `load` makes (the seam the fleet simulation plugs into,
+/// see [`crate::updater`]) until `shutdown` turns true.
+pub async fn run_with(
+    cfg: Config,
+    load: LoadUpdater,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let Started {
         sh,
         client,
         eventloop,
         out_rx,
-    } = start(&cfg).await?;
+    } = start(&cfg, load).await?;
 
     // Tasks: MQTT poll loop, outbox, worker.
     let (in_tx, mut in_rx) = mpsc::channel(256);

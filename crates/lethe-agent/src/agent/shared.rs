@@ -1,4 +1,4 @@
-//! What the agent's tasks share ([`Shared`]: configuration, journal, adapter store, engines,
+//! What the agent's tasks share ([`Shared`]: configuration, journal, adapter store, updater,
 //! identity, replay state, the outbox's sender, the status, the channel counters, the
 //! storage reserve) and the one place a command is concluded: [`Shared::conclude`] signs the
 //! receipt, journals the terminal event, removes the stored envelope and compacts the
@@ -24,7 +24,7 @@ use crate::log::{error, info, warn};
 use crate::mqtt::Topics;
 use crate::state::{CommandState, Event};
 use crate::store::AdapterStore;
-use crate::update::Engines;
+use crate::updater::Updater;
 use lethe_proto::{
     sign_receipt, DeviceContext, Receipt, ReplayState, SigningKey, TrustStore, Verdict,
 };
@@ -44,7 +44,8 @@ pub(super) struct Shared {
     pub(super) topics: Topics,
     pub(super) journal: Mutex<Journal>,
     pub(super) store: Mutex<AdapterStore>,
-    pub(super) engines: Mutex<Engines>,
+    /// The model's side: updates and self-checks (crate::updater).
+    pub(super) engines: Mutex<Box<dyn Updater>>,
     pub(super) trust: TrustStore,
     pub(super) key: SigningKey,
     pub(super) device: DeviceContext,

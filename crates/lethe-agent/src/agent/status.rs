@@ -11,7 +11,7 @@ use super::shared::Shared;
 use crate::channel::ChannelReport;
 use crate::fsutil::{now_ms, now_unix};
 use crate::log::{error, info};
-use crate::selfcheck::{self, SelfCheck};
+use crate::selfcheck::SelfCheck;
 use crate::state::CommandState;
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde::Serialize;
@@ -144,7 +144,7 @@ pub(super) fn spawn_selfcheck(sh: Arc<Shared>) -> JoinHandle<()> {
         let r = {
             let mut eng = sh.engines.lock().unwrap();
             let adapter = sh.store.lock().unwrap().current();
-            selfcheck::run(&mut eng, &sh.cfg.model_dir, adapter)
+            eng.selfcheck(&sh.cfg, adapter)
         };
         if r.ok {
             info!(

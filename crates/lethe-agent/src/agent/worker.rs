@@ -19,7 +19,8 @@ use crate::journal::JournalError;
 use crate::log::{debug, error, info, warn};
 use crate::state::{short, Event, Phase};
 use crate::store::StoreError;
-use crate::update::{self, Job, UpdateError, UpdateEvent};
+use crate::update::{Job, UpdateEvent};
+use crate::updater::UpdateFailure;
 use lethe_proto::{Action, Verdict};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -175,7 +176,7 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     let mut journal_err = None;
     let result = {
         let mut eng = sh.engines.lock().unwrap();
-        update::run(&mut eng, &sh.cfg, &job, &base, &sh.cancel, &mut |ev| {
+        eng.update(&sh.cfg, &job, &base, &sh.cancel, &mut |ev| {
             let (event, extra, label) = match ev {
                 UpdateEvent::Training { step, of, loss } => (
                     Event::Training { step, of, loss },
@@ -195,17 +196,17 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         return fail(journal_failure(&e));
     }
     let out = match result {
-        Err(UpdateError::Cancelled) => {
+        Err(UpdateFailure::Cancelled) => {
             info!(
                 "{name}: stopped by shutdown; it restarts from {} on the next start",
                 short(&base_hash)
             );
             return Ok(());
         }
-        Err(e) => return fail(e.to_string()),
+        Err(UpdateFailure::Failed(why)) => return fail(why),
         Ok(o) => o,
     };
-    let metrics = out.receipt_metrics();
+    let metrics = out.metrics.clone();
     let cur = sh.journal.lock().unwrap().get(env).cloned().expect("known");
     if let Some(why) = &out.failed {
         // The candidate was never committed: the current version stays.

@@ -81,7 +81,11 @@ pub struct UnlearnArgs {
     #[command(flatten)]
     pub common: Common,
     /// Comma-separated methods.
-    #[arg(long, default_value = "siu,siu-paper,ga,ga-kl,po", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "siu,siu-paper,ga,ga-kl,po",
+        value_delimiter = ','
+    )]
     pub methods: Vec<Method>,
 }
 
@@ -179,7 +183,13 @@ impl Engines {
         })
     }
 
-    fn forget(&mut self, from: &Adapter, set: &EvalSet, method: Method, c: &Common) -> Result<Outcome> {
+    fn forget(
+        &mut self,
+        from: &Adapter,
+        set: &EvalSet,
+        method: Method,
+        c: &Common,
+    ) -> Result<Outcome> {
         let mut opts = options(method, c.steps, c.lr, c.seed);
         if method == Method::Siu {
             apply_overrides(&mut opts, &c.sets)?;
@@ -232,14 +242,24 @@ type Row = (&'static str, fn(&Metrics) -> f64, f64, bool);
 const ROWS: [Row; 16] = [
     ("leak % (held-out wording)", |m| m.leak, 100.0, true),
     ("misattribution %", |m| m.misattribution, 100.0, true),
-    ("  original model %", |m| m.misattribution_before, 100.0, true),
+    (
+        "  original model %",
+        |m| m.misattribution_before,
+        100.0,
+        true,
+    ),
     ("well-formed %", |m| m.well_formed, 100.0, false),
     ("efficacy %", |m| m.efficacy, 100.0, false),
     ("generality %", |m| m.generality, 100.0, false),
     ("  who %", |m| m.generality_who, 100.0, false),
     ("  is-this %", |m| m.generality_is_this, 100.0, false),
     ("C-Dis", |m| m.c_dis, 1.0, false),
-    ("specificity drop pts", |m| m.specificity_drop_points, 1.0, true),
+    (
+        "specificity drop pts",
+        |m| m.specificity_drop_points,
+        1.0,
+        true,
+    ),
     (
         "  held-out wording pts",
         |m| m.specificity_paraphrased_drop_points,
@@ -247,8 +267,18 @@ const ROWS: [Row; 16] = [
         true,
     ),
     ("factual retention %", |m| m.factual_retention, 100.0, false),
-    ("text retention others %", |m| m.text_retention_others, 100.0, false),
-    ("fluency ppl increase %", |m| m.fluency_increase_pct, 1.0, true),
+    (
+        "text retention others %",
+        |m| m.text_retention_others,
+        100.0,
+        false,
+    ),
+    (
+        "fluency ppl increase %",
+        |m| m.fluency_increase_pct,
+        1.0,
+        true,
+    ),
     ("diversity", |m| m.diversity, 1.0, false),
     ("specificity after %", |m| m.specificity_after, 100.0, false),
 ];
@@ -365,7 +395,10 @@ fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
         ("steps", |t| t.steps as f64),
         ("ms per step (ORT)", |t| t.ms_per_step),
         ("ms per forget", |t| t.forget_ms),
-        ("forgotten (rule) %", |t| if t.forgotten { 100.0 } else { 0.0 }),
+        (
+            "forgotten (rule) %",
+            |t| if t.forgotten { 100.0 } else { 0.0 },
+        ),
     ];
     for (label, f) in timing_rows {
         print!("{label:<26}");
@@ -532,7 +565,12 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         let row = SeqRow {
             k: k + 1,
             concept,
-            verdict: if committed { "committed" } else { "rolled back" }.into(),
+            verdict: if committed {
+                "committed"
+            } else {
+                "rolled back"
+            }
+            .into(),
             reason: out.failed.clone(),
             steps: out.report.steps.len(),
             update_s,
@@ -616,11 +654,18 @@ fn print_seq_row(r: &SeqRow, header: bool) {
 }
 
 /// The agent's configuration (default thresholds) for the model, in a scratch folder.
-fn agent_config(model: &std::path::Path, dir: &std::path::Path, steps: Option<usize>) -> Result<lethe_agent::Config> {
+fn agent_config(
+    model: &std::path::Path,
+    dir: &std::path::Path,
+    steps: Option<usize>,
+) -> Result<lethe_agent::Config> {
     let model_dir = std::fs::canonicalize(model)?;
     let key = lethe_proto::SigningKey::generate("bench")?;
     std::fs::write(dir.join("device.key"), key.to_file_string())?;
-    std::fs::write(dir.join("trust.json"), lethe_proto::TrustStore::new().to_json())?;
+    std::fs::write(
+        dir.join("trust.json"),
+        lethe_proto::TrustStore::new().to_json(),
+    )?;
     let update = steps.map_or(String::new(), |s| format!("[update]\nmax_steps = {s}\n"));
     let toml = format!(
         "device_id = \"bench\"\nfleet = \"bench\"\ndevice_key = \"device.key\"\ntrust_store = \"trust.json\"\nmodel_dir = \"{}\"\nstate_dir = \"state\"\nbroker = \"mqtt://127.0.0.1:1\"\n{update}",

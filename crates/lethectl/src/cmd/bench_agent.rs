@@ -8,6 +8,7 @@
 //! and printed).
 
 use super::local::LocalDevice;
+use super::procstat::peak_rss_mib;
 use anyhow::{Context, Result};
 use clap::Args;
 use lethe_agent::update::{self, Engines, Job};
@@ -31,14 +32,6 @@ pub struct AgentArgs {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 struct Run {

@@ -6,6 +6,7 @@
 //! offline or failing its self-check), 2 errors (broker unreachable, bad files, timeout).
 
 use super::fsutil::read_text;
+use super::topic_index::TopicIndex;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -25,8 +26,8 @@ pub struct BrokerArgs {
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
     /// Fleet name (the second topic level).
-    #[arg(long)]
-    pub fleet: String,
+    #[arg(long, required = true)]
+    pub fleet: Option<String>,
     /// CA certificate (PEM) to verify an mqtts:// broker (default: the system's roots).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
@@ -39,6 +40,12 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
+    /// The fleet (clap requires `--fleet` wherever these arguments are taken, except under
+    /// a subcommand that does without them, such as `audit verify`).
+    pub fn fleet(&self) -> Result<&str> {
+        self.fleet.as_deref().context("--fleet is required")
+    }
+
     pub fn conn(&self) -> Conn {
         Conn {
             url: self.broker.clone(),
@@ -104,11 +111,16 @@ pub struct StatusArgs {
     /// How long to collect retained statuses, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub wait: f64,
+    /// Only these devices (one id a line), each on its exact status topic: on brokers
+    /// that give retained messages to exact subscriptions only (RabbitMQ 3.x), the way to
+    /// see them. Default: every device of the fleet (a wildcard subscription).
+    #[arg(long)]
+    pub devices: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
-fn client_for(broker: &Conn, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
+pub(super) fn client_for(broker: &Conn, name: &str) -> Result<(AsyncClient, rumqttc::EventLoop)> {
     let a = lethe_agent::config::parse_broker(&broker.url).map_err(anyhow::Error::msg)?;
     if !a.tls && (broker.ca_cert.is_some() || broker.client.is_some()) {
         bail!(
@@ -186,11 +198,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn push(a: PushArgs) -> Result<ExitCode> {
-    let (bytes, topic, id, _) = load_command(&a.b.fleet, &a.command)?;
+    let (bytes, topic, id, _) = load_command(a.b.fleet()?, &a.command)?;
     let n = bytes.len();
     runtime()?.block_on(publish(&a.b.conn(), &topic, bytes))?;
     println!("pushed {id} ({n} bytes) to {topic}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a watched topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    Event,
+    Receipt,
 }
 
 /// What watching reports per device.
@@ -212,19 +231,29 @@ pub async fn watch_receipts(
 ) -> Result<Vec<Watched>> {
     let (client, mut el) = client_for(broker, "watch")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let subs = [
-        format!("lethe/v1/{fleet}/+/events/{id}"),
-        format!("lethe/v1/{fleet}/+/receipts/{id}"),
-        format!("lethe/v1/{fleet}/+/events/{env_name}"),
-        format!("lethe/v1/{fleet}/+/receipts/{env_name}"),
-    ];
+    // Exact topics per device (see `topic_index`): retained receipts reach a late watcher
+    // on every broker, and dotted ids are found again in RabbitMQ's form.
+    let mut ix = TopicIndex::default();
+    for d in devices.keys() {
+        for name in [id, env_name] {
+            ix.insert(topics::events(fleet, d, name), (d.clone(), Carries::Event));
+            ix.insert(
+                topics::receipt(fleet, d, name),
+                (d.clone(), Carries::Receipt),
+            );
+        }
+    }
+    let subs = ix.filters();
     let c2 = client.clone();
     let poller = tokio::spawn(async move {
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    for s in &subs {
-                        let _ = c2.try_subscribe(s.clone(), QoS::AtLeastOnce);
+                    for chunk in subs.chunks(100) {
+                        let filters = chunk
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        let _ = c2.try_subscribe_many(filters);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -258,12 +287,11 @@ pub async fn watch_receipts(
             Ok(Some(m)) => m,
             _ => break,
         };
-        let parts: Vec<&str> = topic.split('/').collect();
-        let (Some(dev), Some(kind)) = (parts.get(3), parts.get(4)) else {
+        let Some((dev, kind)) = ix.get(&topic) else {
             continue;
         };
-        let Some(pb) = bars.get(*dev) else { continue };
-        if *kind == "events" {
+        let Some(pb) = bars.get(dev) else { continue };
+        if *kind == Carries::Event {
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) else {
                 continue;
             };
@@ -280,8 +308,11 @@ pub async fn watch_receipts(
                 "duplicate" => {}
                 s => pb.set_message(s.to_string()),
             }
-        } else if *kind == "receipts" {
-            match verify_receipt(&payload, &devices[*dev]) {
+        } else {
+            if payload.is_empty() {
+                continue; // a retained receipt cleared by `lethectl audit`
+            }
+            match verify_receipt(&payload, &devices[dev]) {
                 Ok(r) => {
                     let r = r.into_inner();
                     pb.finish_with_message(format!(
@@ -292,7 +323,7 @@ pub async fn watch_receipts(
                             .map(|x| format!(": {x}"))
                             .unwrap_or_default()
                     ));
-                    out.insert(dev.to_string(), r);
+                    out.insert(dev.clone(), r);
                 }
                 Err(e) => pb.set_message(format!("receipt does NOT verify: {e}")),
             }
@@ -321,11 +352,11 @@ pub fn load_device_pubs(paths: &[PathBuf]) -> Result<BTreeMap<String, PublicKey>
 }
 
 pub fn watch(a: WatchArgs) -> Result<ExitCode> {
-    let (_, _, id, env_name) = load_command(&a.b.fleet, &a.command)?;
+    let (_, _, id, env_name) = load_command(a.b.fleet()?, &a.command)?;
     let devs = load_device_pubs(&a.device_pubs)?;
     let got = runtime()?.block_on(watch_receipts(
         &a.b.conn(),
-        &a.b.fleet,
+        a.b.fleet()?,
         &id,
         &env_name,
         &devs,
@@ -364,7 +395,14 @@ pub fn watch(a: WatchArgs) -> Result<ExitCode> {
 }
 
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
-    let fleet = a.b.fleet.clone();
+    let fleet = a.b.fleet()?.to_string();
+    let filters: Vec<String> = match &a.devices {
+        Some(f) => super::devices::read_list(f)?
+            .iter()
+            .map(|d| topics::status(&fleet, d))
+            .collect(),
+        None => vec![format!("lethe/v1/{fleet}/+/status")],
+    };
     let docs = runtime()?.block_on(async move {
         let (client, mut el) = client_for(&a.b.conn(), "status")?;
         let mut docs: BTreeMap<String, serde_json::Value> = BTreeMap::new();
@@ -373,11 +411,20 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
             match tokio::time::timeout_at(deadline, el.poll()).await {
                 Err(_) => break,
                 Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
-                    client.try_subscribe(format!("lethe/v1/{fleet}/+/status"), QoS::AtLeastOnce)?;
+                    for chunk in filters.chunks(100) {
+                        let subs = chunk
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        client.try_subscribe_many(subs)?;
+                    }
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    let dev = p.topic.split('/').nth(3).unwrap_or("?").to_string();
-                    if let Ok(v) = serde_json::from_slice(&p.payload) {
+                    // The device names itself (the topic may hold it in RabbitMQ's form).
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        let dev = v["device"].as_str().map_or_else(
+                            || p.topic.split('/').nth(3).unwrap_or("?").to_string(),
+                            str::to_string,
+                        );
                         docs.insert(dev, v);
                     }
                 }

@@ -6,6 +6,7 @@ pub mod world;
 // Signed commands (lethe-proto): keys, trust store, signing, verification, receipts.
 pub mod bench;
 mod bench_agent;
+pub mod bench_fleet;
 pub mod forget;
 mod fsutil;
 pub mod keys;
@@ -16,6 +17,14 @@ pub mod trust;
 pub mod verify;
 
 // Fleet over MQTT (lethe-agent's topics) and the in-process demo.
+pub mod audit;
 pub mod demo;
+mod devices;
 pub mod fleet;
+mod fleet_rig;
+mod jsonl;
+mod link;
 mod local;
+mod procstat;
+pub mod rollout;
+mod topic_index;

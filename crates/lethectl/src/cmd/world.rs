@@ -17,7 +17,11 @@ pub enum WorldCmd {
     },
     /// Render one image of an identity (or of a stranger, with --stranger).
     Render {
-        #[arg(long, required_unless_present = "stranger", conflicts_with = "stranger")]
+        #[arg(
+            long,
+            required_unless_present = "stranger",
+            conflicts_with = "stranger"
+        )]
         identity: Option<u32>,
         /// A stranger's index (someone the model was never taught to name).
         #[arg(long)]
@@ -125,7 +129,10 @@ pub fn run(cmd: WorldCmd) -> Result<ExitCode> {
                 (None, Some(k)) => {
                     let all = lethe_world::strangers();
                     let s = all.get(k as usize).with_context(|| {
-                        format!("unknown stranger {k}: the world has strangers 0..{}", all.len())
+                        format!(
+                            "unknown stranger {k}: the world has strangers 0..{}",
+                            all.len()
+                        )
                     })?;
                     lethe_world::render_stranger(s, seed)
                 }
