@@ -48,15 +48,20 @@ pub enum Facet {
     Refusal,
     /// Retain-set images (T5).
     T5Retained,
+    /// Retain-set images of someone an earlier forget took away: that forget replayed,
+    /// drawn with the forget samples (so every batch revisits it).
+    T6Replayed,
 }
 
 impl Facet {
     /// Which pool of a stratified batch a facet's samples are drawn from.
     pub fn pool(self) -> Pool {
         match self {
-            Facet::T1UnseenConcept | Facet::T2NewDescription | Facet::Forget | Facet::Refusal => {
-                Pool::Forget
-            }
+            Facet::T1UnseenConcept
+            | Facet::T2NewDescription
+            | Facet::T6Replayed
+            | Facet::Forget
+            | Facet::Refusal => Pool::Forget,
             Facet::T3DecoupledFacts | Facet::T4NonTarget => Pool::Text,
             Facet::T5Retained => Pool::Retain,
         }
@@ -108,11 +113,16 @@ pub struct Language {
 }
 
 /// One image of the retain set as the facet builder sees it: who is shown (`None` for a
-/// stranger) and their appearance. Its features row is `n_views + index` in the batch.
+/// stranger, and for someone forgotten before) and their appearance. Its features row is
+/// `n_views + index` in the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainLabel {
     pub name: Option<String>,
     pub description: String,
+    /// Someone a previous forget took away (`name` is then `None`): their image replays that
+    /// forget ("who" -> refusal, "is <forgotten> ...?" -> "no"), so later updates cannot
+    /// drift it back. The images are the package's own retain set, never the command's.
+    pub forgotten: Option<String>,
 }
 
 /// How many samples of each kind the refusal SIU builds.
@@ -284,15 +294,22 @@ pub fn build(
             for (r, label) in retain.iter().enumerate() {
                 let row = Some(n_views + r);
                 let pick = |c: &mut Chooser, l: &[String]| l[c.below(l.len())].clone();
+                // A replayed forget is taught by CE alone, like T1/T2: the anchor model still
+                // names that person, so a KL towards it would undo the forget.
+                let (facet, role) = if label.forgotten.is_some() {
+                    (Facet::T6Replayed, TokenRole::CeOnly)
+                } else {
+                    (Facet::T5Retained, TokenRole::Both)
+                };
                 let mut keep = |question: String, answer: String| {
                     out.push(Sample {
-                        facet: Facet::T5Retained,
+                        facet,
                         view: row,
                         question,
                         answer,
                         ce_sign: 1.0,
                         ce_only_words: vec![],
-                        role: TokenRole::Both,
+                        role,
                     })
                 };
                 let who_q = pick(&mut c, &lang.who);
@@ -303,6 +320,9 @@ pub fn build(
                 }
                 if let Some(name) = &label.name {
                     keep(fill(&pick(&mut c, &lang.is_this), name), "yes".into());
+                }
+                if let Some(gone) = &label.forgotten {
+                    keep(fill(&pick(&mut c, &lang.is_this), gone), "no".into());
                 }
                 if let Some(other) = other.filter(|o| Some(*o) != label.name.as_ref()) {
                     keep(fill(&pick(&mut c, &lang.is_this), other), "no".into());
@@ -460,10 +480,17 @@ pub(crate) mod tests {
             RetainLabel {
                 name: Some("boris berger".into()),
                 description: "oval face grey long hair".into(),
+                forgotten: None,
             },
             RetainLabel {
                 name: None,
                 description: "round face red short hair".into(),
+                forgotten: None,
+            },
+            RetainLabel {
+                name: None,
+                description: "long face black curly hair".into(),
+                forgotten: Some("clara castro".into()),
             },
         ]
     }
@@ -503,10 +530,13 @@ pub(crate) mod tests {
             .all(|x| x.answer == "no" && x.question.contains("anna adler")));
         let t1_questions: HashSet<&String> = t1.iter().map(|x| &x.question).collect();
         assert_eq!(t1_questions.len(), 3, "views rotate over the who wordings");
-        let t5: Vec<_> = s.iter().filter(|x| x.facet == Facet::T5Retained).collect();
-        assert!(t5
+        let t5: Vec<_> = s
             .iter()
-            .all(|x| x.view.unwrap() >= 3 && x.role == TokenRole::Both));
+            .filter(|x| matches!(x.facet, Facet::T5Retained | Facet::T6Replayed))
+            .collect();
+        assert!(t5.iter().all(|x| x.view.unwrap() >= 3
+            && (x.role == TokenRole::Both) == (x.view != Some(5))
+            && (x.facet == Facet::T6Replayed) == (x.view == Some(5))));
         assert!(t5
             .iter()
             .any(|x| x.view == Some(3) && x.answer == "this is boris berger"));
@@ -518,6 +548,16 @@ pub(crate) mod tests {
         assert!(t5
             .iter()
             .any(|x| x.view == Some(4) && x.answer == "round face red short hair"));
+        // Someone forgotten before: their image replays that forget, and nothing names them.
+        let replay: Vec<_> = t5.iter().filter(|x| x.view == Some(5)).collect();
+        assert!(replay
+            .iter()
+            .any(|x| x.answer == "i do not know who this is"));
+        assert!(replay
+            .iter()
+            .any(|x| x.question.contains("clara castro") && x.answer == "no"));
+        assert!(replay.iter().any(|x| x.answer == "long face black curly hair"));
+        assert!(!s.iter().any(|x| x.answer.contains("clara")));
         assert!(
             !s.iter()
                 .any(|x| x.answer.contains("anna") && x.view.is_some()),

@@ -591,9 +591,10 @@ fn pooled(feats: &Array3<f32>) -> Array2<f32> {
     m
 }
 
-/// The retain set's labels and features, without the concept and without every identity
-/// forgotten before; at most `per_identity` images of each identity (and of strangers);
-/// then the `nearest` images most similar to any view of the concept (0 = all).
+/// The retain set's labels and features, without the concept; at most `per_identity`
+/// images of each identity (and of strangers); of those the `nearest` images most similar
+/// to any view of the concept (0 = all), plus every image of an identity forgotten before,
+/// labelled as forgotten (its forget replayed, see [`RetainLabel::forgotten`]).
 fn retain_rows(
     pkg: &Package,
     engine: &mut dyn Engine,
@@ -606,17 +607,17 @@ fn retain_rows(
     let set = pkg.retain()?;
     let mut count: BTreeMap<Option<String>, usize> = BTreeMap::new();
     let mut keep = Vec::new();
+    let mut replay = Vec::new();
     for e in &set.entries {
-        let gone = e
-            .name
-            .as_ref()
-            .is_some_and(|n| n == concept || forgotten.contains(n));
         let seen = count.entry(e.name.clone()).or_insert(0);
-        if gone || *seen >= per_identity {
+        if e.name.as_deref() == Some(concept) || *seen >= per_identity {
             continue;
         }
         *seen += 1;
-        keep.push(e);
+        match &e.name {
+            Some(n) if forgotten.contains(n) => replay.push(e),
+            _ => keep.push(e),
+        }
     }
     if keep.is_empty() {
         return Ok((Vec::new(), None));
@@ -639,13 +640,25 @@ fn retain_rows(
         feats = feats.select(Axis(0), &order);
         keep = order.iter().map(|&i| keep[i]).collect();
     }
-    let labels = keep
+    let mut labels: Vec<RetainLabel> = keep
         .iter()
         .map(|e| RetainLabel {
             name: e.name.clone(),
             description: e.description.clone(),
+            forgotten: None,
         })
         .collect();
+    if !replay.is_empty() {
+        let idx: Vec<usize> = replay.iter().map(|e| e.image).collect();
+        let replay_feats = encode_images(engine, set.images.select(Axis(0), &idx).view())?;
+        feats = ndarray::concatenate(Axis(0), &[feats.view(), replay_feats.view()])
+            .map_err(|e| ModelError::Shape(e.to_string()))?;
+        labels.extend(replay.iter().map(|e| RetainLabel {
+            name: None,
+            description: e.description.clone(),
+            forgotten: e.name.clone(),
+        }));
+    }
     Ok((labels, Some(feats)))
 }
 
