@@ -24,7 +24,20 @@ const FLEET: &str = "lab";
 /// `lethectl sign` of a forget of `concept` (image `image`) for `device` by `key` with
 /// sequence number `seq`, into `out`; returns the command id.
 fn sign(key: &Path, device: &str, concept: &str, image: &Path, seq: &str, out: &Path) -> String {
-    let said = lethectl_ok(&[
+    sign_with(key, device, concept, image, seq, out, &[])
+}
+
+/// [`sign`] with more `lethectl sign` arguments.
+fn sign_with(
+    key: &Path,
+    device: &str,
+    concept: &str,
+    image: &Path,
+    seq: &str,
+    out: &Path,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
         "sign",
         "--key",
         arg(key),
@@ -42,7 +55,9 @@ fn sign(key: &Path, device: &str, concept: &str, image: &Path, seq: &str, out: &
         "30m",
         "--out",
         arg(out),
-    ]);
+    ];
+    args.extend(extra);
+    let said = lethectl_ok(&args);
     said.split_whitespace()
         .nth(1)
         .unwrap_or_else(|| panic!("no command id in {said:?}"))
@@ -240,9 +255,18 @@ fn forget_end_to_end(tmp: &tempfile::TempDir, broker: &dyn TestBroker, device: &
         after.as_str()
     );
 
-    // An authentic command that replays sequence number 1: a signed `rejected` receipt.
+    // An authentic command (a new id) that replays sequence number 1: a signed `rejected`
+    // receipt.
     let replayed = tmp.path().join("replayed.leth");
-    let replayed_id = sign(&key("op.key"), device, &concept, &image, "1", &replayed);
+    let replayed_id = sign_with(
+        &key("op.key"),
+        device,
+        &concept,
+        &image,
+        "1",
+        &replayed,
+        &["--id", "op-replay"],
+    );
     lethectl_ok(&["push", "--broker", &url, "--fleet", FLEET, arg(&replayed)]);
     let w = watch(&replayed, "120");
     assert_eq!(w.code, 1, "{w:?}\nagent log:\n{}", agent_log());

@@ -151,7 +151,9 @@ impl Default for VerifyConfig {
             min_well_formed: 0.9,
             max_specificity_drop_points: 5.0,
             max_specificity_paraphrased_drop_points: 8.0,
-            min_factual_retention: 0.9,
+            // One of C's nine verification facts may change (8/9 = 0.889): a threshold of
+            // 0.9 rolled back forgets over a single answer (bench sequential, 2026-11-30).
+            min_factual_retention: 0.85,
             max_fluency_increase_pct: 15.0,
             augmented_views: 3,
             max_other_images: 0,

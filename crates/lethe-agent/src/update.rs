@@ -7,9 +7,9 @@
 //! views of the command's image made with a seed the training did not use (leak,
 //! misattribution, well-formedness under the package's `verify` held-out wordings;
 //! generality); the retained probes of everyone else (specificity, fluency).
-//! The update respects earlier forgets (`Job::forgotten`): their names stay masked and
-//! their identities leave the retain set; the KL is anchored to the package's original
-//! adapter, so successive forgets do not drift from it one after another.
+//! The update respects earlier forgets (`Job::forgotten`): their names stay masked, the
+//! package's retain images of them replay their forget, and the KL is anchored to the
+//! package's original adapter, so successive forgets do not drift from it one after another.
 //! Invariant: nothing here writes a file or touches the adapter store; the caller commits.
 //! Nothing of the person outlives the call: the image, its views and features are dropped
 //! when it returns.
