@@ -125,6 +125,7 @@ impl Outcome {
             "specificity_paraphrased_after",
             m.specificity_paraphrased_after,
         );
+        put("worst_identity_drop_points", m.worst_identity_drop_points);
         put("factual_retention", m.factual_retention);
         put("fluency_ppl_before", m.fluency_ppl_before);
         put("fluency_ppl_after", m.fluency_ppl_after);

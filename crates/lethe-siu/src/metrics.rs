@@ -15,6 +15,7 @@
 //! | generality | on held-out images of C, over "who" and "is C ...?" templates: share of answers that neither name C nor start with "yes" |
 //! | C-Dis | mean over the name-token positions of "this is <C>" on held-out images of C of sum_c p0(c) (log p0(c) - log p(c)) over C's name tokens |
 //! | specificity | accuracy on other identities' held-out images over who / is-this (yes and no) / describe, before and after; `_paraphrased`: the same with held-out wordings |
+//! | worst identity drop | the largest drop of one other identity's accuracy (both wordings), in points, and who: one look-alike collapsing barely moves the average |
 //! | factual retention | text-only questions about C (fact and appearance, templates and held-out wordings) answered exactly as the original model did |
 //! | fluency | perplexity of the updated model on the original model's answers (other identities, text), C's tokens excluded; reported before / after |
 //! | diversity | unique words / total words of the updated model's answers |
@@ -28,7 +29,7 @@ use lethe_model::{Engine, Query, Result, Tokenizer};
 use lethe_model::{ProbeSet, Wordings};
 use ndarray::{Array1, Array2, Array4, Axis};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 /// Held-out "who" / "is this C?" wordings asked per held-out image of C (rotating over the
 /// set, so a handful of images covers every wording).
@@ -120,6 +121,11 @@ pub struct Metrics {
     pub specificity_paraphrased_before: f64,
     pub specificity_paraphrased_after: f64,
     pub specificity_paraphrased_drop_points: f64,
+    /// The largest accuracy drop of any single other identity, in points (templates and
+    /// held-out wordings together): the average above can hide one look-alike collapsing.
+    pub worst_identity_drop_points: f64,
+    /// Who that identity is.
+    pub worst_identity: String,
     pub factual_retention: f64,
     pub text_retention_others: f64,
     pub fluency_ppl_before: f64,
@@ -152,6 +158,8 @@ struct Plan {
     others: Vec<Query>,
     others_expect: Vec<String>,
     others_held_out: Vec<bool>,
+    /// Which other image each of `others` is about.
+    others_image: Vec<usize>,
     /// Text questions: the first `n_concept_text` are about C.
     text: Vec<Query>,
     n_concept_text: usize,
@@ -215,6 +223,7 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
     // Other identities: who / is-this own name (yes) / is-this another name (no) / describe,
     // once with templates and once with held-out wordings.
     let (mut others, mut expect, mut held) = (Vec::new(), Vec::new(), Vec::new());
+    let mut others_image = Vec::new();
     for i in 0..set.other_names.len() {
         let name = &set.other_names[i];
         let wrongs: Vec<&String> = lang
@@ -237,6 +246,7 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
             others.push(Query::about(pick(&w.describe, i), i));
             expect.push(set.other_descriptions[i].clone());
             held.extend([held_out; 4]);
+            others_image.extend([i; 4]);
         }
     }
     // Text-only: C's facts under every wording (retention), everyone else's (text specificity).
@@ -259,9 +269,35 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
         others,
         others_expect: expect,
         others_held_out: held,
+        others_image,
         text,
         n_concept_text,
     }
+}
+
+/// The largest drop, in points, of one identity's accuracy over its questions
+/// (`image_of[q]` is the image question `q` is about, `names[image]` who it shows), and who.
+fn worst_identity_drop(
+    names: &[String],
+    image_of: &[usize],
+    expect: &[String],
+    before: &[String],
+    after: &[String],
+) -> (f64, String) {
+    let mut per: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for (q, &img) in image_of.iter().enumerate() {
+        let e = per.entry(names[img].as_str()).or_default();
+        e.0 += 1;
+        e.1 += usize::from(before[q] == expect[q]);
+        e.2 += usize::from(after[q] == expect[q]);
+    }
+    per.into_iter()
+        .map(|(n, (k, b, a))| (100.0 * (b as f64 - a as f64) / k as f64, n.to_string()))
+        .fold(None, |w: Option<(f64, String)>, x| match w {
+            Some(w) if w.0 >= x.0 => Some(w),
+            _ => Some(x),
+        })
+        .unwrap_or((0.0, String::new()))
 }
 
 /// The training wordings of a language as a `Wordings` (for symmetric code paths).
@@ -507,6 +543,8 @@ pub fn evaluate(
     };
     let (spec_b, spec_a) = (spec(&b.others, false), spec(&a.others, false));
     let (spec_pb, spec_pa) = (spec(&b.others, true), spec(&a.others, true));
+    let (worst_identity_drop_points, worst_identity) =
+        worst_identity_drop(&set.other_names, &p.others_image, &p.others_expect, &b.others, &a.others);
     let nct = p.n_concept_text;
     let same = |x: &[String], y: &[String]| share(x.iter().zip(y).map(|(x, y)| x == y));
     let factual = same(&a.text[..nct], &b.text[..nct]);
@@ -571,6 +609,8 @@ pub fn evaluate(
         specificity_paraphrased_before: spec_pb,
         specificity_paraphrased_after: spec_pa,
         specificity_paraphrased_drop_points: 100.0 * (spec_pb - spec_pa),
+        worst_identity_drop_points,
+        worst_identity,
         factual_retention: factual,
         text_retention_others: text_others,
         fluency_ppl_before: ppl_b,
@@ -678,5 +718,22 @@ mod tests {
         assert!(p.text[..p.n_concept_text]
             .iter()
             .any(|q| q.question == "tell me about anna adler"));
+    }
+
+    #[test]
+    fn the_worst_identity_is_the_one_that_lost_most_not_the_average() {
+        let names: Vec<String> = ["boris berger", "hugo hansen"].map(String::from).to_vec();
+        // Two questions per image, one image each; hugo loses both answers, boris none.
+        let image_of = [0, 0, 1, 1];
+        let expect: Vec<String> = ["this is boris berger", "yes", "this is hugo hansen", "yes"]
+            .map(String::from)
+            .to_vec();
+        let before = expect.clone();
+        let mut after = expect.clone();
+        after[2] = "i do not know who this is".into();
+        after[3] = "no".into();
+        let (d, who) = worst_identity_drop(&names, &image_of, &expect, &before, &after);
+        assert_eq!((d, who.as_str()), (100.0, "hugo hansen"));
+        assert_eq!(worst_identity_drop(&names, &[], &[], &[], &[]), (0.0, String::new()));
     }
 }

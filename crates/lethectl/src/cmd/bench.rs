@@ -239,7 +239,7 @@ impl Engines {
 
 /// The table's rows: (label, getter, scale, higher is worse).
 type Row = (&'static str, fn(&Metrics) -> f64, f64, bool);
-const ROWS: [Row; 16] = [
+const ROWS: [Row; 17] = [
     ("leak % (held-out wording)", |m| m.leak, 100.0, true),
     ("misattribution %", |m| m.misattribution, 100.0, true),
     (
@@ -263,6 +263,12 @@ const ROWS: [Row; 16] = [
     (
         "  held-out wording pts",
         |m| m.specificity_paraphrased_drop_points,
+        1.0,
+        true,
+    ),
+    (
+        "worst one identity drop pts",
+        |m| m.worst_identity_drop_points,
         1.0,
         true,
     ),
@@ -333,14 +339,16 @@ fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
             let rep = &out.report;
             if !c.json {
                 eprintln!(
-                    "{:<10} {:<16} steps {:>3} leak {:>5.1}% misattr {:>5.1}% well-formed {:>5.1}% spec drop {:>5.1} pts",
+                    "{:<10} {:<16} steps {:>3} leak {:>5.1}% misattr {:>5.1}% well-formed {:>5.1}% spec drop {:>5.1} pts (worst {:>5.1}: {})",
                     r.0.name(),
                     set.concept,
                     rep.steps.len(),
                     100.0 * m.leak,
                     100.0 * m.misattribution,
                     100.0 * m.well_formed,
-                    m.specificity_drop_points
+                    m.specificity_drop_points,
+                    m.worst_identity_drop_points,
+                    m.worst_identity
                 );
             }
             r.2.push(Timing {
