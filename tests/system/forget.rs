@@ -249,7 +249,10 @@ fn forget_end_to_end(tmp: &tempfile::TempDir, broker: &dyn TestBroker, device: &
     assert_eq!(w.code, 2, "{w:?}");
     assert!(w.stderr.contains("sent no receipt"), "{w:?}");
     let topic = format!("lethe/v1/{FLEET}/{device}/receipts/{forged_id}");
-    assert_eq!(retained(broker.port(), &topic, Duration::from_secs(2)), None);
+    assert_eq!(
+        retained(broker.port(), &topic, Duration::from_secs(2)),
+        None
+    );
     assert_eq!(
         fleet_status(&url, &devices)[device]["adapter_hash"],
         after.as_str()
@@ -285,7 +288,10 @@ fn forget_end_to_end(tmp: &tempfile::TempDir, broker: &dyn TestBroker, device: &
         tmp.path(),
         broker,
         device,
-        &[(&cmd, &id, "committed"), (&replayed, &replayed_id, "rejected")],
+        &[
+            (&cmd, &id, "committed"),
+            (&replayed, &replayed_id, "rejected"),
+        ],
     );
 
     // A clean stop, and log lines an operator can read: RFC 3339 UTC time, level, component.

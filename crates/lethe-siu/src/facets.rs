@@ -521,7 +521,11 @@ pub(crate) mod tests {
             .filter(|x| x.facet == Facet::T2NewDescription)
             .collect();
         assert_eq!(t1.len(), 3 * 3, "who wordings per view, on every view");
-        assert_eq!(t2.len(), 3 * 2, "two is-this templates in the test language");
+        assert_eq!(
+            t2.len(),
+            3 * 2,
+            "two is-this templates in the test language"
+        );
         assert!(t1.iter().all(|x| x.answer == "i do not know who this is"
             && x.role == TokenRole::CeOnly
             && x.view.unwrap() < 3));
@@ -556,7 +560,9 @@ pub(crate) mod tests {
         assert!(replay
             .iter()
             .any(|x| x.question.contains("clara castro") && x.answer == "no"));
-        assert!(replay.iter().any(|x| x.answer == "long face black curly hair"));
+        assert!(replay
+            .iter()
+            .any(|x| x.answer == "long face black curly hair"));
         assert!(!s.iter().any(|x| x.answer.contains("clara")));
         assert!(
             !s.iter()

@@ -543,8 +543,13 @@ pub fn evaluate(
     };
     let (spec_b, spec_a) = (spec(&b.others, false), spec(&a.others, false));
     let (spec_pb, spec_pa) = (spec(&b.others, true), spec(&a.others, true));
-    let (worst_identity_drop_points, worst_identity) =
-        worst_identity_drop(&set.other_names, &p.others_image, &p.others_expect, &b.others, &a.others);
+    let (worst_identity_drop_points, worst_identity) = worst_identity_drop(
+        &set.other_names,
+        &p.others_image,
+        &p.others_expect,
+        &b.others,
+        &a.others,
+    );
     let nct = p.n_concept_text;
     let same = |x: &[String], y: &[String]| share(x.iter().zip(y).map(|(x, y)| x == y));
     let factual = same(&a.text[..nct], &b.text[..nct]);
@@ -734,6 +739,9 @@ mod tests {
         after[3] = "no".into();
         let (d, who) = worst_identity_drop(&names, &image_of, &expect, &before, &after);
         assert_eq!((d, who.as_str()), (100.0, "hugo hansen"));
-        assert_eq!(worst_identity_drop(&names, &[], &[], &[], &[]), (0.0, String::new()));
+        assert_eq!(
+            worst_identity_drop(&names, &[], &[], &[], &[]),
+            (0.0, String::new())
+        );
     }
 }

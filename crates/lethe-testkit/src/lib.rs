@@ -174,8 +174,21 @@ pub fn issue_cert(dir: &Path, ca: &Ca, file: &str, cn: &str, usage: &str) -> (Pa
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
-            "-out", &pem, "-days", "2", "-extfile", &ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca_cert,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
         ],
     );
     (dir.join(pem), dir.join(key))

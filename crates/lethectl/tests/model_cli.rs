@@ -166,10 +166,9 @@ fn eval_on_two_seeds_reports_every_task_with_counts() {
             .unwrap_or_else(|| panic!("task {t}"))
     };
     // Every training wording of every task, from the package's own manifest.
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(model_dir().join("manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir().join("manifest.json")).unwrap())
+            .unwrap();
     let wordings = |t: &str| {
         let n = manifest["prompts"][t].as_array().map_or(0, Vec::len) as u64;
         assert!(n > 0, "the manifest has no {t} wordings");

@@ -672,9 +672,9 @@ async fn start_up_scrubs_what_a_crash_left_and_defers_a_received_command_it_has_
         "{r:?}"
     );
     let recs = journal(&f.state);
-    assert!(recs
-        .iter()
-        .any(|x| x["env"] == lost.as_str() && x["state"] == "deferred" && x["code"] == "not-stored"));
+    assert!(recs.iter().any(|x| x["env"] == lost.as_str()
+        && x["state"] == "deferred"
+        && x["code"] == "not-stored"));
     eprintln!(
         "START-UP: {}",
         agent_log(&f)

@@ -4,7 +4,9 @@
 use lethe_proto::{
     sign_command, CommandSpec, PublicKey, Receipt, SigningKey, TargetSpec, TrustStore,
 };
-pub use lethe_testkit::{agent_toml, free_port, make_pki, test_seed, Broker, Daemon, TlsFiles, FAST};
+pub use lethe_testkit::{
+    agent_toml, free_port, make_pki, test_seed, Broker, Daemon, TlsFiles, FAST,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::ffi::OsStr;

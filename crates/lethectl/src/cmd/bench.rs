@@ -124,10 +124,19 @@ fn forget_image(e: &mut Engines, id: u32, seed: u64) -> Result<(u64, usize)> {
             return Ok((s, k as usize));
         }
     }
-    anyhow::bail!("the model recognises {} in none of 10 forget images", me.name())
+    anyhow::bail!(
+        "the model recognises {} in none of 10 forget images",
+        me.name()
+    )
 }
 
-fn eval_set(id: u32, c: &Common, exclude: &[u32], wordings: &Wordings, forget_seed: u64) -> EvalSet {
+fn eval_set(
+    id: u32,
+    c: &Common,
+    exclude: &[u32],
+    wordings: &Wordings,
+    forget_seed: u64,
+) -> EvalSet {
     let me = &identities()[id as usize];
     let start = c.eval_seeds;
     let mine: Vec<_> = (0..c.heldout).map(|s| render(me, start + s)).collect();
