@@ -495,6 +495,10 @@ pub(crate) mod tests {
         ]
     }
 
+    fn of_facet(s: &[Sample], facet: Facet) -> Vec<&Sample> {
+        s.iter().filter(|x| x.facet == facet).collect()
+    }
+
     fn build_for(method: Method, views: usize) -> (Vec<Sample>, Option<String>, Option<String>) {
         build(
             method,
@@ -512,14 +516,8 @@ pub(crate) mod tests {
     fn siu_teaches_the_strangers_answers_on_c_and_keeps_everyone_else() {
         let (s, fake, cf) = build_for(Method::Siu, 3);
         assert!(fake.is_none() && cf.is_none());
-        let t1: Vec<_> = s
-            .iter()
-            .filter(|x| x.facet == Facet::T1UnseenConcept)
-            .collect();
-        let t2: Vec<_> = s
-            .iter()
-            .filter(|x| x.facet == Facet::T2NewDescription)
-            .collect();
+        let t1 = of_facet(&s, Facet::T1UnseenConcept);
+        let t2 = of_facet(&s, Facet::T2NewDescription);
         assert_eq!(t1.len(), 3 * 3, "who wordings per view, on every view");
         assert_eq!(
             t2.len(),
@@ -579,14 +577,8 @@ pub(crate) mod tests {
     fn siu_paper_builds_all_four_facets_with_their_masks() {
         let (s, fake, cf) = build_for(Method::SiuPaper, 3);
         let fake = fake.unwrap();
-        let t1: Vec<_> = s
-            .iter()
-            .filter(|x| x.facet == Facet::T1UnseenConcept)
-            .collect();
-        let t2: Vec<_> = s
-            .iter()
-            .filter(|x| x.facet == Facet::T2NewDescription)
-            .collect();
+        let t1 = of_facet(&s, Facet::T1UnseenConcept);
+        let t2 = of_facet(&s, Facet::T2NewDescription);
         assert!(!t1.is_empty() && !t2.is_empty());
         assert!(t1
             .iter()

@@ -86,25 +86,14 @@ pub fn entry_of(c: &Collect, topic: &str, payload: &[u8], at: u64) -> Result<Ent
             return Err(format!("a receipt of command {}", r.command_id));
         }
     }
-    Ok(Entry {
-        v: 1,
-        n: 0,
-        prev: String::new(),
-        collected_at: at,
-        fleet: c.fleet.clone(),
-        topic: want,
-        device: r.device_id,
-        key_id: key.id().to_string(),
-        command_id: r.command_id,
-        verdict: r.verdict.name().to_string(),
-        reason: r.reason,
-        model_hash_before: r.model_hash_before,
-        model_hash_after: r.model_hash_after,
-        started_at: r.started_at,
-        finished_at: r.finished_at,
-        execution_provider: r.execution_provider,
-        receipt: hex::encode(payload),
-    })
+    Ok(Entry::of_receipt(
+        &c.fleet,
+        want,
+        key.id().to_string(),
+        r,
+        payload,
+        at,
+    ))
 }
 
 /// Collects until the broker has been quiet for `quiet_for`, then waits for the clears.

@@ -52,6 +52,38 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of a verified receipt `r` (signed envelope `bytes`) from the device whose key
+    /// id is `key_id`, delivered on `topic`, collected at `at`; not yet chained (`n`, `prev`
+    /// are set when the ledger appends it).
+    pub fn of_receipt(
+        fleet: &str,
+        topic: String,
+        key_id: String,
+        r: Receipt,
+        bytes: &[u8],
+        at: u64,
+    ) -> Entry {
+        Entry {
+            v: 1,
+            n: 0,
+            prev: String::new(),
+            collected_at: at,
+            fleet: fleet.to_string(),
+            topic,
+            device: r.device_id,
+            key_id,
+            command_id: r.command_id,
+            verdict: r.verdict.name().to_string(),
+            reason: r.reason,
+            model_hash_before: r.model_hash_before,
+            model_hash_after: r.model_hash_after,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            execution_provider: r.execution_provider,
+            receipt: hex::encode(bytes),
+        }
+    }
+
     /// Whether this is a `busy` answer (nothing applied; the device waits for a resend).
     pub fn is_busy(&self) -> bool {
         self.verdict == "rejected"
@@ -306,25 +338,10 @@ mod tests {
 
     fn entry(dev: &SigningKey, cmd: &str) -> Entry {
         let (bytes, r) = receipt(dev, cmd, Verdict::Committed);
-        Entry {
-            v: 1,
-            n: 0,
-            prev: String::new(),
-            collected_at: 1,
-            fleet: "lab".into(),
-            topic: topics::receipt("lab", dev.name(), cmd),
-            device: r.device_id,
-            key_id: dev.id().to_string(),
-            command_id: r.command_id,
-            verdict: r.verdict.name().into(),
-            reason: r.reason,
-            model_hash_before: r.model_hash_before,
-            model_hash_after: r.model_hash_after,
-            started_at: r.started_at,
-            finished_at: r.finished_at,
-            execution_provider: r.execution_provider,
-            receipt: hex::encode(bytes),
-        }
+        let topic = topics::receipt("lab", dev.name(), cmd);
+        let mut e = Entry::of_receipt("lab", topic, dev.id().to_string(), r, &bytes, 0);
+        e.collected_at = 1;
+        e
     }
 
     fn ledger_of(entries: Vec<Entry>) -> (tempfile::TempDir, std::path::PathBuf) {

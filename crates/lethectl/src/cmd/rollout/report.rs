@@ -6,16 +6,12 @@ use super::state::{Outcome, RolloutState};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-/// Outcomes shown as table columns, in order.
-const COLUMNS: [Outcome; 7] = [
-    Outcome::Committed,
-    Outcome::RolledBack,
-    Outcome::Failed,
-    Outcome::Rejected,
-    Outcome::TimedOut,
-    Outcome::Waiting,
-    Outcome::Busy,
-];
+/// Outcomes shown as table columns, in order: every one a delivered device can have.
+fn columns() -> impl Iterator<Item = Outcome> {
+    Outcome::ALL
+        .into_iter()
+        .filter(|o| *o != Outcome::NotDelivered)
+}
 
 fn counts<'a>(
     st: &RolloutState,
@@ -127,13 +123,13 @@ pub fn to_text(st: &RolloutState, elapsed_s: f64, max_listed: usize) -> String {
         }
     ));
     out.push_str(&format!("{:>5} {:>9} {:>8}", "wave", "rate/min", "devices"));
-    for o in COLUMNS {
+    for o in columns() {
         out.push_str(&format!(" {:>11}", o.name()));
     }
     out.push('\n');
     let mut row = |label: String, rate: String, n: usize, c: &BTreeMap<Outcome, usize>| {
         out.push_str(&format!("{label:>5} {rate:>9} {n:>8}"));
-        for o in COLUMNS {
+        for o in columns() {
             out.push_str(&format!(" {:>11}", c.get(&o).copied().unwrap_or(0)));
         }
         out.push('\n');
