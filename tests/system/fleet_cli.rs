@@ -4,7 +4,7 @@
 //! with a plain URL are one-line errors with exit code 2; `status` works on the plain
 //! listener.
 
-use lethe_proto::{sign_command, CommandSpec, SigningKey, TargetSpec};
+use lethe_proto::{sign_command, ActionSpec, CommandSpec, ForgetSpec, SigningKey, TargetSpec};
 use lethe_system_tests::{lethectl, Run};
 use lethe_testkit::{make_pki, Broker};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -28,11 +28,13 @@ fn signed_command(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
         target: TargetSpec::Device("cam-07".into()),
         model_id: "lethe-tiny-vlm".into(),
         model_version: None,
-        concept: lethe_world::identity(2).unwrap().name(),
-        image: png.into_inner(),
-        verify_images: vec![],
-        method: None,
-        steps: None,
+        action: ActionSpec::Forget(ForgetSpec {
+            concept: lethe_world::identity(2).unwrap().name(),
+            image: png.into_inner(),
+            verify_images: vec![],
+            method: None,
+            steps: None,
+        }),
     };
     let bytes = sign_command(&spec, &[&op]).unwrap();
     let path = dir.join("cmd.leth");

@@ -50,6 +50,10 @@ pub struct Config {
     /// refused by the replay floor instead (never applied again).
     #[serde(default = "default_journal_keep")]
     pub journal_keep: usize,
+    /// Adapter versions kept besides the current one, for an operator's revert (the
+    /// package's original adapter is always reachable). 1..=64; default 8.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: usize,
     /// Periodic self-check; 0 = only at start-up.
     #[serde(default = "default_selfcheck")]
     pub selfcheck_interval_s: u64,
@@ -173,6 +177,10 @@ fn default_packet() -> usize {
 fn default_keep_alive() -> u64 {
     15
 }
+fn default_keep_versions() -> usize {
+    crate::store::DEFAULT_KEEP_VERSIONS
+}
+
 fn default_journal_keep() -> usize {
     64
 }
@@ -381,6 +389,9 @@ impl Config {
         }
         if self.journal_keep == 0 || self.journal_keep > 4096 {
             p.push("journal_keep must be 1..=4096".into());
+        }
+        if self.keep_versions == 0 || self.keep_versions > 64 {
+            p.push("keep_versions must be 1..=64".into());
         }
         if !(64 << 10..=16 << 20).contains(&self.max_packet_bytes) {
             p.push("max_packet_bytes must be 64 KiB..=16 MiB".into());

@@ -328,6 +328,7 @@ mod tests {
             seq,
             base_hash: "b".into(),
             concept: "c".into(),
+            revert_to: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub mod fsutil;
 pub mod journal;
 pub mod log;
 pub mod mqtt;
+pub mod revert;
 pub mod sdnotify;
 pub mod selfcheck;
 pub mod state;

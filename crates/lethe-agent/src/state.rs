@@ -16,6 +16,7 @@
 //! queue was full) is not terminal: nothing was applied and the sequence number was not
 //! consumed, so a resend of the same envelope is decided again.
 
+use lethe_proto::UndoneForget;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -48,7 +49,11 @@ pub enum Event {
         issuer: String,
         seq: u64,
         base_hash: String,
+        /// A forget's concept (empty for a revert).
         concept: String,
+        /// A revert's target (`original`, a hash, `before:<id>`); absent for a forget.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        revert_to: Option<String>,
     },
     /// A restart after a crash: the job runs again from `base_hash`.
     Restarted {
@@ -61,10 +66,13 @@ pub enum Event {
         loss: f32,
     },
     Verifying,
-    /// Verification passed; the store is about to move `current` to `new_hash`.
+    /// Verification passed; the store is about to move `current` to `new_hash`. A revert
+    /// names the forgets it undoes (`undone.json` already records them).
     Committing {
         new_hash: String,
         metrics: BTreeMap<String, f64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        undone: Vec<UndoneForget>,
     },
     Committed {
         new_hash: String,
@@ -168,9 +176,15 @@ pub struct CommandState {
     pub issuer: Option<String>,
     pub seq: Option<u64>,
     pub concept: Option<String>,
+    /// A revert's target; `None` for a forget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_to: Option<String>,
     pub base_hash: Option<String>,
     pub new_hash: Option<String>,
     pub metrics: BTreeMap<String, f64>,
+    /// The forgets a revert undoes (from its `committing` record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undone: Vec<UndoneForget>,
     pub step: Option<(usize, usize)>,
     pub reason: Option<String>,
     /// Hex of the signed receipt, once terminal.
@@ -219,9 +233,11 @@ pub fn apply(
                 issuer: None,
                 seq: None,
                 concept: None,
+                revert_to: None,
                 base_hash: None,
                 new_hash: None,
                 metrics: BTreeMap::new(),
+                undone: Vec::new(),
                 step: None,
                 reason: None,
                 receipt: None,
@@ -272,6 +288,7 @@ pub fn apply(
                 seq,
                 base_hash,
                 concept,
+                revert_to,
             },
         ) => {
             s.phase = P::Accepted;
@@ -280,6 +297,7 @@ pub fn apply(
             s.seq = Some(*seq);
             s.base_hash = Some(base_hash.clone());
             s.concept = Some(concept.clone());
+            s.revert_to = revert_to.clone();
             s.attempts = 1;
         }
         (
@@ -290,6 +308,7 @@ pub fn apply(
             s.attempts = *attempt;
             s.step = None;
             s.new_hash = None;
+            s.undone.clear();
         }
         (P::Accepted, Event::Preparing) => s.phase = P::Preparing,
         (P::Preparing | P::Training, Event::Training { step, of, .. }) => {
@@ -297,10 +316,18 @@ pub fn apply(
             s.step = Some((*step, *of));
         }
         (P::Preparing | P::Training, Event::Verifying) => s.phase = P::Verifying,
-        (P::Verifying, Event::Committing { new_hash, metrics }) => {
+        (
+            P::Verifying,
+            Event::Committing {
+                new_hash,
+                metrics,
+                undone,
+            },
+        ) => {
             s.phase = P::Committing;
             s.new_hash = Some(new_hash.clone());
             s.metrics = metrics.clone();
+            s.undone = undone.clone();
         }
         (P::Committing, Event::Committed { new_hash, receipt }) => {
             s.phase = P::Committed;
@@ -401,6 +428,7 @@ mod tests {
             seq: 1,
             base_hash: "base".into(),
             concept: "anna adler".into(),
+            revert_to: None,
         }
     }
 
@@ -432,6 +460,7 @@ mod tests {
             Event::Committing {
                 new_hash: "new".into(),
                 metrics: BTreeMap::new(),
+                undone: vec![],
             },
             Event::Committed {
                 new_hash: "new".into(),
@@ -476,7 +505,8 @@ mod tests {
             Event::Preparing,
             Event::Committing {
                 new_hash: "n".into(),
-                metrics: BTreeMap::new()
+                metrics: BTreeMap::new(),
+                undone: vec![],
             }
         ])
         .is_err());
@@ -524,6 +554,7 @@ mod tests {
             Event::Committing {
                 new_hash: "new".into(),
                 metrics: BTreeMap::new(),
+                undone: vec![],
             },
         ])
         .unwrap();
@@ -590,6 +621,7 @@ mod tests {
             Event::Committing {
                 new_hash: "n".into(),
                 metrics: BTreeMap::new(),
+                undone: vec![],
             },
             Event::Committed {
                 new_hash: "n".into(),
@@ -670,6 +702,7 @@ mod tests {
             Event::Committing {
                 new_hash: "new".into(),
                 metrics: BTreeMap::new(),
+                undone: vec![],
             },
             Event::Restarted { attempt: 2 },
         ])

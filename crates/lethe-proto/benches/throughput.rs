@@ -6,8 +6,9 @@
 
 use lethe_proto::envelope::{self, Kind};
 use lethe_proto::{
-    sign_command, sign_receipt, verify_command, verify_receipt, CommandSpec, DeviceContext,
-    ModelContext, Receipt, ReplayState, SigningKey, TargetSpec, TrustStore, Verdict,
+    sign_command, sign_receipt, verify_command, verify_receipt, ActionSpec, CommandSpec,
+    DeviceContext, ForgetSpec, ModelContext, Receipt, ReplayState, SigningKey, TargetSpec,
+    TrustStore, Verdict,
 };
 use std::hint::black_box;
 use std::io::Cursor;
@@ -64,11 +65,13 @@ fn main() {
         target: TargetSpec::Device("cam-01".into()),
         model_id: "lethe-tiny".into(),
         model_version: None,
-        concept: "Albin Berg".into(),
-        image,
-        verify_images: vec![],
-        method: None,
-        steps: None,
+        action: ActionSpec::Forget(ForgetSpec {
+            concept: "Albin Berg".into(),
+            image,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+        }),
     };
     let env = sign_command(&spec, &[&key]).unwrap();
     let payload = spec.to_payload().unwrap();
@@ -86,6 +89,7 @@ fn main() {
             execution_provider: Some("cpu".into()),
             started_at: NOW,
             finished_at: NOW + 2,
+            undone_forgets: Vec::new(),
         },
         &dev,
     )

@@ -42,9 +42,10 @@ const TOP_FIELDS: &[&str] = &[
 const TARGET_FIELDS: &[&str] = &["device", "group"];
 const MODEL_FIELDS: &[&str] = &["id", "version"];
 const FORGET_FIELDS: &[&str] = &["concept", "image", "verify_images", "method", "steps"];
-const ACTIONS: &[&str] = &["forget"];
+const REVERT_FIELDS: &[&str] = &["to", "undo_forgets"];
+const ACTIONS: &[&str] = &["forget", "revert"];
 
-/// A forget command, every field checked. Get one from `verify_command` (as
+/// A command (forget or revert), every field checked. Get one from `verify_command` (as
 /// `Verified<Command>`) or, without any signature check, from `parse_command`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
@@ -77,10 +78,75 @@ pub struct ModelRef {
     pub version: Option<Ident>,
 }
 
-/// What to do. Version 1 knows one action.
+/// What to do. Payload version 1 knows two actions; a device that predates `revert`
+/// refuses it as `unknown-action` (PROTOCOL.md, "Versions").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Forget(Forget),
+    Revert(Revert),
+}
+
+impl Action {
+    /// The action's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Forget(_) => "forget",
+            Action::Revert(_) => "revert",
+        }
+    }
+}
+
+/// Make an adapter version the device still holds current again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revert {
+    pub to: RevertTo,
+    /// The operator's confirmation that the revert may undo forgets (bring back concepts
+    /// that were forgotten). Without it a device refuses such a revert (`undoes-forgets`).
+    pub undo_forgets: bool,
+}
+
+/// Which version a revert goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevertTo {
+    /// The package's own adapter, as shipped.
+    Original,
+    /// The version with this SHA-256 (64 lowercase hex digits), which the device must hold.
+    Version(heapless::String<64>),
+    /// The version that was current before the named forget command committed.
+    Before(Ident),
+}
+
+impl RevertTo {
+    /// Parses the wire form: `original`, 64 lowercase hex digits, or `before:<command id>`.
+    pub fn parse(s: &str) -> Result<RevertTo, Rejection> {
+        let bad = Rejection::InvalidField {
+            field: "to",
+            why: "not `original`, a 64-digit lowercase sha256 or `before:<command id>`",
+        };
+        if s == "original" {
+            return Ok(RevertTo::Original);
+        }
+        if let Some(id) = s.strip_prefix("before:") {
+            return Ok(RevertTo::Before(Ident::new("to", id)?));
+        }
+        let hex = s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex {
+            return Err(bad);
+        }
+        let mut h = heapless::String::new();
+        h.push_str(s).map_err(|_| bad)?;
+        Ok(RevertTo::Version(h))
+    }
+}
+
+impl core::fmt::Display for RevertTo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RevertTo::Original => f.write_str("original"),
+            RevertTo::Version(h) => f.write_str(h),
+            RevertTo::Before(id) => write!(f, "before:{}", id.as_str()),
+        }
+    }
 }
 
 /// Forget one visual concept from one image.
@@ -189,6 +255,15 @@ struct WireModel {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum WireAction {
     Forget(WireForget),
+    Revert(WireRevert),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRevert {
+    to: String,
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
+    undo_forgets: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -216,11 +291,31 @@ pub struct CommandSpec {
     pub target: TargetSpec,
     pub model_id: String,
     pub model_version: Option<String>,
+    pub action: ActionSpec,
+}
+
+/// The action in plain types.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActionSpec {
+    Forget(ForgetSpec),
+    Revert(RevertSpec),
+}
+
+/// A forget in plain types.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForgetSpec {
     pub concept: String,
     pub image: Vec<u8>,
     pub verify_images: Vec<Vec<u8>>,
     pub method: Option<Method>,
     pub steps: Option<u32>,
+}
+
+/// A revert in plain types: `to` is `original`, a version's sha256, or `before:<id>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevertSpec {
+    pub to: String,
+    pub undo_forgets: bool,
 }
 
 /// Target in plain types.
@@ -249,13 +344,19 @@ impl CommandSpec {
                 id: self.model_id.clone(),
                 version: self.model_version.clone(),
             },
-            action: WireAction::Forget(WireForget {
-                concept: self.concept.clone(),
-                image: B64.encode(&self.image),
-                verify_images: self.verify_images.iter().map(|i| B64.encode(i)).collect(),
-                method: self.method.map(|m| m.name().to_string()),
-                steps: self.steps,
-            }),
+            action: match &self.action {
+                ActionSpec::Forget(f) => WireAction::Forget(WireForget {
+                    concept: f.concept.clone(),
+                    image: B64.encode(&f.image),
+                    verify_images: f.verify_images.iter().map(|i| B64.encode(i)).collect(),
+                    method: f.method.map(|m| m.name().to_string()),
+                    steps: f.steps,
+                }),
+                ActionSpec::Revert(r) => WireAction::Revert(WireRevert {
+                    to: r.to.clone(),
+                    undo_forgets: r.undo_forgets,
+                }),
+            },
         };
         let bytes =
             serde_json::to_vec(&wire).map_err(|e| Rejection::MalformedPayload(e.to_string()))?;
@@ -317,7 +418,9 @@ fn precheck(v: &Value) -> Result<(), Rejection> {
             if !ACTIONS.contains(&name.as_str()) {
                 return Err(Rejection::UnknownAction(name.clone()));
             }
-            if let Some(f) = body.as_object() {
+            if let (Some(f), "revert") = (body.as_object(), name.as_str()) {
+                check_fields(f, REVERT_FIELDS)?;
+            } else if let Some(f) = body.as_object() {
                 check_fields(f, FORGET_FIELDS)?;
                 if let Some(list) = f.get("verify_images").and_then(Value::as_array) {
                     if list.len() > MAX_VERIFY_IMAGES {
@@ -366,7 +469,29 @@ impl WireCommand {
                 None => None,
             },
         };
-        let WireAction::Forget(f) = self.action;
+        let action = match self.action {
+            WireAction::Forget(f) => Action::Forget(f.into_forget()?),
+            WireAction::Revert(r) => Action::Revert(Revert {
+                to: RevertTo::parse(&r.to)?,
+                undo_forgets: r.undo_forgets,
+            }),
+        };
+        Ok(Command {
+            id: Ident::new("id", &self.id)?,
+            issuer: Ident::new("issuer", &self.issuer)?,
+            seq: self.seq,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            target,
+            model,
+            action,
+        })
+    }
+}
+
+impl WireForget {
+    fn into_forget(self) -> Result<Forget, Rejection> {
+        let f = self;
         let concept = Concept::new(&f.concept)?;
         let image = decode_image(&f.image, 0)?;
         let mut verify_images = heapless::Vec::new();
@@ -394,21 +519,12 @@ impl WireCommand {
                 });
             }
         }
-        Ok(Command {
-            id: Ident::new("id", &self.id)?,
-            issuer: Ident::new("issuer", &self.issuer)?,
-            seq: self.seq,
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            target,
-            model,
-            action: Action::Forget(Forget {
-                concept,
-                image,
-                verify_images,
-                method,
-                steps: f.steps,
-            }),
+        Ok(Forget {
+            concept,
+            image,
+            verify_images,
+            method,
+            steps: f.steps,
         })
     }
 }
@@ -428,12 +544,103 @@ mod tests {
             target: TargetSpec::Device("cam-01".into()),
             model_id: "lethe-tiny".into(),
             model_version: None,
-            concept: "Albin Berg".into(),
-            image: png(8, 8),
-            verify_images: vec![png(4, 4)],
-            method: Some(Method::Siu),
-            steps: Some(8),
+            action: ActionSpec::Forget(ForgetSpec {
+                concept: "Albin Berg".into(),
+                image: png(8, 8),
+                verify_images: vec![png(4, 4)],
+                method: Some(Method::Siu),
+                steps: Some(8),
+            }),
         }
+    }
+
+    /// The forget of a spec made by `spec()`.
+    fn fs(s: &mut CommandSpec) -> &mut ForgetSpec {
+        match &mut s.action {
+            ActionSpec::Forget(f) => f,
+            ActionSpec::Revert(_) => panic!("a forget spec"),
+        }
+    }
+
+    fn forget_of(c: &Command) -> &Forget {
+        match &c.action {
+            Action::Forget(f) => f,
+            Action::Revert(_) => panic!("a forget"),
+        }
+    }
+
+    fn revert_spec(to: &str, undo_forgets: bool) -> CommandSpec {
+        CommandSpec {
+            action: ActionSpec::Revert(RevertSpec {
+                to: to.into(),
+                undo_forgets,
+            }),
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn a_revert_round_trips_for_each_kind_of_target_version() {
+        let hash = "0123456789abcdef".repeat(4);
+        let cases = [
+            ("original", RevertTo::Original),
+            (
+                hash.as_str(),
+                RevertTo::Version(hash.as_str().try_into().unwrap()),
+            ),
+            (
+                "before:op-7",
+                RevertTo::Before(Ident::new("to", "op-7").unwrap()),
+            ),
+        ];
+        for (to, want) in cases {
+            for undo in [false, true] {
+                let c = parse_command(&revert_spec(to, undo).to_payload().unwrap()).unwrap();
+                let Action::Revert(r) = &c.action else {
+                    panic!("{to}: not a revert")
+                };
+                assert_eq!((&r.to, r.undo_forgets), (&want, undo), "{to}");
+                assert_eq!(r.to.to_string(), to);
+                assert_eq!(c.action.name(), "revert");
+            }
+        }
+        // `undo_forgets: false` is left out of the wire form.
+        let p = revert_spec("original", false).to_payload().unwrap();
+        assert!(!String::from_utf8(p).unwrap().contains("undo_forgets"));
+    }
+
+    #[test]
+    fn a_revert_to_anything_but_a_known_form_is_an_invalid_field() {
+        let upper = "0123456789ABCDEF".repeat(4);
+        let short = "0123456789abcdef".repeat(3);
+        let long = "0".repeat(65);
+        for bad in [
+            "",
+            "Original",
+            "latest",
+            upper.as_str(),
+            short.as_str(),
+            long.as_str(),
+            "before:",
+        ] {
+            let err = revert_spec(bad, false).to_payload().unwrap_err();
+            assert_eq!(err.code(), "invalid-field", "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_revert_with_a_forget_field_or_an_unknown_field_is_refused() {
+        for key in ["concept", "image", "undo"] {
+            let mut v: Value =
+                serde_json::from_slice(&revert_spec("original", true).to_payload().unwrap())
+                    .unwrap();
+            v["action"]["revert"][key] = Value::String("x".into());
+            let err = parse_command(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert_eq!(err.code(), "unknown-field", "{key}: {err}");
+        }
+        // And a forget does not take the revert's fields.
+        let err = parse_edited(|v| v["action"]["forget"]["to"] = "original".into()).unwrap_err();
+        assert_eq!(err.code(), "unknown-field", "{err}");
     }
 
     #[test]
@@ -441,7 +648,7 @@ mod tests {
         let p = spec().to_payload().unwrap();
         let c = parse_command(&p).unwrap();
         assert_eq!(c.issuer.as_str(), "alice");
-        let Action::Forget(f) = &c.action;
+        let f = forget_of(&c);
         assert_eq!(f.concept.as_str(), "Albin Berg");
         assert_eq!(f.image.bytes(), &png(8, 8)[..]);
         assert_eq!(f.verify_images.len(), 1);
@@ -451,13 +658,13 @@ mod tests {
     #[test]
     fn the_signer_refuses_what_the_device_would_refuse() {
         let mut s = spec();
-        s.steps = Some(1000);
+        fs(&mut s).steps = Some(1000);
         assert_eq!(s.to_payload().unwrap_err().code(), "invalid-field");
         let mut s = spec();
-        s.image = b"not an image".to_vec();
+        fs(&mut s).image = b"not an image".to_vec();
         assert_eq!(s.to_payload().unwrap_err().code(), "not-an-image");
         let mut s = spec();
-        s.verify_images = vec![png(2, 2); MAX_VERIFY_IMAGES + 1];
+        fs(&mut s).verify_images = vec![png(2, 2); MAX_VERIFY_IMAGES + 1];
         assert_eq!(s.to_payload().unwrap_err().code(), "too-many-images");
     }
 
@@ -497,13 +704,13 @@ mod tests {
     #[test]
     fn an_image_of_exactly_the_cap_is_accepted_and_one_byte_more_is_refused() {
         let mut s = spec();
-        s.image = png_of_len(MAX_IMAGE_BYTES);
+        fs(&mut s).image = png_of_len(MAX_IMAGE_BYTES);
         let c = parse_command(&s.to_payload().unwrap()).unwrap();
-        let Action::Forget(f) = &c.action;
+        let f = forget_of(&c);
         assert_eq!(f.image.bytes().len(), MAX_IMAGE_BYTES);
         // One byte more still fits the base64 text cap, so the byte cap itself refuses it.
-        s.image = png_of_len(MAX_IMAGE_BYTES + 1);
-        assert_eq!(B64.encode(&s.image).len(), MAX_IMAGE_B64);
+        fs(&mut s).image = png_of_len(MAX_IMAGE_BYTES + 1);
+        assert_eq!(B64.encode(&fs(&mut s).image).len(), MAX_IMAGE_B64);
         assert_eq!(
             s.to_payload().unwrap_err(),
             Rejection::ImageTooLarge {
@@ -575,9 +782,9 @@ mod tests {
     #[test]
     fn four_verification_images_are_accepted_and_a_fifth_is_refused_before_decoding() {
         let mut s = spec();
-        s.verify_images = vec![png(2, 2); MAX_VERIFY_IMAGES];
+        fs(&mut s).verify_images = vec![png(2, 2); MAX_VERIFY_IMAGES];
         let c = parse_command(&s.to_payload().unwrap()).unwrap();
-        let Action::Forget(f) = &c.action;
+        let f = forget_of(&c);
         assert_eq!(f.verify_images.len(), MAX_VERIFY_IMAGES);
         // The fifth is not even base64: the count is refused first.
         let err = parse_edited(|v| {
@@ -612,7 +819,7 @@ mod tests {
     fn steps_from_one_to_the_bound_are_accepted_and_zero_or_more_refused() {
         for ok in [1, MAX_STEPS] {
             let c = parse_edited(|v| v["action"]["forget"]["steps"] = ok.into()).unwrap();
-            let Action::Forget(f) = &c.action;
+            let f = forget_of(&c);
             assert_eq!(f.steps, Some(ok));
         }
         for bad in [0, MAX_STEPS + 1] {

@@ -38,11 +38,12 @@ pub mod trust;
 pub mod verify;
 
 pub use command::{
-    parse_command, Action, Command, CommandSpec, Forget, Method, Target, TargetSpec,
+    parse_command, Action, ActionSpec, Command, CommandSpec, Forget, ForgetSpec, Method, Revert,
+    RevertSpec, RevertTo, Target, TargetSpec,
 };
 pub use error::Rejection;
 pub use keys::{KeyId, PublicKey, SigningKey};
-pub use receipt::{sign_receipt, verify_receipt, Receipt, Verdict};
+pub use receipt::{sign_receipt, verify_receipt, Receipt, UndoneForget, Verdict};
 pub use replay::ReplayState;
 pub use trust::{sign_rotation, RotationSpec, TrustStore};
 pub use verify::{

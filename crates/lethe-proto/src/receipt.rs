@@ -20,6 +20,16 @@ use serde::{Deserialize, Serialize};
 pub const MAX_METRICS: usize = 32;
 /// Cap on the free-text `reason` and on other text fields.
 pub const MAX_RECEIPT_TEXT: usize = 512;
+/// Most undone forgets one receipt names (the metric `forgets_undone` has the full count).
+pub const MAX_UNDONE_FORGETS: usize = 64;
+
+/// A forget that a revert undid: the concept is known to the model again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UndoneForget {
+    pub command_id: String,
+    pub concept: String,
+}
 
 /// Outcome of a command on a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +76,11 @@ pub struct Receipt {
     pub started_at: u64,
     /// Unix seconds.
     pub finished_at: u64,
+    /// A revert's receipt: the forgets it undid, oldest first (at most
+    /// `MAX_UNDONE_FORGETS`). Absent from every other receipt, so those read as before; a
+    /// verifier older than this field refuses a receipt that has it rather than drop it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undone_forgets: Vec<UndoneForget>,
 }
 
 impl Receipt {
@@ -107,6 +122,16 @@ impl Receipt {
                     why: "not a finite number",
                 });
             }
+        }
+        if self.undone_forgets.len() > MAX_UNDONE_FORGETS {
+            return Err(Rejection::InvalidField {
+                field: "undone_forgets",
+                why: "more than 64 entries",
+            });
+        }
+        for u in &self.undone_forgets {
+            Ident::new("undone_forgets", &u.command_id)?;
+            crate::ident::Concept::new(&u.concept)?;
         }
         if self.finished_at < self.started_at {
             return Err(Rejection::BadValidityWindow(
@@ -180,6 +205,7 @@ mod tests {
             execution_provider: Some("cpu".into()),
             started_at: 10,
             finished_at: 12,
+            undone_forgets: Vec::new(),
         }
     }
 

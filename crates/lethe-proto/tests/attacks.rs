@@ -13,9 +13,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use lethe_proto::envelope::{self, Kind, HEADER_LEN};
 use lethe_proto::{
-    sign_command, sign_receipt, sign_rotation, verify_command, CommandSpec, DeviceContext,
-    ModelContext, Receipt, Rejection, ReplayState, RotationSpec, SigningKey, TargetSpec,
-    TrustStore, Verdict,
+    sign_command, sign_receipt, sign_rotation, verify_command, ActionSpec, CommandSpec,
+    DeviceContext, ForgetSpec, ModelContext, Receipt, Rejection, ReplayState, RotationSpec,
+    SigningKey, TargetSpec, TrustStore, Verdict,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -119,11 +119,13 @@ impl Fx {
             target: TargetSpec::Device("cam-01".into()),
             model_id: "lethe-tiny".into(),
             model_version: Some("3".into()),
-            concept: "Albin Berg".into(),
-            image: self.image.clone(),
-            verify_images: vec![],
-            method: None,
-            steps: None,
+            action: ActionSpec::Forget(ForgetSpec {
+                concept: "Albin Berg".into(),
+                image: self.image.clone(),
+                verify_images: vec![],
+                method: None,
+                steps: None,
+            }),
         }
     }
 
@@ -218,6 +220,7 @@ fn cases(fx: &Fx) -> Vec<Case> {
             execution_provider: None,
             started_at: 1,
             finished_at: 2,
+            undone_forgets: Vec::new(),
         },
         &fx.alice,
     )

@@ -333,6 +333,7 @@ fn keygen_trust_sign_verify_replay_tamper_rotate_revoke_and_receipt() {
         execution_provider: Some("cpu".into()),
         started_at: 1_700_000_000,
         finished_at: 1_700_000_003,
+        undone_forgets: Vec::new(),
     };
     let rfile = p("receipt.bin");
     std::fs::write(

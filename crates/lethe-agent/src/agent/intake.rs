@@ -73,16 +73,24 @@ pub(super) async fn on_command(sh: &Arc<Shared>, job_tx: &mpsc::Sender<String>, 
         Ok(Ok(Intake::Decided(st))) => {
             let _ = sh.out.send(Out::Ack(p));
             if st.phase == Phase::Accepted {
-                info!(
-                    "accepted {} (concept {:?})",
-                    st.name(),
-                    st.concept.as_deref().unwrap_or("")
-                );
-                sh.event(
-                    &st.name(),
-                    "accepted",
-                    serde_json::json!({"concept": st.concept}),
-                );
+                match &st.revert_to {
+                    Some(to) => {
+                        info!("accepted {} (revert to {to})", st.name());
+                        sh.event(&st.name(), "accepted", serde_json::json!({"revert_to": to}));
+                    }
+                    None => {
+                        info!(
+                            "accepted {} (concept {:?})",
+                            st.name(),
+                            st.concept.as_deref().unwrap_or("")
+                        );
+                        sh.event(
+                            &st.name(),
+                            "accepted",
+                            serde_json::json!({"concept": st.concept}),
+                        );
+                    }
+                }
                 if let Some(permit) = permit {
                     permit.send(st.env.clone());
                 }
@@ -175,14 +183,27 @@ pub(super) fn decide(
                             .to_string(),
                         id,
                     )),
-                    Ok(next) => Ok((cmd, next)),
+                    Ok(next) => match &cmd.action {
+                        // A revert that cannot go ahead now is refused at once.
+                        Action::Revert(r) => {
+                            let store = sh.store.lock().unwrap();
+                            match crate::revert::plan(&store, &sh.original, r) {
+                                Ok(_) => Ok((cmd, next)),
+                                Err(no) => Err((no.code.to_string(), no.reason, None)),
+                            }
+                        }
+                        Action::Forget(_) => Ok((cmd, next)),
+                    },
                 }
             }
         }
     };
     match verdict {
         Ok((cmd, next)) => {
-            let Action::Forget(f) = &cmd.action;
+            let (concept, revert_to) = match &cmd.action {
+                Action::Forget(f) => (f.concept.as_str().to_string(), None),
+                Action::Revert(r) => (String::new(), Some(r.to.to_string())),
+            };
             let st = sh.append(
                 j,
                 env,
@@ -191,7 +212,8 @@ pub(super) fn decide(
                     issuer: cmd.issuer.as_str().to_string(),
                     seq: cmd.seq,
                     base_hash: current,
-                    concept: f.concept.as_str().to_string(),
+                    concept,
+                    revert_to,
                 },
             )?;
             // Persisted by the journal record above; only now does memory follow.

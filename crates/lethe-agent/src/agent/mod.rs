@@ -148,7 +148,8 @@ async fn start(cfg: &Config, load: LoadUpdater) -> Result<Started, AgentError> {
         .await
         .map_err(|e| AgentError::Other(e.to_string()))??;
     let initial = engines.initial_adapter()?;
-    let store = AdapterStore::open(&cfg.state_dir.join("adapters"), &initial)?;
+    let store =
+        AdapterStore::open(&cfg.state_dir.join("adapters"), &initial)?.with_keep(cfg.keep_versions);
     let journal = Journal::open(&cfg.state_dir.join("journal.jsonl"))?;
     let notes = recovery::startup_notes(&journal, &store);
     let replay = recovery::replay_state(&journal, &cfg.state_dir)?;
@@ -171,6 +172,8 @@ async fn start(cfg: &Config, load: LoadUpdater) -> Result<Started, AgentError> {
         model_version: m.version.clone(),
         adapter_hash: store.current_hash().to_string(),
         adapter_previous: None,
+        forgotten: Vec::new(),
+        forgets_undone: Vec::new(),
         execution_provider: provider.used,
         provider_requested: cfg.execution_provider.clone(),
         provider_note: provider.note,
@@ -192,6 +195,7 @@ async fn start(cfg: &Config, load: LoadUpdater) -> Result<Started, AgentError> {
         topics,
         journal: Mutex::new(journal),
         store: Mutex::new(store),
+        original: initial.sha256_hex(),
         engines: Mutex::new(engines),
         trust,
         key,

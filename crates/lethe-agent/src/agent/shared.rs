@@ -44,6 +44,8 @@ pub(super) struct Shared {
     pub(super) topics: Topics,
     pub(super) journal: Mutex<Journal>,
     pub(super) store: Mutex<AdapterStore>,
+    /// Hash of the package's own adapter (the target of a revert to `original`).
+    pub(super) original: String,
     /// The model's side: updates and self-checks (crate::updater).
     pub(super) engines: Mutex<Box<dyn Updater>>,
     pub(super) trust: TrustStore,
@@ -182,6 +184,12 @@ impl Shared {
             execution_provider: Some(provider),
             started_at: started,
             finished_at: now_unix().max(started),
+            undone_forgets: st
+                .undone
+                .iter()
+                .take(lethe_proto::receipt::MAX_UNDONE_FORGETS)
+                .cloned()
+                .collect(),
         };
         match sign_receipt(&r, &self.key) {
             Ok(b) => hex::encode(b),

@@ -13,6 +13,7 @@ use crate::fsutil::{now_ms, now_unix};
 use crate::log::{error, info};
 use crate::selfcheck::SelfCheck;
 use crate::state::CommandState;
+use crate::store::UndoneRecord;
 use rumqttc::{AsyncClient, Publish, QoS};
 use serde::Serialize;
 use std::sync::Arc;
@@ -42,6 +43,11 @@ pub struct Status {
     pub model_version: String,
     pub adapter_hash: String,
     pub adapter_previous: Option<String>,
+    /// The concepts the current adapter has forgotten, oldest first.
+    pub forgotten: Vec<String>,
+    /// Concepts forgotten once that a revert brought back and that are not forgotten now
+    /// (newest record of each): what an erasure audit must know.
+    pub forgets_undone: Vec<UndoneRecord>,
     pub execution_provider: String,
     pub provider_requested: String,
     pub provider_note: Option<String>,
@@ -84,11 +90,13 @@ impl Shared {
     /// Publishes the retained status, with the store's and the journal's current numbers.
     pub(super) fn publish_status(&self) {
         // Lock order: never hold `status` while taking `journal` or `store`.
-        let (cur, prev) = {
+        let (cur, prev, forgotten, undone) = {
             let store = self.store.lock().unwrap();
             (
                 store.current_hash().to_string(),
                 store.previous_hash().map(str::to_string),
+                store.forgotten(store.current_hash()),
+                store.undone(),
             )
         };
         let seen = self.journal.lock().unwrap().commands().count();
@@ -97,6 +105,8 @@ impl Shared {
             let mut s = self.status.lock().unwrap();
             s.adapter_hash = cur;
             s.adapter_previous = prev;
+            s.forgotten = forgotten;
+            s.forgets_undone = undone;
             s.commands_seen = seen;
             s.channel = channel;
             s.t = now_unix();

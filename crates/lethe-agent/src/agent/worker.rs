@@ -1,7 +1,9 @@
-//! The worker: one update at a time, taken from the bounded queue the intake fills. A job
+//! The worker: one update at a time, taken from the bounded queue the intake fills. A forget
 //! runs the accepted command through `preparing`, `training` (SIU on ONNX Runtime, each step
 //! journaled and announced), `verifying` (tract), then commits the new adapter or rolls back,
-//! and concludes with a signed receipt. The status says `working` while a job runs.
+//! and concludes with a signed receipt. A revert runs `preparing`, `verifying` (the
+//! self-check on the version it goes to) and commits that version the same way, its
+//! receipt naming the forgets it undoes. The status says `working` while a job runs.
 //!
 //! Invariants: a job starts only from `accepted` (a terminal command is never run again);
 //! the stored envelope must still hash to its name; a candidate that fails verification is
@@ -17,11 +19,12 @@ use super::AgentError;
 use crate::fsutil::{is_storage_full, sha256_hex};
 use crate::journal::JournalError;
 use crate::log::{debug, error, info, warn};
-use crate::state::{short, Event, Phase};
-use crate::store::StoreError;
+use crate::revert;
+use crate::state::{short, CommandState, Event, Phase};
+use crate::store::{ForgetRecord, StoreError, VersionMeta};
 use crate::update::{Job, UpdateEvent};
 use crate::updater::UpdateFailure;
-use lethe_proto::{Action, Verdict};
+use lethe_proto::{Action, UndoneForget, Verdict};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -113,7 +116,7 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     };
     let name = st.name();
     let base_hash = st.base_hash.clone().unwrap_or_default();
-    let fail = |reason: String| -> Result<(), AgentError> {
+    let fail = &|reason: String| -> Result<(), AgentError> {
         warn!("{name} failed: {reason}");
         let done = {
             let mut j = sh.journal.lock().unwrap();
@@ -159,19 +162,37 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    match &cmd.action {
+        Action::Forget(f) => forget_job(sh, env, &st, f, fail),
+        Action::Revert(r) => revert_job(sh, env, &st, r, fail),
+    }
+}
+
+/// How a job fails: concludes the command `failed` with this reason.
+type Fail<'a> = dyn Fn(String) -> Result<(), AgentError> + 'a;
+
+/// A forget: SIU from the base version, verification, then commit or roll back.
+fn forget_job(
+    sh: &Shared,
+    env: &str,
+    st: &CommandState,
+    f: &lethe_proto::Forget,
+    fail: &Fail,
+) -> Result<(), AgentError> {
+    let name = st.name();
+    let base_hash = st.base_hash.clone().unwrap_or_default();
     let base = match sh.store.lock().unwrap().load(&base_hash) {
         Ok(a) => a,
         Err(e) => return fail(format!("base adapter: {e}")),
     };
-    let Action::Forget(f) = &cmd.action;
-    let forgotten = sh.store.lock().unwrap().forgotten(&base_hash);
+    let base_meta = sh.store.lock().unwrap().meta(&base_hash);
     let job = Job {
         concept: f.concept.as_str(),
         image: f.image.bytes(),
         verify_images: f.verify_images.iter().map(|i| i.bytes()).collect(),
         method: f.method.map(siu_method),
         steps: f.steps.map(|s| s as usize),
-        forgotten: forgotten.clone(),
+        forgotten: base_meta.concepts(),
     };
     let mut journal_err = None;
     let result = {
@@ -206,45 +227,165 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         Err(UpdateFailure::Failed(why)) => return fail(why),
         Ok(o) => o,
     };
-    let metrics = out.metrics.clone();
-    let cur = sh.journal.lock().unwrap().get(env).cloned().expect("known");
     if let Some(why) = &out.failed {
         // The candidate was never committed: the current version stays.
-        let done = sh.conclude(
-            &mut sh.journal.lock().unwrap(),
-            &cur,
-            Verdict::RolledBack,
-            Some(why.clone()),
-            (&base_hash, &base_hash),
-            metrics.clone(),
-            |receipt| Event::RolledBack {
-                reason: why.clone(),
-                receipt,
-            },
-        )?;
-        warn!("{name} rolled back: {why}");
-        sh.event(
-            &name,
-            "rolled_back",
-            serde_json::json!({"reason": why, "metrics": metrics}),
-        );
-        sh.publish_receipt(&done);
-        return Ok(());
+        return roll_back(sh, env, st, why, out.metrics);
     }
-    // Commit, bracketed by the journal: version file, `committing`, pointer, `committed`.
-    let now_forgotten: Vec<String> = forgotten
-        .into_iter()
-        .chain([lethe_siu::unlearn::normalise(f.concept.as_str())])
-        .collect();
-    let stored = sh
-        .store
-        .lock()
-        .unwrap()
-        .put_forgetting(&out.adapter, &now_forgotten);
+    let mut forgets = base_meta.forgets;
+    forgets.push(ForgetRecord {
+        command: name.clone(),
+        concept: lethe_siu::unlearn::normalise(f.concept.as_str()),
+    });
+    let meta = VersionMeta {
+        forgets,
+        made_by: Some(name),
+        base: Some(base_hash),
+    };
+    let stored = sh.store.lock().unwrap().put_version(&out.adapter, &meta);
     let new_hash = match stored {
         Ok(h) => h,
         Err(e) => return fail(store_failure("storing the new adapter version", &e)),
     };
+    commit(sh, env, st, &new_hash, out.metrics, Vec::new(), fail)
+}
+
+/// An operator's revert: decided again against the store, the target's self-check, then
+/// commit (the forgets it undoes recorded first) or roll back.
+fn revert_job(
+    sh: &Shared,
+    env: &str,
+    st: &CommandState,
+    r: &lethe_proto::Revert,
+    fail: &Fail,
+) -> Result<(), AgentError> {
+    let name = st.name();
+    // Decided again: a forget queued before this revert may have committed since.
+    let planned = {
+        let store = sh.store.lock().unwrap();
+        revert::plan(&store, &sh.original, r)
+    };
+    let plan = match planned {
+        Ok(p) => p,
+        Err(no) => return fail(format!("{}: {}", no.code, no.reason)),
+    };
+    let mut eng = sh.engines.lock().unwrap();
+    let target = if plan.target == sh.original {
+        // The package's adapter may have been pruned from the store: put it back.
+        let put = eng
+            .initial_adapter()
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                let h = sh.store.lock().unwrap().put(&a);
+                h.map(|_| a)
+                    .map_err(|e| store_failure("storing the package's adapter", &e))
+            });
+        match put {
+            Ok(a) => a,
+            Err(why) => return fail(why),
+        }
+    } else {
+        match sh.store.lock().unwrap().load(&plan.target) {
+            Ok(a) => a,
+            Err(e) => return fail(format!("revert target: {e}")),
+        }
+    };
+    if let Err(e) = sh.journal.lock().unwrap().append(env, Event::Verifying) {
+        return fail(journal_failure(&e));
+    }
+    sh.event(
+        &name,
+        "verifying",
+        serde_json::json!({"revert_to": plan.target}),
+    );
+    let check = eng.selfcheck(&sh.cfg, Ok(target));
+    drop(eng);
+    let mut metrics = BTreeMap::new();
+    metrics.insert("forgets_undone".to_string(), plan.undone.len() as f64);
+    metrics.insert("selfcheck_probes".to_string(), check.probes as f64);
+    metrics.insert("selfcheck_agree".to_string(), check.probes_agree as f64);
+    metrics.insert("selfcheck_correct".to_string(), check.tract_correct as f64);
+    metrics.insert("selfcheck_ms".to_string(), check.ms);
+    if !check.ok {
+        let why = format!(
+            "self-check of the revert target failed: {}",
+            check.problems.join("; ")
+        );
+        return roll_back(sh, env, st, &why, metrics);
+    }
+    if let Err(e) = sh.store.lock().unwrap().record_undone(&plan.undone, &name) {
+        return fail(store_failure("recording the undone forgets", &e));
+    }
+    if !plan.undone.is_empty() {
+        warn!(
+            "{name} undoes {} forget(s): {}",
+            plan.undone.len(),
+            revert::describe(&plan.undone)
+        );
+    }
+    let undone = plan
+        .undone
+        .iter()
+        .map(|f| UndoneForget {
+            command_id: if f.command.is_empty() {
+                "unknown".to_string()
+            } else {
+                f.command.clone()
+            },
+            concept: f.concept.clone(),
+        })
+        .collect();
+    sh.status.lock().unwrap().selfcheck = Some(check);
+    commit(sh, env, st, &plan.target, metrics, undone, fail)
+}
+
+/// Concludes a job whose candidate was not committed: `rolled_back`, the current version
+/// stays.
+fn roll_back(
+    sh: &Shared,
+    env: &str,
+    st: &CommandState,
+    why: &str,
+    metrics: BTreeMap<String, f64>,
+) -> Result<(), AgentError> {
+    let name = st.name();
+    let base_hash = st.base_hash.clone().unwrap_or_default();
+    let cur = sh.journal.lock().unwrap().get(env).cloned().expect("known");
+    let done = sh.conclude(
+        &mut sh.journal.lock().unwrap(),
+        &cur,
+        Verdict::RolledBack,
+        Some(why.to_string()),
+        (&base_hash, &base_hash),
+        metrics.clone(),
+        |receipt| Event::RolledBack {
+            reason: why.to_string(),
+            receipt,
+        },
+    )?;
+    warn!("{name} rolled back: {why}");
+    sh.event(
+        &name,
+        "rolled_back",
+        serde_json::json!({"reason": why, "metrics": metrics}),
+    );
+    sh.publish_receipt(&done);
+    Ok(())
+}
+
+/// Moves `current` to the stored version `new_hash`, bracketed by the journal:
+/// `committing` (with the forgets a revert undoes), pointer, `committed`; then prunes old
+/// versions and reports.
+fn commit(
+    sh: &Shared,
+    env: &str,
+    st: &CommandState,
+    new_hash: &str,
+    metrics: BTreeMap<String, f64>,
+    undone: Vec<UndoneForget>,
+    fail: &Fail,
+) -> Result<(), AgentError> {
+    let name = st.name();
+    let base_hash = st.base_hash.clone().unwrap_or_default();
     let committing = sh
         .journal
         .lock()
@@ -252,16 +393,18 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         .append(
             env,
             Event::Committing {
-                new_hash: new_hash.clone(),
+                new_hash: new_hash.to_string(),
                 metrics: metrics.clone(),
+                undone,
             },
         )
-        .map(|_| ());
-    if let Err(e) = committing {
-        return fail(journal_failure(&e));
-    }
+        .cloned();
+    let cur = match committing {
+        Ok(c) => c,
+        Err(e) => return fail(journal_failure(&e)),
+    };
     crash_point("before-pointer");
-    let moved = sh.store.lock().unwrap().commit(&new_hash);
+    let moved = sh.store.lock().unwrap().commit(new_hash);
     if let Err(e) = moved {
         return fail(store_failure("moving the current pointer", &e));
     }
@@ -271,10 +414,10 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         &cur,
         Verdict::Committed,
         None,
-        (&base_hash, &new_hash),
+        (&base_hash, new_hash),
         metrics.clone(),
         |receipt| Event::Committed {
-            new_hash: new_hash.clone(),
+            new_hash: new_hash.to_string(),
             receipt,
         },
     )?;
@@ -284,13 +427,13 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
     info!(
         "{name} committed: adapter {} -> {}",
         short(&base_hash),
-        short(&new_hash)
+        short(new_hash)
     );
-    sh.event(
-        &name,
-        "committed",
-        serde_json::json!({"model_hash": new_hash, "metrics": metrics}),
-    );
+    let mut extra = serde_json::json!({"model_hash": new_hash, "metrics": metrics});
+    if !done.undone.is_empty() {
+        extra["undone_forgets"] = serde_json::to_value(&done.undone).expect("json");
+    }
+    sh.event(&name, "committed", extra);
     sh.publish_receipt(&done);
     Ok(())
 }

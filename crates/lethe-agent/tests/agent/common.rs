@@ -2,7 +2,8 @@
 //! keys and trust store, an operator MQTT client that collects events and receipts.
 
 use lethe_proto::{
-    sign_command, CommandSpec, PublicKey, Receipt, SigningKey, TargetSpec, TrustStore,
+    sign_command, ActionSpec, CommandSpec, ForgetSpec, PublicKey, Receipt, SigningKey, TargetSpec,
+    TrustStore,
 };
 pub use lethe_testkit::{
     agent_toml, free_port, make_pki, test_seed, Broker, Daemon, TlsFiles, FAST,
@@ -128,11 +129,13 @@ pub fn spec(id: &str, seq: u64, who: u32) -> CommandSpec {
         target: TargetSpec::Device(DEVICE.into()),
         model_id: MODEL_ID.into(),
         model_version: None,
-        concept: concept_name(who),
-        image: png(who, 500_000 + u64::from(who)),
-        verify_images: vec![],
-        method: None,
-        steps: None,
+        action: ActionSpec::Forget(ForgetSpec {
+            concept: concept_name(who),
+            image: png(who, 500_000 + u64::from(who)),
+            verify_images: vec![],
+            method: None,
+            steps: None,
+        }),
     }
 }
 

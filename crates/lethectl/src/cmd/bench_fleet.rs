@@ -18,7 +18,7 @@ use super::rollout::schedule::{Abort, Rate};
 use super::rollout::state::{Outcome, Record, RolloutState};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use lethe_proto::{sign_command, CommandSpec, TargetSpec};
+use lethe_proto::{sign_command, ActionSpec, CommandSpec, ForgetSpec, TargetSpec};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -99,11 +99,13 @@ fn fleet(a: FleetArgs) -> Result<ExitCode> {
             target: TargetSpec::Group(rig.group.clone()),
             model_id: a.model_id.clone(),
             model_version: None,
-            concept: lethe_world::identity(0).context("identity 0")?.name(),
-            image: super::local::png(0, 500_000)?,
-            verify_images: vec![],
-            method: None,
-            steps: None,
+            action: ActionSpec::Forget(ForgetSpec {
+                concept: lethe_world::identity(0).context("identity 0")?.name(),
+                image: super::local::png(0, 500_000)?,
+                verify_images: vec![],
+                method: None,
+                steps: None,
+            }),
         },
         &[&rig.op],
     )?;

@@ -6,7 +6,9 @@
 use super::fleet::{publish, watch_receipts, Conn, Watched};
 use anyhow::{bail, Context, Result};
 use lethe_agent::{Config, Overrides};
-use lethe_proto::{sign_command, CommandSpec, SigningKey, TargetSpec, TrustStore};
+use lethe_proto::{
+    sign_command, ActionSpec, CommandSpec, ForgetSpec, SigningKey, TargetSpec, TrustStore,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -86,11 +88,13 @@ selfcheck_interval_s = 0
             target: TargetSpec::Device(DEVICE.into()),
             model_id: self.model_id.clone(),
             model_version: None,
-            concept,
-            image: png(identity, 500_000 + u64::from(identity))?,
-            verify_images: vec![],
-            method: None,
-            steps: None,
+            action: ActionSpec::Forget(ForgetSpec {
+                concept,
+                image: png(identity, 500_000 + u64::from(identity))?,
+                verify_images: vec![],
+                method: None,
+                steps: None,
+            }),
         };
         Ok(sign_command(&spec, &[&self.op])?)
     }

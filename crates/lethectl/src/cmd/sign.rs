@@ -1,6 +1,7 @@
 //! `lethectl sign`: build a forget command and sign it with one key (or several, for k-of-n).
 //! The issuer is the first key's name; the command id defaults to `ISSUER-SEQ`, unique as long
-//! as the operator keeps sequence numbers increasing.
+//! as the operator keeps sequence numbers increasing. [`CommandArgs`] and [`sign_to_file`]
+//! are the part every signed command shares (`lethectl revert` uses them too).
 //!
 //! Invariant: the library parses what it is about to sign with the device's own parser, so a
 //! signed file is never refused for its content, only for time, target, trust or replay.
@@ -10,28 +11,51 @@ use super::trust::load_key;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use lethe_proto::command::MAX_IMAGE_BYTES;
-use lethe_proto::{sign_command, CommandSpec, Method, TargetSpec};
+use lethe_proto::{sign_command, ActionSpec, CommandSpec, ForgetSpec, Method, TargetSpec};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// What every signed command has besides its action: keys, target, model, sequence, time,
+/// id, output file.
 #[derive(Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["device", "group"])))]
-pub struct SignArgs {
+pub struct CommandArgs {
     /// Private key file; repeat for k-of-n (the first key's name is the issuer).
     #[arg(long = "key", required = true)]
-    keys: Vec<PathBuf>,
+    pub keys: Vec<PathBuf>,
     /// Target one device.
     #[arg(long)]
-    device: Option<String>,
+    pub device: Option<String>,
     /// Target a group of devices.
     #[arg(long)]
-    group: Option<String>,
+    pub group: Option<String>,
     /// Model the devices must be running.
     #[arg(long)]
-    model_id: String,
+    pub model_id: String,
     /// Exact model version the devices must be running.
     #[arg(long)]
-    model_version: Option<String>,
+    pub model_version: Option<String>,
+    /// Issuer sequence number; must exceed the last one each device accepted from this issuer.
+    #[arg(long)]
+    pub seq: u64,
+    /// Lifetime of the command (at most 7d).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub expires_in: u64,
+    /// Issue time (default now).
+    #[arg(long, value_parser = parse_time)]
+    pub issued_at: Option<u64>,
+    /// Command id (default ISSUER-SEQ).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Output file for the signed envelope.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    common: CommandArgs,
     /// The concept to forget (its name as the model says it).
     #[arg(long)]
     concept: String,
@@ -47,21 +71,6 @@ pub struct SignArgs {
     /// Optimizer-step override (1..=64).
     #[arg(long)]
     steps: Option<u32>,
-    /// Issuer sequence number; must exceed the last one each device accepted from this issuer.
-    #[arg(long)]
-    seq: u64,
-    /// Lifetime of the command (at most 7d).
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    expires_in: u64,
-    /// Issue time (default now).
-    #[arg(long, value_parser = parse_time)]
-    issued_at: Option<u64>,
-    /// Command id (default ISSUER-SEQ).
-    #[arg(long)]
-    id: Option<String>,
-    /// Output file for the signed envelope.
-    #[arg(long)]
-    out: PathBuf,
 }
 
 fn read_image(p: &Path) -> Result<Vec<u8>> {
@@ -77,31 +86,11 @@ fn read_image(p: &Path) -> Result<Vec<u8>> {
 }
 
 pub fn run(a: SignArgs) -> Result<ExitCode> {
-    let keys = a
-        .keys
-        .iter()
-        .map(|p| load_key(p))
-        .collect::<Result<Vec<_>>>()?;
-    let issuer = keys[0].name().to_string();
-    let issued_at = a.issued_at.unwrap_or_else(now_unix);
     let method = match &a.method {
         Some(m) => Some(Method::from_name(m).context("--method: expected siu, ga, ga_kl or po")?),
         None => None,
     };
-    let target = match (a.device, a.group) {
-        (Some(d), None) => TargetSpec::Device(d),
-        (None, Some(g)) => TargetSpec::Group(g),
-        _ => bail!("give exactly one of --device and --group"),
-    };
-    let spec = CommandSpec {
-        id: a.id.unwrap_or_else(|| format!("{issuer}-{}", a.seq)),
-        issuer,
-        seq: a.seq,
-        issued_at,
-        expires_at: issued_at.saturating_add(a.expires_in),
-        target,
-        model_id: a.model_id,
-        model_version: a.model_version,
+    let action = ActionSpec::Forget(ForgetSpec {
         concept: a.concept,
         image: read_image(&a.image)?,
         verify_images: a
@@ -111,10 +100,40 @@ pub fn run(a: SignArgs) -> Result<ExitCode> {
             .collect::<Result<_>>()?,
         method,
         steps: a.steps,
+    });
+    sign_to_file(a.common, action)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the command `c` + `action`, signs it with every key and writes the envelope to
+/// `c.out`; prints one line and returns the spec.
+pub fn sign_to_file(c: CommandArgs, action: ActionSpec) -> Result<CommandSpec> {
+    let keys = c
+        .keys
+        .iter()
+        .map(|p| load_key(p))
+        .collect::<Result<Vec<_>>>()?;
+    let issuer = keys[0].name().to_string();
+    let issued_at = c.issued_at.unwrap_or_else(now_unix);
+    let target = match (c.device, c.group) {
+        (Some(d), None) => TargetSpec::Device(d),
+        (None, Some(g)) => TargetSpec::Group(g),
+        _ => bail!("give exactly one of --device and --group"),
+    };
+    let spec = CommandSpec {
+        id: c.id.unwrap_or_else(|| format!("{issuer}-{}", c.seq)),
+        issuer,
+        seq: c.seq,
+        issued_at,
+        expires_at: issued_at.saturating_add(c.expires_in),
+        target,
+        model_id: c.model_id,
+        model_version: c.model_version,
+        action,
     };
     let refs: Vec<_> = keys.iter().collect();
     let env = sign_command(&spec, &refs).context("refusing to sign")?;
-    write_atomic(&a.out, &env, 0o644)?;
+    write_atomic(&c.out, &env, 0o644)?;
     println!(
         "signed {} issuer={} seq={} signers={} expires={} -> {} ({} bytes)",
         spec.id,
@@ -125,8 +144,8 @@ pub fn run(a: SignArgs) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(","),
         fmt_time(spec.expires_at),
-        a.out.display(),
+        c.out.display(),
         env.len()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(spec)
 }

@@ -74,39 +74,55 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         j.push(b'\n');
         write_atomic(p, &j, 0o644)?;
     }
-    let Action::Forget(f) = &cmd.action;
     let target = match &cmd.target {
         Target::Device(d) => format!("device:{d}"),
         Target::Group(g) => format!("group:{g}"),
     };
     let signers: Vec<String> = cmd.signers().iter().map(|k| k.to_string()).collect();
     let model_checked = device.model.is_some();
-    if a.json {
-        println!(
-            "{}",
+    // What the action asks, as JSON fields and as words.
+    let (what, said) = match &cmd.action {
+        Action::Forget(f) => (
             serde_json::json!({
-                "verdict": "accepted", "id": cmd.id.as_str(), "issuer": cmd.issuer.as_str(),
-                "seq": cmd.seq, "target": target, "model_id": cmd.model.id.as_str(),
-                "model_version": cmd.model.version.as_ref().map(|v| v.as_str()),
-                "model_checked": model_checked, "concept": f.concept.as_str(),
+                "concept": f.concept.as_str(),
                 "image": {"width": f.image.info().width, "height": f.image.info().height},
-                "verify_images": f.verify_images.len(), "signers": signers,
-                "issued_at": cmd.issued_at, "expires_at": cmd.expires_at,
-            })
-        );
+                "verify_images": f.verify_images.len(),
+            }),
+            format!(
+                "concept={:?} image={}x{} verify_images={}",
+                f.concept.as_str(),
+                f.image.info().width,
+                f.image.info().height,
+                f.verify_images.len()
+            ),
+        ),
+        Action::Revert(r) => (
+            serde_json::json!({"revert_to": r.to.to_string(), "undo_forgets": r.undo_forgets}),
+            format!("revert_to={} undo_forgets={}", r.to, r.undo_forgets),
+        ),
+    };
+    if a.json {
+        let mut v = serde_json::json!({
+            "verdict": "accepted", "id": cmd.id.as_str(), "issuer": cmd.issuer.as_str(),
+            "seq": cmd.seq, "target": target, "model_id": cmd.model.id.as_str(),
+            "model_version": cmd.model.version.as_ref().map(|v| v.as_str()),
+            "model_checked": model_checked, "action": cmd.action.name(), "signers": signers,
+            "issued_at": cmd.issued_at, "expires_at": cmd.expires_at,
+        });
+        if let (Some(o), serde_json::Value::Object(w)) = (v.as_object_mut(), what) {
+            o.extend(w);
+        }
+        println!("{v}");
     } else {
         println!(
-            "accepted id={} issuer={} seq={} target={} model={}{} concept={:?} image={}x{} verify_images={} signers={} expires={}",
+            "accepted id={} issuer={} seq={} target={} model={}{} action={} {said} signers={} expires={}",
             cmd.id,
             cmd.issuer,
             cmd.seq,
             target,
             cmd.model.id,
             if model_checked { "" } else { "(not checked)" },
-            f.concept.as_str(),
-            f.image.info().width,
-            f.image.info().height,
-            f.verify_images.len(),
+            cmd.action.name(),
             signers.join(","),
             fmt_time(cmd.expires_at),
         );

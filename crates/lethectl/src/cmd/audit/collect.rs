@@ -213,6 +213,7 @@ mod tests {
                 execution_provider: None,
                 started_at: 1,
                 finished_at: 2,
+                undone_forgets: Vec::new(),
             },
             dev,
         )

@@ -332,6 +332,7 @@ mod tests {
             execution_provider: Some("cpu".into()),
             started_at: 10,
             finished_at: 12,
+            undone_forgets: Vec::new(),
         };
         (sign_receipt(&r, dev).unwrap(), r)
     }
