@@ -371,7 +371,10 @@ async fn after_a_committed_forget_no_byte_of_the_image_is_left_in_the_state_fold
     let mut d = device(Mount::Ext4(32 << 20)).await;
 
     let s = spec("gone-1", 1, 7);
-    let image = s.image.clone();
+    let lethe_proto::ActionSpec::Forget(forget) = &s.action else {
+        panic!("a forget")
+    };
+    let image = forget.image.clone();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
     let cmd = sign(&s, &d.f.op);
     d.commits(cmd.clone(), "gone-1").await;

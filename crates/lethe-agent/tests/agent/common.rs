@@ -2,8 +2,8 @@
 //! keys and trust store, an operator MQTT client that collects events and receipts.
 
 use lethe_proto::{
-    sign_command, ActionSpec, CommandSpec, ForgetSpec, PublicKey, Receipt, SigningKey, TargetSpec,
-    TrustStore,
+    sign_command, ActionSpec, CommandSpec, ForgetSpec, PublicKey, Receipt, RevertSpec, SigningKey,
+    TargetSpec, TrustStore,
 };
 pub use lethe_testkit::{
     agent_toml, free_port, make_pki, test_seed, Broker, Daemon, TlsFiles, FAST,
@@ -136,6 +136,17 @@ pub fn spec(id: &str, seq: u64, who: u32) -> CommandSpec {
             method: None,
             steps: None,
         }),
+    }
+}
+
+/// A revert command spec: `to` is `original`, a hash or `before:<id>`.
+pub fn revert_spec(id: &str, seq: u64, to: &str, undo_forgets: bool) -> CommandSpec {
+    CommandSpec {
+        action: ActionSpec::Revert(RevertSpec {
+            to: to.into(),
+            undo_forgets,
+        }),
+        ..spec(id, seq, 0)
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-fn version_valid(state: &std::path::Path, hash: &str) -> bool {
+pub(crate) fn version_valid(state: &std::path::Path, hash: &str) -> bool {
     use sha2::{Digest, Sha256};
     std::fs::read(state.join(format!("adapters/versions/{hash}.bin")))
         .map(|b| hex::encode(Sha256::digest(&b)) == hash)
@@ -71,7 +71,7 @@ fn phase_lengths(recs: &[Value], id: &str) -> Option<[f64; 3]> {
 
 /// Checks the whole journal: no command has two terminal records, and every accepted
 /// command has exactly one.
-fn assert_one_terminal_record_per_command(recs: &[Value], context: &str) {
+pub(crate) fn assert_one_terminal_record_per_command(recs: &[Value], context: &str) {
     let mut terminal: BTreeMap<String, usize> = BTreeMap::new();
     let mut accepted: BTreeSet<String> = BTreeSet::new();
     for r in recs {
@@ -97,7 +97,7 @@ fn assert_one_terminal_record_per_command(recs: &[Value], context: &str) {
 
 /// Checks that every receipt publication of `id` is the one signed receipt its terminal
 /// journal record holds (re-publications of it are fine, a second receipt is not).
-fn assert_one_receipt(op: &Operator, recs: &[Value], id: &str, context: &str) {
+pub(crate) fn assert_one_receipt(op: &Operator, recs: &[Value], id: &str, context: &str) {
     let mine = records_of(recs, id);
     let terminal: Vec<&Value> = mine
         .iter()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 const WHO: u32 = 3;
 
 /// Share of "who is this ?" answers naming `name` on 12 held-out renders (seeds >= 1,000,000).
-fn names_share(
+pub(crate) fn names_share(
     pkg: &Package,
     tract: &mut TractEngine,
     adapter: &Adapter,

@@ -12,4 +12,5 @@ mod crash;
 mod e2e;
 mod fleet;
 mod rejections;
+mod revert;
 mod tls;
