@@ -15,6 +15,7 @@
 //! - `fleet_cli`: `lethectl push` and `status` over mutual TLS, and its TLS errors;
 //! - `rollout`: `lethectl rollout` to a simulated fleet (lethe-fleetsim): receipts, abort,
 //!   resume without a second delivery, devices offline at delivery;
+//! - `runbook`: docs/runbook.md's commands, run as written against mosquitto and two agents;
 //! - `broker`: the shipped fleet broker configuration and ACL (firmware/broker) refusing
 //!   what a device must not do, and the agent working under it.
 
@@ -23,3 +24,4 @@ mod brokers;
 mod fleet_cli;
 mod forget;
 mod rollout;
+mod runbook;

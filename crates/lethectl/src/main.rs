@@ -41,6 +41,9 @@ enum Command {
     Trust(cmd::trust::TrustCmd),
     /// Sign a forget command.
     Sign(cmd::sign::SignArgs),
+    /// Sign a revert command: a device, a group, or every device that committed a command
+    /// (for `rollout`); `--undo-forgets` to confirm bringing forgotten concepts back.
+    Revert(cmd::revert::RevertArgs),
     /// Verify a signed command as a device would (exit 0 accepted, 1 rejected).
     Verify(cmd::verify::VerifyArgs),
     /// Device status receipts.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => cmd::keys::run(a),
         Command::Trust(c) => cmd::trust::run(c),
         Command::Sign(a) => cmd::sign::run(a),
+        Command::Revert(a) => cmd::revert::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Receipt(c) => cmd::receipt::run(c),
         Command::Push(a) => cmd::fleet::push(a),

@@ -365,8 +365,18 @@ pub fn watch(a: WatchArgs) -> Result<ExitCode> {
     ))?;
     for w in &got {
         let r = &w.receipt;
+        let undone = if r.undone_forgets.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = r
+                .undone_forgets
+                .iter()
+                .map(|u| format!("{:?} ({})", u.concept, u.command_id))
+                .collect();
+            format!("; UNDID forgets: {}", list.join(", "))
+        };
         println!(
-            "{}: {} model {} -> {} on {}{}",
+            "{}: {} model {} -> {} on {}{}{undone}",
             w.device,
             r.verdict.name(),
             &r.model_hash_before[..12.min(r.model_hash_before.len())],
@@ -438,8 +448,8 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&docs)?);
     } else {
         println!(
-            "{:<16} {:<8} {:<14} {:<9} {:<10} current",
-            "device", "state", "adapter", "provider", "selfcheck"
+            "{:<16} {:<8} {:<14} {:<9} {:<10} {:<9} {:<16} undone forgets",
+            "device", "state", "adapter", "provider", "selfcheck", "forgotten", "current"
         );
         for (d, v) in &docs {
             let sc = match v["selfcheck"]["ok"].as_bool() {
@@ -447,8 +457,25 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
                 Some(false) => "FAILING",
                 None => "-",
             };
+            // Concepts a revert brought back and not forgotten again: what an erasure
+            // audit must see.
+            let undone: Vec<String> = v["forgets_undone"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|u| {
+                            format!(
+                                "{:?} ({}, undone by {})",
+                                u["concept"].as_str().unwrap_or("?"),
+                                u["command"].as_str().unwrap_or("?"),
+                                u["undone_by"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             println!(
-                "{:<16} {:<8} {:<14} {:<9} {:<10} {}",
+                "{:<16} {:<8} {:<14} {:<9} {:<10} {:<9} {:<16} {}",
                 d,
                 v["state"].as_str().unwrap_or("?"),
                 v["adapter_hash"]
@@ -457,7 +484,13 @@ pub fn status(a: StatusArgs) -> Result<ExitCode> {
                     .unwrap_or("-"),
                 v["execution_provider"].as_str().unwrap_or("-"),
                 sc,
-                v["current_command"].as_str().unwrap_or("-")
+                v["forgotten"].as_array().map_or(0, Vec::len),
+                v["current_command"].as_str().unwrap_or("-"),
+                if undone.is_empty() {
+                    "-".to_string()
+                } else {
+                    undone.join(", ")
+                }
             );
         }
         println!("{} device(s)", docs.len());

@@ -12,6 +12,7 @@ mod fsutil;
 pub mod keys;
 pub mod model;
 pub mod receipt;
+pub mod revert;
 pub mod sign;
 pub mod trust;
 pub mod verify;
