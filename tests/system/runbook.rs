@@ -60,7 +60,12 @@ fn the_operators_runbook_runs_as_written() {
     let text = std::fs::read_to_string(workspace().join("docs/runbook.md")).unwrap();
     let blocks = sh_blocks(&text);
     assert!(blocks.len() >= 10, "{} sh blocks", blocks.len());
-    for must in ["lethectl forget", "lethectl bench", "lethectl rollout", "lethectl revert"] {
+    for must in [
+        "lethectl forget",
+        "lethectl bench",
+        "lethectl rollout",
+        "lethectl revert",
+    ] {
         assert!(
             blocks.iter().any(|b| b.contains(must)),
             "the runbook runs no `{must}`"
@@ -71,7 +76,11 @@ fn the_operators_runbook_runs_as_written() {
     let script = format!("set -euo pipefail\n{}", blocks.join("\n"));
     let bins = bin("lethectl").parent().unwrap().to_path_buf();
     assert_eq!(bin("lethe-agent").parent(), Some(bins.as_path()));
-    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let _agents = Agents(&work);
     let out = Command::new("bash")
         .arg("-c")
@@ -100,13 +109,20 @@ fn the_operators_runbook_runs_as_written() {
     eprintln!("{said}");
 
     // At the end cam-02 runs the re-issued forget: the concept forgotten, nothing undone.
-    let status: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(work.join("rehearsal/status.json")).unwrap(),
-    )
-    .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("rehearsal/status.json")).unwrap())
+            .unwrap();
     for d in ["cam-01", "cam-02"] {
-        assert_eq!(status[d]["forgotten"], serde_json::json!(["dmitri dietz"]), "{d}: {status}");
-        assert_eq!(status[d]["forgets_undone"], serde_json::json!([]), "{d}: {status}");
+        assert_eq!(
+            status[d]["forgotten"],
+            serde_json::json!(["dmitri dietz"]),
+            "{d}: {status}"
+        );
+        assert_eq!(
+            status[d]["forgets_undone"],
+            serde_json::json!([]),
+            "{d}: {status}"
+        );
     }
     // The ledger (verified by the runbook's `audit verify`) holds cam-02's receipt of the
     // revert, and it names the forget it undid.

@@ -14,7 +14,7 @@
 use crate::cmd::jsonl::{read_lines, JsonLines};
 use anyhow::{Context, Result};
 use lethe_agent::mqtt as topics;
-use lethe_proto::{verify_receipt, PublicKey, Receipt};
+use lethe_proto::{verify_receipt, PublicKey, Receipt, UndoneForget};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -49,6 +49,10 @@ pub struct Entry {
     pub execution_provider: Option<String>,
     /// The signed receipt envelope, hex.
     pub receipt: String,
+    /// A revert's receipt: the forgets it undid (absent otherwise, so older lines read
+    /// unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undone_forgets: Vec<UndoneForget>,
 }
 
 impl Entry {
@@ -81,6 +85,7 @@ impl Entry {
             finished_at: r.finished_at,
             execution_provider: r.execution_provider,
             receipt: hex::encode(bytes),
+            undone_forgets: r.undone_forgets,
         }
     }
 
@@ -110,6 +115,7 @@ impl Entry {
             self.started_at,
             self.finished_at,
             &self.execution_provider,
+            &self.undone_forgets,
         );
         let signed = (
             &r.device_id,
@@ -121,6 +127,7 @@ impl Entry {
             r.started_at,
             r.finished_at,
             &r.execution_provider,
+            &r.undone_forgets,
         );
         if copy != signed {
             return Err("the plain copy does not say what the signed receipt says".into());
@@ -363,6 +370,24 @@ mod tests {
         .into_iter()
         .collect();
         (a, b, pubs)
+    }
+
+    #[test]
+    fn a_reverts_undone_forgets_are_copied_and_a_changed_copy_is_caught() {
+        let dev = SigningKey::generate("cam-01").unwrap();
+        let (_, mut r) = receipt(&dev, "revert-1", Verdict::Committed);
+        r.undone_forgets = vec![UndoneForget {
+            command_id: "forget-1".into(),
+            concept: "anna adler".into(),
+        }];
+        let bytes = sign_receipt(&r, &dev).unwrap();
+        let topic = topics::receipt("lab", dev.name(), "revert-1");
+        let mut e = Entry::of_receipt("lab", topic, dev.id().to_string(), r.clone(), &bytes, 0);
+        assert_eq!(e.undone_forgets, r.undone_forgets);
+        assert!(e.check(&dev.public()).is_ok());
+        e.undone_forgets.clear();
+        let why = e.check(&dev.public()).unwrap_err();
+        assert!(why.contains("plain copy"), "{why}");
     }
 
     #[test]

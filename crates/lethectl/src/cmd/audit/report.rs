@@ -5,6 +5,7 @@
 
 use super::ledger::Entry;
 use crate::cmd::fsutil::fmt_time;
+use lethe_proto::UndoneForget;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -24,6 +25,29 @@ pub struct DeviceLine {
     pub collected_at: Option<u64>,
     /// The ledger line holding the receipt.
     pub ledger_line: Option<u64>,
+    /// A revert's line: the forgets it undid.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub undone_forgets: Vec<UndoneForget>,
+}
+
+impl DeviceLine {
+    /// The reason as the table and the CSV show it: a revert's line says which forgets it
+    /// undid.
+    fn shown_reason(&self) -> String {
+        let mut r = self.reason.clone().unwrap_or_default();
+        if !self.undone_forgets.is_empty() {
+            let list: Vec<String> = self
+                .undone_forgets
+                .iter()
+                .map(|u| format!("{:?} ({})", u.concept, u.command_id))
+                .collect();
+            if !r.is_empty() {
+                r.push_str("; ");
+            }
+            r.push_str(&format!("undid forgets: {}", list.join(", ")));
+        }
+        r
+    }
 }
 
 /// One command's lines and counts.
@@ -102,6 +126,7 @@ fn line(device: String, es: &[&Entry]) -> DeviceLine {
             execution_provider: e.execution_provider.clone(),
             collected_at: Some(e.collected_at),
             ledger_line: Some(e.n),
+            undone_forgets: e.undone_forgets.clone(),
         },
         None => DeviceLine {
             device,
@@ -114,6 +139,7 @@ fn line(device: String, es: &[&Entry]) -> DeviceLine {
             execution_provider: None,
             collected_at: None,
             ledger_line: None,
+            undone_forgets: Vec::new(),
         },
     }
 }
@@ -150,7 +176,7 @@ pub fn to_table(reports: &[CommandReport]) -> String {
                 short(&l.model_hash_before),
                 short(&l.model_hash_after),
                 l.finished_at.map_or("-".into(), fmt_time),
-                l.reason.as_deref().unwrap_or("")
+                l.shown_reason()
             ));
         }
     }
@@ -178,7 +204,7 @@ pub fn to_csv(reports: &[CommandReport]) -> String {
                 r.command_id.clone(),
                 l.device.clone(),
                 l.verdict.clone(),
-                l.reason.clone().unwrap_or_default(),
+                l.shown_reason(),
                 l.model_hash_before.clone().unwrap_or_default(),
                 l.model_hash_after.clone().unwrap_or_default(),
                 l.started_at.map_or(String::new(), fmt_time),
@@ -218,7 +244,26 @@ mod tests {
             finished_at: fin,
             execution_provider: Some("cpu".into()),
             receipt: String::new(),
+            undone_forgets: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_reverts_line_says_which_forgets_it_undid_in_the_table_and_the_csv() {
+        let mut r = e(1, "cam-02", "revert-1", "committed", None, 5);
+        r.undone_forgets = vec![UndoneForget {
+            command_id: "forget-1".into(),
+            concept: "anna adler".into(),
+        }];
+        let reports = build(&[r], &BTreeMap::new(), None, &[]);
+        let want = "undid forgets: \"anna adler\" (forget-1)";
+        assert!(to_table(&reports).contains(want), "{}", to_table(&reports));
+        assert!(to_csv(&reports).contains("undid forgets: \"\"anna adler\"\" (forget-1)"));
+        let json = serde_json::to_value(&reports).unwrap();
+        assert_eq!(
+            json[0]["devices"][0]["undone_forgets"][0]["concept"],
+            "anna adler"
+        );
     }
 
     #[test]
