@@ -341,6 +341,33 @@ impl Operator {
     }
 }
 
+/// A broker, a device fixture with `extra` configuration, its agent, and an operator that
+/// saw it online. Field order is drop order: the agent stops before the broker.
+pub struct Online {
+    pub agent: Agent,
+    pub op: Operator,
+    pub f: Fixture,
+    pub broker: Broker,
+    pub tmp: tempfile::TempDir,
+}
+
+/// Starts an [`Online`] device.
+pub async fn online(extra: &str) -> Online {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(&broker, extra);
+    let agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    Online {
+        agent,
+        op,
+        f,
+        broker,
+        tmp,
+    }
+}
+
 /// The store's current adapter hash, read from disk.
 pub fn current_hash(state: &Path) -> String {
     let v: serde_json::Value =

@@ -78,12 +78,13 @@ async fn a_full_queue_answers_busy_and_the_same_command_resent_later_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_for_the_group_arrives_on_the_group_topic() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let Online {
+        mut agent,
+        op,
+        f,
+        broker: _broker,
+        tmp: _tmp,
+    } = online(FAST).await;
     // The fixture's device is in group "lobby" and not in "garage".
     let mut lobby = spec("g-1", 1, 4);
     lobby.target = TargetSpec::Group("lobby".into());

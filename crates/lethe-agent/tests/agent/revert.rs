@@ -77,12 +77,13 @@ async fn wait_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revert_to_the_original_brings_the_answers_back_and_names_the_forget_it_undoes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let Online {
+        mut agent,
+        op,
+        f,
+        broker: _broker,
+        tmp: _tmp,
+    } = online(FAST).await;
     let pkg = Package::open(model_dir()).unwrap();
     let mut tract = TractEngine::new(&pkg).unwrap();
     let original = pkg.adapter().unwrap();
@@ -186,12 +187,13 @@ async fn a_revert_to_the_original_brings_the_answers_back_and_names_the_forget_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_the_middle_of_a_revert_leaves_a_valid_adapter_and_one_terminal_record() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start(tmp.path());
-    let f = fixture(&broker, FAST);
-    let mut agent = Agent::start(&f);
-    let op = Operator::connect(broker.port).await;
-    op.wait_online(Duration::from_secs(120)).await;
+    let Online {
+        mut agent,
+        op,
+        f,
+        broker: _broker,
+        tmp: _tmp,
+    } = online(FAST).await;
     let pkg = Package::open(model_dir()).unwrap();
     let forgot = forget_first(&op, &f).await;
     let h_forget = forgot.model_hash_after.clone();
