@@ -333,6 +333,23 @@ mod tests {
     }
 
     #[test]
+    fn only_a_full_disk_or_quota_is_storage_full() {
+        let io = |e: std::io::Error| JournalError::Io {
+            path: PathBuf::from("j"),
+            source: e,
+        };
+        assert!(io(std::io::Error::from_raw_os_error(28)).is_storage_full(), "ENOSPC");
+        assert!(io(std::io::Error::from_raw_os_error(122)).is_storage_full(), "EDQUOT");
+        assert!(!io(std::io::Error::from_raw_os_error(5)).is_storage_full(), "EIO");
+        let damaged = JournalError::Damaged {
+            path: PathBuf::from("j"),
+            line: 1,
+            reason: "x".into(),
+        };
+        assert!(!damaged.is_storage_full());
+    }
+
+    #[test]
     fn state_survives_a_reopen() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("journal.jsonl");

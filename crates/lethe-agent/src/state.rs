@@ -441,6 +441,18 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_record_from_before_codes_existed_reads_as_busy() {
+        let old: Event = serde_json::from_str(
+            r#"{"state":"deferred","id":"op-1","reason":"queue full","receipt":"ab"}"#,
+        )
+        .unwrap();
+        let Event::Deferred { code, .. } = old else {
+            panic!("{old:?}")
+        };
+        assert_eq!(code, "busy");
+    }
+
+    #[test]
     fn a_full_forget_folds_into_committed() {
         let s = run(&[
             Event::Received,
