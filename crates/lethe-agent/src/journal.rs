@@ -338,9 +338,18 @@ mod tests {
             path: PathBuf::from("j"),
             source: e,
         };
-        assert!(io(std::io::Error::from_raw_os_error(28)).is_storage_full(), "ENOSPC");
-        assert!(io(std::io::Error::from_raw_os_error(122)).is_storage_full(), "EDQUOT");
-        assert!(!io(std::io::Error::from_raw_os_error(5)).is_storage_full(), "EIO");
+        assert!(
+            io(std::io::Error::from_raw_os_error(28)).is_storage_full(),
+            "ENOSPC"
+        );
+        assert!(
+            io(std::io::Error::from_raw_os_error(122)).is_storage_full(),
+            "EDQUOT"
+        );
+        assert!(
+            !io(std::io::Error::from_raw_os_error(5)).is_storage_full(),
+            "EIO"
+        );
         let damaged = JournalError::Damaged {
             path: PathBuf::from("j"),
             line: 1,

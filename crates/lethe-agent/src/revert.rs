@@ -234,6 +234,53 @@ mod tests {
     }
 
     #[test]
+    fn before_a_command_needs_its_base_held_unless_it_is_the_package_adapter() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap().with_keep(1);
+        let original = s.current_hash().to_string();
+        let mut base = original.clone();
+        let mut forgets = Vec::new();
+        for (x, c) in [(2.0, "anna"), (3.0, "boris"), (4.0, "carl")] {
+            forgets.push(rec(c));
+            let meta = VersionMeta {
+                forgets: forgets.clone(),
+                made_by: Some(format!("op-{c}")),
+                base: Some(base.clone()),
+            };
+            base = s.put_version(&a(x), &meta).unwrap();
+            s.commit(&base).unwrap();
+            s.prune().unwrap();
+        }
+        // Held: carl's version and boris's (the one before). Anna's and the package's are
+        // pruned; boris's base is anna's version, gone.
+        let p = plan(&s, &original, &revert(before("op-carl"), true)).unwrap();
+        assert_eq!(p.target, a(3.0).sha256_hex());
+        let err = plan(&s, &original, &revert(before("op-boris"), true)).unwrap_err();
+        assert_eq!(err.code, "unknown-version");
+        assert!(err.reason.contains("no longer held"), "{}", err.reason);
+        // A command whose base is the package's adapter: reachable though pruned.
+        let mut s = AdapterStore::open(&d.path().join("b"), &a(1.0))
+            .unwrap()
+            .with_keep(1);
+        for (x, c, b) in [
+            (2.0, "anna", original.clone()),
+            (3.0, "boris", a(2.0).sha256_hex()),
+        ] {
+            let meta = VersionMeta {
+                forgets: vec![rec(c)],
+                made_by: Some(format!("op-{c}")),
+                base: Some(b),
+            };
+            let h = s.put_version(&a(x), &meta).unwrap();
+            s.commit(&h).unwrap();
+            s.prune().unwrap();
+        }
+        assert!(!s.has(&original), "the package's adapter was pruned");
+        let p = plan(&s, &original, &revert(before("op-anna"), true)).unwrap();
+        assert_eq!(p.target, original);
+    }
+
+    #[test]
     fn a_revert_that_keeps_every_forget_needs_no_confirmation() {
         let d = tempfile::tempdir().unwrap();
         let (mut s, [h1, h2, h3]) = two_forgets(d.path());
