@@ -435,6 +435,27 @@ mod tests {
     }
 
     #[test]
+    fn a_corrupt_current_falls_back_keeping_the_rest_of_its_history() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        for x in [2.0, 3.0, 4.0] {
+            let h = s.put(&a(x)).unwrap();
+            s.commit(&h).unwrap();
+        }
+        let h4 = a(4.0).sha256_hex();
+        std::fs::write(d.path().join("versions").join(format!("{h4}.bin")), b"x").unwrap();
+        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(s.current_hash(), a(3.0).sha256_hex());
+        let hs = |xs: &[f32]| xs.iter().map(|x| a(*x).sha256_hex()).collect::<Vec<_>>();
+        assert_eq!(
+            s.history(),
+            hs(&[1.0, 2.0]),
+            "neither the corrupt one nor the new current"
+        );
+        assert_eq!(s.previous_hash(), Some(a(2.0).sha256_hex().as_str()));
+    }
+
+    #[test]
     fn committing_an_unstored_version_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
