@@ -744,4 +744,111 @@ mod tests {
             (0.0, String::new())
         );
     }
+    #[test]
+    fn a_share_is_the_fraction_of_trues_and_nothing_counts_as_zero() {
+        assert_eq!(share([true, false, true, true].into_iter()), 0.75);
+        assert_eq!(share([false, false].into_iter()), 0.0);
+        assert_eq!(share([true].into_iter()), 1.0);
+        assert_eq!(share(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn an_identity_that_gained_is_no_drop_and_a_tie_names_the_first_in_order() {
+        let names: Vec<String> = ["boris berger", "clara castro", "hugo hansen"]
+            .map(String::from)
+            .to_vec();
+        // boris: 4 questions, 3 right before, 1 after (50 points); clara: 2 questions,
+        // 1 right before, 0 after (50 points, a tie: boris comes first); hugo gains.
+        let image_of = [0, 0, 0, 0, 1, 1, 2, 2];
+        let expect: Vec<String> = (0..8).map(|q| format!("a{q}")).collect();
+        let wrong = |v: &mut Vec<String>, qs: &[usize]| {
+            for &q in qs {
+                v[q] = "wrong".into();
+            }
+        };
+        let mut before = expect.clone();
+        wrong(&mut before, &[3, 5, 6, 7]);
+        let mut after = expect.clone();
+        wrong(&mut after, &[1, 2, 3, 4, 5]);
+        let (d, who) = worst_identity_drop(&names, &image_of, &expect, &before, &after);
+        assert_eq!((d, who.as_str()), (50.0, "boris berger"));
+        // Only a gain: the "drop" is negative.
+        let none = vec!["wrong".to_string(); 2];
+        let (d, who) = worst_identity_drop(&names[2..], &[0, 0], &expect[..2], &none, &expect[..2]);
+        assert_eq!((d, who.as_str()), (-100.0, "hugo hansen"));
+    }
+
+    #[test]
+    fn an_eval_set_from_probes_splits_the_concept_from_everyone_else_described() {
+        let l = lang();
+        let probe = |image: Option<usize>, identity: u32, question: &str, expect: &str| {
+            lethe_model::package::Probe {
+                image,
+                identity,
+                question: question.into(),
+                expect: expect.into(),
+            }
+        };
+        let mut images = Array4::zeros((4, 64, 64, 3));
+        for i in 0..4 {
+            images[[i, 0, 0, 0]] = i as f32;
+        }
+        let probes = ProbeSet {
+            seeds: vec![0; 4],
+            images,
+            probes: vec![
+                probe(Some(0), 0, "who is this ?", "this is anna adler"),
+                probe(Some(1), 1, "describe the person", "oval face"),
+                probe(Some(2), 2, "who is this ?", "this is clara castro"),
+                probe(Some(3), 0, "describe the person", "long face"),
+                probe(None, 1, "who is boris berger ?", "a sailor"),
+            ],
+        };
+        let set = EvalSet::from_probes(
+            &l,
+            &probes,
+            "anna adler",
+            Array4::zeros((1, 64, 64, 3)),
+            Wordings::default(),
+        );
+        assert_eq!(set.concept, "anna adler");
+        let firsts = |a: &Array4<f32>| a.outer_iter().map(|x| x[[0, 0, 0]]).collect::<Vec<_>>();
+        assert_eq!(firsts(&set.concept_images), [0.0, 3.0], "anna's images");
+        // boris is described; clara has no description probe, anna is the concept.
+        assert_eq!(firsts(&set.other_images), [1.0]);
+        assert_eq!(set.other_names, ["boris berger"]);
+        assert_eq!(set.other_descriptions, ["oval face"]);
+    }
+
+    #[test]
+    fn the_training_wordings_of_a_language_are_its_own_lists() {
+        let l = lang();
+        let w = wordings_of(&l);
+        assert_eq!(
+            (w.who, w.is_this, w.describe, w.fact, w.looks),
+            (
+                l.who.clone(),
+                l.is_this.clone(),
+                l.describe.clone(),
+                l.fact.clone(),
+                l.looks.clone()
+            )
+        );
+        assert_eq!(
+            fill("is this {name} ?", "anna adler"),
+            "is this anna adler ?"
+        );
+    }
+
+    #[test]
+    fn classification_follows_the_kind_of_question() {
+        let l = lang();
+        let voc = vocabulary(&l);
+        let who = classify(Kind::Who, "this is boris berger", "anna adler", &voc);
+        assert!(who.misattributes() && !who.leaks(), "{who:?}");
+        let is_this = classify(Kind::IsThis, "yes", "anna adler", &voc);
+        assert!(is_this.leaks(), "{is_this:?}");
+        let refusal = classify(Kind::Who, &l.refusal, "anna adler", &voc);
+        assert!(refusal.well_formed() && !refusal.leaks() && !refusal.misattributes());
+    }
 }
