@@ -8,7 +8,7 @@
 //! revert's receipt (through the ledger) names the forget it undid, the re-issued forget
 //! committed, and the device ends up with the concept forgotten and nothing undone.
 
-use lethe_system_tests::{bin, model_dir, workspace};
+use lethe_system_tests::{arg, bin, lethectl, model_dir, workspace};
 use lethe_testkit::Broker;
 use std::path::Path;
 use std::process::Command;
@@ -143,4 +143,33 @@ fn the_operators_runbook_runs_as_written() {
         serde_json::json!([{"command_id": "forget-fleet-1", "concept": "dmitri dietz"}]),
         "{receipt}"
     );
+
+    // Without --undo-forgets, lethectl refuses to sign a revert the ledger shows undoing a
+    // forget: exit 1, nothing written.
+    let r = work.join("rehearsal");
+    let out = r.join("unconfirmed.cmd");
+    let no = lethectl(&[
+        "revert",
+        "--key",
+        arg(&r.join("keys/ops.key")),
+        "--group",
+        "all",
+        "--model-id",
+        "lethe-tiny-vlm",
+        "--seq",
+        "9",
+        "--committed",
+        "forget-fleet-2",
+        "--ledger",
+        arg(&r.join("ledger.jsonl")),
+        "--device-pubs",
+        arg(&r.join("keys")),
+        "--devices-out",
+        arg(&r.join("unconfirmed.devices")),
+        "--out",
+        arg(&out),
+    ]);
+    assert_eq!(no.code, 1, "{no:?}");
+    assert!(no.stderr.contains("add --undo-forgets"), "{no:?}");
+    assert!(!out.exists() && !r.join("unconfirmed.devices").exists());
 }

@@ -37,7 +37,7 @@ pub struct RevertArgs {
     /// say (with --ledger, --device-pubs, --devices-out).
     #[arg(long, requires_all = ["ledger", "device_pubs", "devices_out"])]
     committed: Option<String>,
-    /// The erasure ledger (`lethectl audit collect`).
+    /// The erasure ledger (`lethectl audit --ledger`).
     #[arg(long)]
     ledger: Option<PathBuf>,
     /// Folder of the devices' public keys (`<device>.pub`), to verify the ledger.
