@@ -287,6 +287,37 @@ mod tests {
     }
 
     #[test]
+    fn up_to_64_undone_forgets_are_signed_and_read_back_and_one_more_or_a_bad_one_is_refused() {
+        let k = SigningKey::generate("cam-01").unwrap();
+        let undone = |i: usize| UndoneForget {
+            command_id: alloc::format!("op-{i}"),
+            concept: alloc::format!("person {i}"),
+        };
+        let mut r = receipt();
+        r.undone_forgets = (0..MAX_UNDONE_FORGETS).map(undone).collect();
+        let env = sign_receipt(&r, &k).unwrap();
+        assert_eq!(verify_receipt(&env, &k.public()).unwrap().into_inner(), r);
+        let mut many = r.clone();
+        many.undone_forgets.push(undone(MAX_UNDONE_FORGETS));
+        assert_eq!(
+            sign_receipt(&many, &k).unwrap_err(),
+            Rejection::InvalidField {
+                field: "undone_forgets",
+                why: "more than 64 entries"
+            }
+        );
+        let mut bad = receipt();
+        bad.undone_forgets = vec![UndoneForget {
+            command_id: "not an id".into(),
+            concept: "anna adler".into(),
+        }];
+        assert_eq!(sign_receipt(&bad, &k).unwrap_err().code(), "invalid-field");
+        // A receipt without undone forgets serialises without the field, as before it existed.
+        let plain = serde_json::to_string(&receipt()).unwrap();
+        assert!(!plain.contains("undone_forgets"), "{plain}");
+    }
+
+    #[test]
     fn a_receipt_may_finish_when_it_started_but_not_before() {
         let k = SigningKey::generate("cam-01").unwrap();
         let mut r = receipt();
