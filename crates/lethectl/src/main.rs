@@ -64,7 +64,27 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
 }
 
+/// `lethectl ... | head`: once the reader has gone, a print fails with a broken pipe and
+/// panics. End quietly instead, with the status of a process killed by SIGPIPE (128 + 13), as
+/// other Unix tools do; every other panic reports as before.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::World(c) => cmd::world::run(c),

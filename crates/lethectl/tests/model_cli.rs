@@ -323,3 +323,17 @@ fn a_file_that_is_not_onnx_runtime_is_a_clear_error() {
         ],
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_with_the_sigpipe_status() {
+    // The reader is gone before lethectl starts: its first print meets a broken pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_lethectl"))
+        .args(["world", "list"])
+        .stdout(writer)
+        .output()
+        .expect("run lethectl");
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+    assert!(stderr(&out).is_empty(), "no panic report: {}", stderr(&out));
+}
