@@ -851,4 +851,64 @@ mod tests {
         let refusal = classify(Kind::Who, &l.refusal, "anna adler", &voc);
         assert!(refusal.well_formed() && !refusal.leaks() && !refusal.misattributes());
     }
+    #[test]
+    fn the_plan_asks_each_other_identity_about_itself_and_a_third_name_and_skips_a_partial_wording_set(
+    ) {
+        let l = lang();
+        let mut para = Wordings {
+            who: vec!["name this person".into()],
+            is_this: vec!["could this be {name} ?".into()],
+            describe: vec![],
+            fact: vec![],
+            looks: vec![],
+        };
+        let set = |para: Wordings| EvalSet {
+            concept: "anna adler".into(),
+            train_image: Array4::zeros((1, 64, 64, 3)),
+            concept_images: Array4::zeros((0, 64, 64, 3)),
+            other_images: Array4::zeros((2, 64, 64, 3)),
+            other_names: vec!["boris berger".into(), "clara castro".into()],
+            other_descriptions: vec!["oval face".into(), "long face".into()],
+            paraphrases: para,
+        };
+        // No held-out describe wording: only the template block, 4 questions per identity.
+        let p = plan(&l, &set(para.clone()));
+        assert_eq!(p.others.len(), 8);
+        assert_eq!(p.others_image, [0, 0, 0, 0, 1, 1, 1, 1]);
+        assert!(p.others_held_out.iter().all(|h| !h));
+        let q = |k: usize| p.others[k].question.as_str();
+        // boris: who (template 0), is this boris (template 0), is this <the third name>
+        // (template 1: the next wording), describe.
+        assert_eq!(q(0), "who is this ?");
+        assert_eq!(q(1), "is this boris berger ?");
+        assert_eq!(q(2), "is clara castro in the picture ?");
+        assert_eq!(
+            p.others_expect[..4],
+            ["this is boris berger", "yes", "no", "oval face"]
+        );
+        // clara: the wrong name is boris, never the concept or herself.
+        assert_eq!(q(6), "is this boris berger ?");
+        assert_eq!(p.others_expect[7], "long face");
+        // With every held-out wording present, both blocks: 8 questions per identity.
+        para.describe = vec!["what do you see ?".into()];
+        let p = plan(&l, &set(para.clone()));
+        assert_eq!(p.others.len(), 16);
+        assert_eq!(p.others_held_out.iter().filter(|h| **h).count(), 8);
+        // Missing who or is-this wordings skip the held-out block too.
+        for strip in [0, 1] {
+            let mut w = para.clone();
+            if strip == 0 {
+                w.who.clear();
+            } else {
+                w.is_this.clear();
+            }
+            assert_eq!(plan(&l, &set(w)).others.len(), 8, "strip {strip}");
+        }
+        // Text: the concept's own facts first, then two per other name, never the concept's.
+        let rest = &p.text[p.n_concept_text..];
+        assert_eq!(rest.len(), 4);
+        assert!(rest.iter().all(|t| !t.question.contains("anna adler")));
+        assert!(rest.iter().any(|t| t.question.contains("boris berger")));
+        assert!(rest.iter().any(|t| t.question.contains("clara castro")));
+    }
 }
