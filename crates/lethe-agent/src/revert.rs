@@ -69,9 +69,10 @@ pub fn plan(store: &AdapterStore, original: &str, r: &Revert) -> Result<Plan, Re
     };
     let kept = store.meta(&target).forgets;
     let undone: Vec<ForgetRecord> = store
-        .meta(store.current_hash())
+        .current_meta()
         .forgets
-        .into_iter()
+        .iter()
+        .cloned()
         .filter(|f| !kept.iter().any(|k| k.concept == f.concept))
         .collect();
     if !undone.is_empty() && !r.undo_forgets {

@@ -111,6 +111,11 @@ pub struct AdapterStore {
     len: usize,
     keep: usize,
     pointer: Pointer,
+    /// What the current version has forgotten (its `.forgotten.json`), kept in memory so the
+    /// status, published often, reads no file; follows the pointer.
+    current_meta: VersionMeta,
+    /// `undone.json`, kept in memory for the same reason; written through.
+    undone_log: Vec<UndoneRecord>,
     /// Set when open had to fall back from a corrupt current version.
     pub recovered_from: Option<String>,
 }
@@ -132,8 +137,11 @@ impl AdapterStore {
                 previous: None,
                 history: Vec::new(),
             },
+            current_meta: VersionMeta::default(),
+            undone_log: Vec::new(),
             recovered_from: None,
         };
+        s.undone_log = s.read_undone();
         let ptr_path = dir.join("current");
         let ptr: Option<Pointer> = std::fs::read(&ptr_path)
             .ok()
@@ -149,6 +157,7 @@ impl AdapterStore {
             }
             Some(p) => {
                 if s.load(&p.hash).is_ok() {
+                    s.current_meta = s.meta(&p.hash);
                     s.pointer = p;
                 } else if let Some(prev) = p.previous.clone().filter(|h| s.load(h).is_ok()) {
                     s.recovered_from = Some(p.hash.clone());
@@ -228,12 +237,24 @@ impl AdapterStore {
 
     /// Writes a version durably with what it has forgotten (the list first, so a stored
     /// version never lacks it) and returns its hash.
-    pub fn put_version(&self, adapter: &Adapter, meta: &VersionMeta) -> Result<String, StoreError> {
+    pub fn put_version(
+        &mut self,
+        adapter: &Adapter,
+        meta: &VersionMeta,
+    ) -> Result<String, StoreError> {
         let h = sha256_hex(&adapter.to_bytes());
         let p = self.forgotten_path(&h);
         let bytes = serde_json::to_vec(meta).expect("meta serialises");
         write_atomic(&p, &bytes).map_err(|source| StoreError::Io { path: p, source })?;
+        if h == self.pointer.hash {
+            self.current_meta = meta.clone();
+        }
         self.put(adapter)
+    }
+
+    /// What the current version has forgotten.
+    pub fn current_meta(&self) -> &VersionMeta {
+        &self.current_meta
     }
 
     /// The stored version that command `id` made, if the store still holds it.
@@ -251,7 +272,7 @@ impl AdapterStore {
         self.dir.join("undone.json")
     }
 
-    fn undone_all(&self) -> Vec<UndoneRecord> {
+    fn read_undone(&self) -> Vec<UndoneRecord> {
         std::fs::read(self.undone_path())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -260,8 +281,8 @@ impl AdapterStore {
 
     /// Records durably that `by` (a revert) undoes `forgets`; call it before the revert's
     /// pointer moves.
-    pub fn record_undone(&self, forgets: &[ForgetRecord], by: &str) -> Result<(), StoreError> {
-        let mut all = self.undone_all();
+    pub fn record_undone(&mut self, forgets: &[ForgetRecord], by: &str) -> Result<(), StoreError> {
+        let mut all = self.undone_log.clone();
         all.extend(forgets.iter().map(|f| UndoneRecord {
             command: f.command.clone(),
             concept: f.concept.clone(),
@@ -271,17 +292,20 @@ impl AdapterStore {
         all.drain(..extra);
         let path = self.undone_path();
         write_atomic(&path, &serde_json::to_vec(&all).expect("records serialise"))
-            .map_err(|source| StoreError::Io { path, source })
+            .map_err(|source| StoreError::Io { path, source })?;
+        self.undone_log = all;
+        Ok(())
     }
 
     /// Concepts that were forgotten once and that the current version does not hold
     /// forgotten: undone by a revert and not forgotten again since (newest record of each).
     pub fn undone(&self) -> Vec<UndoneRecord> {
-        let now = self.forgotten(&self.pointer.hash);
+        let now = &self.current_meta.forgets;
         let mut out: Vec<UndoneRecord> = Vec::new();
-        for r in self.undone_all().into_iter().rev() {
-            if !now.contains(&r.concept) && !out.iter().any(|o| o.concept == r.concept) {
-                out.push(r);
+        for r in self.undone_log.iter().rev() {
+            let forgotten = now.iter().any(|f| f.concept == r.concept);
+            if !forgotten && !out.iter().any(|o| o.concept == r.concept) {
+                out.push(r.clone());
             }
         }
         out.reverse();
@@ -303,6 +327,7 @@ impl AdapterStore {
         let path = self.dir.join("current");
         let bytes = serde_json::to_vec(&p).expect("pointer serialises");
         write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path, source })?;
+        self.current_meta = self.meta(&p.hash);
         self.pointer = p;
         Ok(())
     }
@@ -628,7 +653,7 @@ mod tests {
     #[test]
     fn the_undone_records_are_bounded() {
         let d = tempfile::tempdir().unwrap();
-        let s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        let mut s = AdapterStore::open(d.path(), &a(1.0)).unwrap();
         let many = forgetting(
             &(0..MAX_UNDONE_RECORDS + 10)
                 .map(|i| format!("c{i}"))
@@ -638,6 +663,8 @@ mod tests {
         let got = s.undone();
         assert_eq!(got.len(), MAX_UNDONE_RECORDS);
         assert_eq!(got[0].concept, "c10", "the oldest went first");
+        let reopened = AdapterStore::open(d.path(), &a(1.0)).unwrap();
+        assert_eq!(reopened.undone(), got, "read back from undone.json at open");
     }
 
     #[test]

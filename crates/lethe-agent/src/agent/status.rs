@@ -95,7 +95,7 @@ impl Shared {
             (
                 store.current_hash().to_string(),
                 store.previous_hash().map(str::to_string),
-                store.forgotten(store.current_hash()),
+                store.current_meta().concepts(),
                 store.undone(),
             )
         };
