@@ -334,8 +334,14 @@ fn revert_job(
             concept: f.concept.clone(),
         })
         .collect();
-    sh.status.lock().unwrap().selfcheck = Some(check);
-    commit(sh, env, st, &plan.target, metrics, undone, fail)
+    commit(sh, env, st, &plan.target, metrics, undone, fail)?;
+    // The status's self-check is the current version's: only once the target is current
+    // (the worker publishes the status when the job ends).
+    let now_current = sh.store.lock().unwrap().current_hash() == plan.target;
+    if now_current {
+        sh.status.lock().unwrap().selfcheck = Some(check);
+    }
+    Ok(())
 }
 
 /// Concludes a job whose candidate was not committed: `rolled_back`, the current version

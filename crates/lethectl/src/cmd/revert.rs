@@ -9,14 +9,14 @@
 //! every forget it undid. Where lethectl can tell from the ledger that the revert undoes a
 //! forget (`--committed X` of a forget), it refuses to sign without `--undo-forgets` itself.
 
-use super::audit::ledger;
+use super::audit::{ledger, report};
 use super::devices;
 use super::fsutil::write_atomic;
 use super::sign::{sign_to_file, CommandArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lethe_proto::{ActionSpec, RevertSpec, RevertTo};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -72,12 +72,13 @@ pub fn run(a: RevertArgs) -> Result<ExitCode> {
                 v.problems.len()
             );
         }
-        let committed: BTreeSet<String> = v
-            .good
-            .iter()
-            .filter(|e| e.command_id == *x && e.verdict == "committed")
-            .map(|e| e.device.clone())
+        // Each device's final answer to X, as the audit report reads it.
+        let lines: Vec<_> = report::build(&v.good, &BTreeMap::new(), Some(x), &[])
+            .into_iter()
+            .flat_map(|r| r.devices)
+            .filter(|l| l.verdict == "committed")
             .collect();
+        let committed: BTreeSet<String> = lines.iter().map(|l| l.device.clone()).collect();
         if committed.is_empty() {
             bail!(
                 "{}: no device's verified receipt says it committed {x}",
@@ -86,10 +87,9 @@ pub fn run(a: RevertArgs) -> Result<ExitCode> {
         }
         // A committed forget changed the model (before != after): reverting to before it
         // brings its concept back.
-        let changed = v
-            .good
+        let changed = lines
             .iter()
-            .any(|e| e.command_id == *x && e.model_hash_before != e.model_hash_after);
+            .any(|l| l.model_hash_before != l.model_hash_after);
         if changed && to == format!("before:{x}") && !a.undo_forgets {
             eprintln!(
                 "refusing to sign: reverting to before {x} undoes that forget on {} device(s); \
