@@ -35,7 +35,7 @@ pub use adapter::Adapter;
 pub use engine::{Engine, GraphDims, OrtEngine};
 pub use error::{ModelError, Result};
 pub use fixtures::Fixtures;
-pub use generate::{answer, logprobs, score, Query};
+pub use generate::{answer, answer_guided, logprobs, score, Query};
 pub use manifest::Manifest;
 pub use package::{
     AdapterVersionInfo, HeldOutWordings, Package, Probe, ProbeSet, RetainEntry, RetainSet, Wordings,

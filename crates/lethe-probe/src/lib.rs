@@ -16,7 +16,7 @@ pub mod parity;
 pub mod train;
 
 pub use engine::TractEngine;
-pub use parity::{probe_parity, ParityReport};
+pub use parity::{guided_parity, probe_parity, ParityReport};
 pub use train::TractTrainStep;
 
 use lethe_model::ModelError;

@@ -120,3 +120,65 @@ pub fn probe_parity(
         mismatches,
     })
 }
+
+/// Guided generation ([`generate::answer_guided`]) against plain greedy generation on one
+/// engine, over the retained probe set with `adapter`, under four kinds of guess: the
+/// expected answers (mostly right), each probe's greedy answer from the package's own
+/// adapter shifted by one probe (mostly wrong), the expected answers cut after their first
+/// word (right prefix, wrong end) and with a word appended (too long); and the
+/// log-probabilities each guided answer carries against [`generate::score`] of the same
+/// answer. Returns the probes whose guided answer (or log-probabilities, kind "logprobs")
+/// differed, as (guess kind, index, greedy, guided); empty = identical.
+pub fn guided_parity(
+    engine: &mut dyn Engine,
+    pkg: &Package,
+    adapter: &[f32],
+) -> Result<Vec<(&'static str, usize, String, String)>> {
+    let set = pkg.probes()?;
+    let tok = pkg.tokenizer();
+    let feats = generate::encode_images(engine, set.images.view())?;
+    let queries: Vec<Query> = set
+        .probes
+        .iter()
+        .map(|p| Query {
+            question: p.question.clone(),
+            image: p.image,
+        })
+        .collect();
+    let greedy = generate::answer(engine, adapter, &tok, feats.view(), &queries)?;
+    let expect: Vec<String> = set.probes.iter().map(|p| p.expect.clone()).collect();
+    let n = expect.len();
+    let kinds: [(&'static str, Vec<String>); 4] = [
+        ("expected", expect.clone()),
+        (
+            "shifted",
+            (0..n).map(|i| greedy[(i + 1) % n].clone()).collect(),
+        ),
+        (
+            "first word",
+            expect
+                .iter()
+                .map(|e| e.split(' ').next().unwrap_or("").to_string())
+                .collect(),
+        ),
+        (
+            "one word more",
+            expect.iter().map(|e| format!("{e} this")).collect(),
+        ),
+    ];
+    let scores = generate::score(engine, adapter, &tok, feats.view(), &queries, &greedy)?;
+    let mut out = Vec::new();
+    for (kind, guesses) in kinds {
+        let g: Vec<Option<&str>> = guesses.iter().map(|s| Some(s.as_str())).collect();
+        let got =
+            generate::answer_guided_scored(engine, adapter, &tok, feats.view(), &queries, &g)?;
+        for (i, (x, (y, lp))) in greedy.iter().zip(got).enumerate() {
+            if *x != y {
+                out.push((kind, i, x.clone(), y));
+            } else if lp.as_ref().is_some_and(|lp| *lp != scores[i]) {
+                out.push(("logprobs", i, format!("{:?}", scores[i]), format!("{lp:?}")));
+            }
+        }
+    }
+    Ok(out)
+}

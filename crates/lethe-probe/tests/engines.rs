@@ -3,7 +3,7 @@
 
 use lethe_model::fixtures::{max_abs_diff, MOMENT_REL_TOL};
 use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions};
-use lethe_probe::{probe_parity, TractEngine, TractTrainStep};
+use lethe_probe::{guided_parity, probe_parity, TractEngine, TractTrainStep};
 use std::path::Path;
 
 fn open() -> Package {
@@ -121,4 +121,22 @@ fn ort_and_tract_give_the_same_greedy_answers_on_every_retained_probe() {
         "max logit diff {}",
         r.max_logit_diff
     );
+}
+
+#[test]
+fn guided_answers_are_the_greedy_answers_on_both_engines_whatever_the_guess() {
+    let pkg = open();
+    let adapter = pkg.adapter().unwrap();
+    let mut ort = OrtEngine::new(&pkg, &SessionOptions::default()).unwrap();
+    let mut tract = TractEngine::new(&pkg).unwrap();
+    for engine in [&mut ort as &mut dyn Engine, &mut tract] {
+        let diff = guided_parity(engine, &pkg, adapter.as_slice()).unwrap();
+        assert!(
+            diff.is_empty(),
+            "{}: {} guided answers differ from greedy, first {:?}",
+            engine.name(),
+            diff.len(),
+            diff.first()
+        );
+    }
 }

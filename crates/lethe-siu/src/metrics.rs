@@ -24,7 +24,7 @@
 
 use crate::answers::{self, Verdict, Vocabulary};
 use crate::facets::Language;
-use lethe_model::generate::{answer, encode_images, logprobs, score};
+use lethe_model::generate::{answer_guided, answer_guided_scored, encode_images, logprobs, score};
 use lethe_model::{Engine, Query, Result, Tokenizer};
 use lethe_model::{ProbeSet, Wordings};
 use ndarray::{Array1, Array2, Array4, Axis};
@@ -50,6 +50,20 @@ pub struct EvalSet {
     pub other_descriptions: Vec<String>,
     /// Held-out question wordings (never trained on).
     pub paraphrases: Wordings,
+    /// Text-only questions whose answers the package expects (question -> answer; see
+    /// [`known_text`]). Only a guess that makes answering faster: it never changes an
+    /// answer or a metric, so it may be empty.
+    pub known_text: BTreeMap<String, String>,
+}
+
+/// The package's expected answers to its text-only probes (question -> answer).
+pub fn known_text(probes: &ProbeSet) -> BTreeMap<String, String> {
+    probes
+        .probes
+        .iter()
+        .filter(|p| p.image.is_none())
+        .map(|p| (p.question.clone(), p.expect.clone()))
+        .collect()
 }
 
 impl EvalSet {
@@ -95,6 +109,7 @@ impl EvalSet {
                 .map(|&i| desc[i].clone().unwrap_or_default())
                 .collect(),
             paraphrases,
+            known_text: known_text(probes),
         }
     }
 }
@@ -162,10 +177,14 @@ struct Plan {
     others_image: Vec<usize>,
     /// Text questions: the first `n_concept_text` are about C.
     text: Vec<Query>,
+    /// What each text question asks, as the canonical template question (the first fact or
+    /// looks wording) about the same person.
+    text_canonical: Vec<String>,
     n_concept_text: usize,
 }
 
-fn fill(t: &str, n: &str) -> String {
+/// A wording with `{name}` filled in.
+pub(crate) fn fill(t: &str, n: &str) -> String {
     t.replace("{name}", n)
 }
 
@@ -250,18 +269,24 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
         }
     }
     // Text-only: C's facts under every wording (retention), everyone else's (text specificity).
-    let mut text: Vec<Query> = lang
-        .fact
-        .iter()
-        .chain(&lang.looks)
-        .chain(&para.fact)
-        .chain(&para.looks)
-        .map(|t| Query::text(fill(t, c)))
-        .collect();
+    let (mut text, mut text_canonical) = (Vec::new(), Vec::new());
+    let canon = |l: &[String], n: &str| l.first().map(|t| fill(t, n)).unwrap_or_default();
+    for (wordings, canonical) in [
+        (lang.fact.iter().collect::<Vec<_>>(), canon(&lang.fact, c)),
+        (lang.looks.iter().collect(), canon(&lang.looks, c)),
+        (para.fact.iter().collect(), canon(&lang.fact, c)),
+        (para.looks.iter().collect(), canon(&lang.looks, c)),
+    ] {
+        for t in wordings {
+            text.push(Query::text(fill(t, c)));
+            text_canonical.push(canonical.clone());
+        }
+    }
     let n_concept_text = text.len();
     for n in lang.names.iter().filter(|n| *n != c) {
         text.push(Query::text(fill(&lang.fact[0], n)));
         text.push(Query::text(fill(&lang.looks[0], n)));
+        text_canonical.extend([canon(&lang.fact, n), canon(&lang.looks, n)]);
     }
     Plan {
         train_who,
@@ -271,6 +296,7 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
         others_held_out: held,
         others_image,
         text,
+        text_canonical,
         n_concept_text,
     }
 }
@@ -316,6 +342,10 @@ struct Answers {
     concept: Vec<String>,
     others: Vec<String>,
     text: Vec<String>,
+    /// The log-probabilities of each `others` and `text` answer (see
+    /// [`lethe_model::generate::Answered::logprobs`]).
+    others_lp: Vec<Option<Vec<f64>>>,
+    text_lp: Vec<Option<Vec<f64>>>,
 }
 
 struct Features {
@@ -324,19 +354,94 @@ struct Features {
     others: ndarray::Array3<f32>,
 }
 
+/// A guess of every answer of a [`Plan`] (same layout as [`Answers`]), for
+/// [`answer_guided`]: guessing only changes how fast the answers come, never what they are.
+#[derive(Default)]
+struct Guesses {
+    train_who: Vec<Option<String>>,
+    concept: Vec<Option<String>>,
+    others: Vec<Option<String>>,
+    text: Vec<Option<String>>,
+}
+
+impl Guesses {
+    /// What a model that knows C answers: C's name, "yes" to "is this C?", every other
+    /// question as expected (a text question as the package expects its canonical wording
+    /// answered, where it knows that answer).
+    fn knowing(lang: &Language, p: &Plan, set: &EvalSet) -> Guesses {
+        let c = &set.concept;
+        let named = fill(&lang.who_answer, c);
+        Guesses {
+            train_who: vec![Some(named.clone()); p.train_who.len()],
+            concept: p
+                .concept
+                .iter()
+                .map(|q| {
+                    Some(match q.kind {
+                        Kind::Who => named.clone(),
+                        Kind::IsThis => "yes".to_string(),
+                    })
+                })
+                .collect(),
+            others: p.others_expect.iter().cloned().map(Some).collect(),
+            text: p
+                .text_canonical
+                .iter()
+                .map(|q| set.known_text.get(q).cloned())
+                .collect(),
+        }
+    }
+
+    /// What a model that forgot C answers: a stranger's answers about C, everything else as
+    /// `before` answered.
+    fn forgotten(lang: &Language, p: &Plan, before: &Answers) -> Guesses {
+        Guesses {
+            train_who: vec![Some(lang.refusal.clone()); p.train_who.len()],
+            concept: p
+                .concept
+                .iter()
+                .map(|q| Some(stranger_answer(lang, q.kind).to_string()))
+                .collect(),
+            others: before.others.iter().cloned().map(Some).collect(),
+            text: before.text.iter().cloned().map(Some).collect(),
+        }
+    }
+}
+
+/// What the model answers about a stranger: the refusal to "who", the denial to "is this C?".
+fn stranger_answer(lang: &Language, kind: Kind) -> &str {
+    match kind {
+        Kind::Who => &lang.refusal,
+        Kind::IsThis => &lang.denial,
+    }
+}
+
 fn ask_all(
     engine: &mut dyn Engine,
     adapter: &[f32],
     tok: &Tokenizer,
     f: &Features,
     p: &Plan,
+    g: &Guesses,
 ) -> Result<Answers> {
     let concept_q: Vec<Query> = p.concept.iter().map(|q| q.query.clone()).collect();
+    let mut ask = |feats: &ndarray::Array3<f32>, q: &[Query], g: &[Option<String>]| {
+        let g: Vec<Option<&str>> = g.iter().map(|x| x.as_deref()).collect();
+        Ok::<_, lethe_model::ModelError>(
+            answer_guided_scored(engine, adapter, tok, feats.view(), q, &g)?
+                .into_iter()
+                .unzip::<_, _, Vec<_>, Vec<_>>(),
+        )
+    };
+    let (others, others_lp) = ask(&f.others, &p.others, &g.others)?;
+    let (text, text_lp) = ask(&f.others, &p.text, &g.text)?;
     Ok(Answers {
-        train_who: answer(engine, adapter, tok, f.train.view(), &p.train_who)?,
-        concept: answer(engine, adapter, tok, f.concept.view(), &concept_q)?,
-        others: answer(engine, adapter, tok, f.others.view(), &p.others)?,
-        text: answer(engine, adapter, tok, f.others.view(), &p.text)?,
+        train_who: ask(&f.train, &p.train_who, &g.train_who)?.0,
+        concept: ask(&f.concept, &concept_q, &g.concept)?.0,
+        others,
+        text,
+        others_lp,
+        text_lp,
     })
 }
 
@@ -353,8 +458,16 @@ fn share(v: impl Iterator<Item = bool>) -> f64 {
     }
 }
 
+/// An adapter's log-probabilities of `reference` if `mine`, the answer it said, is that.
+fn said_same<'a>(mine: &str, lp: &'a Option<Vec<f64>>, reference: &str) -> Option<&'a Vec<f64>> {
+    lp.as_ref().filter(|_| mine == reference)
+}
+
 /// Perplexity of `adapter` on (query, answer) pairs, ignoring answer positions whose target
-/// is one of `exclude` token ids.
+/// is one of `exclude` token ids. `known[i]`: the answer's log-probabilities under `adapter`
+/// where already at hand (the adapter said that very answer, see [`Answers`]); the other
+/// pairs are scored in one pass.
+#[allow(clippy::too_many_arguments)]
 fn perplexity(
     engine: &mut dyn Engine,
     adapter: &[f32],
@@ -362,13 +475,42 @@ fn perplexity(
     feats: ndarray::ArrayView3<f32>,
     queries: &[Query],
     answers: &[String],
+    known: &[Option<&Vec<f64>>],
     exclude: &[i32],
 ) -> Result<f64> {
-    let lps = score(engine, adapter, tok, feats, queries, answers)?;
+    let ids = answers
+        .iter()
+        .map(|a| {
+            let mut ids = tok.encode(a)?;
+            ids.push(tok.eos());
+            Ok(ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let usable = |i: usize| known[i].filter(|lp| lp.len() == ids[i].len());
+    let missing: Vec<usize> = (0..answers.len())
+        .filter(|&i| usable(i).is_none())
+        .collect();
+    let scored = score(
+        engine,
+        adapter,
+        tok,
+        feats,
+        &missing
+            .iter()
+            .map(|&i| queries[i].clone())
+            .collect::<Vec<_>>(),
+        &missing
+            .iter()
+            .map(|&i| answers[i].clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let mut scored = scored.iter();
     let (mut sum, mut n) = (0.0, 0usize);
-    for (a, lp) in answers.iter().zip(&lps) {
-        let mut ids = tok.encode(a)?;
-        ids.push(tok.eos());
+    for (i, ids) in ids.iter().enumerate() {
+        let lp = match usable(i) {
+            Some(lp) => lp,
+            None => scored.next().expect("one score per missing answer"),
+        };
         for (id, l) in ids.iter().zip(lp) {
             if !exclude.contains(id) {
                 sum -= l;
@@ -409,7 +551,12 @@ pub fn holds(
     let p = plan(lang, set);
     let q: Vec<Query> = p.concept.iter().map(|q| q.query.clone()).collect();
     let f = encode_images(engine, set.concept_images.view())?;
-    let ans = answer(engine, adapter, tok, f.view(), &q)?;
+    let g: Vec<Option<&str>> = p
+        .concept
+        .iter()
+        .map(|q| Some(stranger_answer(lang, q.kind)))
+        .collect();
+    let ans = answer_guided(engine, adapter, tok, f.view(), &q, &g)?;
     let voc = vocabulary(lang);
     let v: Vec<(Kind, bool, Verdict)> = p
         .concept
@@ -451,8 +598,22 @@ pub fn evaluate(
         concept: encode_images(engine, set.concept_images.view())?,
         others: encode_images(engine, set.other_images.view())?,
     };
-    let b = ask_all(engine, before, tok, &f, &p)?;
-    let a = ask_all(engine, after, tok, &f, &p)?;
+    let b = ask_all(
+        engine,
+        before,
+        tok,
+        &f,
+        &p,
+        &Guesses::knowing(lang, &p, set),
+    )?;
+    let a = ask_all(
+        engine,
+        after,
+        tok,
+        &f,
+        &p,
+        &Guesses::forgotten(lang, &p, &b),
+    )?;
     let voc = vocabulary(lang);
     let verdicts: Vec<Verdict> = p
         .concept
@@ -557,12 +718,17 @@ pub fn evaluate(
 
     // Fluency: the original model's answers on other images and text questions.
     let concept_ids = tok.encode(c)?;
-    let mut fluency = |adapter: &[f32]| -> Result<f64> {
+    // Each adapter's own log-probabilities of an answer it said itself are at hand.
+    let mut fluency = |adapter: &[f32], x: &Answers| -> Result<f64> {
         let tmpl: Vec<usize> = (0..p.others.len())
             .filter(|&i| !p.others_held_out[i])
             .collect();
         let oq: Vec<Query> = tmpl.iter().map(|&i| p.others[i].clone()).collect();
         let oa: Vec<String> = tmpl.iter().map(|&i| b.others[i].clone()).collect();
+        let ok: Vec<_> = tmpl
+            .iter()
+            .map(|&i| said_same(&x.others[i], &x.others_lp[i], &b.others[i]))
+            .collect();
         let img = perplexity(
             engine,
             adapter,
@@ -570,8 +736,12 @@ pub fn evaluate(
             f.others.view(),
             &oq,
             &oa,
+            &ok,
             &concept_ids,
         )?;
+        let tk: Vec<_> = (nct..p.text.len())
+            .map(|i| said_same(&x.text[i], &x.text_lp[i], &b.text[i]))
+            .collect();
         let txt = perplexity(
             engine,
             adapter,
@@ -579,12 +749,13 @@ pub fn evaluate(
             f.others.view(),
             &p.text[nct..],
             &b.text[nct..],
+            &tk,
             &concept_ids,
         )?;
         Ok(0.5 * (img + txt))
     };
-    let ppl_b = fluency(before)?;
-    let ppl_a = fluency(after)?;
+    let ppl_b = fluency(before, &b)?;
+    let ppl_a = fluency(after, &a)?;
 
     // Diversity of the updated model's answers (all of them).
     let all: Vec<&String> = a.concept.iter().chain(&a.others).chain(&a.text).collect();
@@ -702,6 +873,7 @@ mod tests {
             other_names: vec!["boris berger".into()],
             other_descriptions: vec!["oval face".into()],
             paraphrases: para,
+            known_text: BTreeMap::new(),
         };
         let p = plan(&l, &set);
         let held: Vec<&CQuestion> = p.concept.iter().filter(|q| q.held_out).collect();
@@ -870,6 +1042,7 @@ mod tests {
             other_names: vec!["boris berger".into(), "clara castro".into()],
             other_descriptions: vec!["oval face".into(), "long face".into()],
             paraphrases: para,
+            known_text: BTreeMap::new(),
         };
         // No held-out describe wording: only the template block, 4 questions per identity.
         let p = plan(&l, &set(para.clone()));

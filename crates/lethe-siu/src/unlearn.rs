@@ -16,7 +16,7 @@ use crate::facets::{self, Language, OriginalAnswers, Pool, RetainLabel, Sizes};
 use crate::masks::{self, TokSample};
 use crate::metrics;
 use crate::Method;
-use lethe_model::generate::{answer, encode_images, gather_features, logprobs};
+use lethe_model::generate::{answer_guided, encode_images, gather_features, logprobs};
 use lethe_model::{
     Adapter, Engine, ModelError, Package, Query, StepLosses, Tokenizer, TrainBatch, TrainState,
 };
@@ -249,6 +249,18 @@ pub struct Prior {
 
 /// The recognition queries of the stopping rule over `n_views` features rows: the "who"
 /// and "is C ...?" wordings the facets train on, spread over the views.
+/// One guess per recognition query (the first `n_who` are "who" questions): `who` for
+/// those, `is_this` for the rest.
+fn stranger_guesses(q: &[Query], n_who: usize, who: &str, is_this: &str) -> Vec<Option<String>> {
+    (0..q.len())
+        .map(|i| Some(if i < n_who { who } else { is_this }.to_string()))
+        .collect()
+}
+
+fn as_strs(g: &[Option<String>]) -> Vec<Option<&str>> {
+    g.iter().map(|x| x.as_deref()).collect()
+}
+
 fn recognition_queries(
     lang: &Language,
     concept: &str,
@@ -389,7 +401,13 @@ pub fn forget(
 
     // Does the model recognise the concept in this image at all?
     let (rq, n_who) = recognition_queries(&lang, &concept, 1, opts.method);
-    let orig = answer(engine, a0, &tok, view_feats.view(), &rq)?;
+    let knowing = stranger_guesses(
+        &rq,
+        n_who,
+        &metrics::fill(&lang.who_answer, &concept),
+        "yes",
+    );
+    let orig = answer_guided(engine, a0, &tok, view_feats.view(), &rq, &as_strs(&knowing))?;
     let mut warnings = Vec::new();
     if !recognised(&orig, n_who, &concept, &voc, false) {
         let says = orig[0].clone();
@@ -405,7 +423,7 @@ pub fn forget(
     }
 
     // The anchor model's own text answers (T3 about the concept, T4 about others).
-    let fill = |t: &str, n: &str| t.replace("{name}", n);
+    let fill = metrics::fill;
     let mut ch = facets::Chooser::new(opts.seed.wrapping_add(99));
     let mut retain_names: Vec<&String> = lang
         .names
@@ -420,13 +438,32 @@ pub fn forget(
         Method::Siu => lang.fact.iter().chain(&lang.looks).collect(),
         _ => vec![&lang.fact[0], &lang.looks[0]],
     };
-    let mut text_q: Vec<String> = concept_wordings.iter().map(|t| fill(t, &concept)).collect();
-    let n_concept_text = text_q.len();
+    // (wording, name) of each text question.
+    let mut text_src: Vec<(&String, &str)> = concept_wordings
+        .iter()
+        .map(|t| (*t, concept.as_str()))
+        .collect();
+    let n_concept_text = text_src.len();
     for n in &retain_names {
-        text_q.push(fill(&lang.fact[ch.below(lang.fact.len())], n));
-        text_q.push(fill(&lang.looks[ch.below(lang.looks.len())], n));
+        text_src.push((&lang.fact[ch.below(lang.fact.len())], n.as_str()));
+        text_src.push((&lang.looks[ch.below(lang.looks.len())], n.as_str()));
     }
-    let text_a = answer(
+    let text_q: Vec<String> = text_src.iter().map(|(t, n)| fill(t, n)).collect();
+    // Guess each answer as the package's text probes answer its canonical wording.
+    let known = metrics::known_text(&pkg.probes()?);
+    let canonical = |t: &String, n: &str| {
+        let list = if lang.fact.contains(t) {
+            &lang.fact
+        } else {
+            &lang.looks
+        };
+        fill(&list[0], n)
+    };
+    let text_guess: Vec<Option<&str>> = text_src
+        .iter()
+        .map(|(t, n)| known.get(&canonical(t, n)).map(String::as_str))
+        .collect();
+    let text_a = answer_guided(
         engine,
         anchor,
         &tok,
@@ -435,6 +472,7 @@ pub fn forget(
             .iter()
             .map(|q| Query::text(q.clone()))
             .collect::<Vec<_>>(),
+        &text_guess,
     )?;
     let pairs: Vec<(String, String)> = text_q.into_iter().zip(text_a).collect();
     let looks_at = concept_wordings
@@ -499,6 +537,7 @@ pub fn forget(
     let (rq_all, n_who_all) = recognition_queries(&lang, &concept, n_views, opts.method);
     let mut streak = 0;
     let mut forgotten_now = false;
+    let mut check_guess = stranger_guesses(&rq_all, n_who_all, &lang.refusal, &lang.denial);
     let mut stop_reason = format!("step budget of {} spent", opts.max_steps);
     for k in 0..opts.max_steps {
         let rows = sampler.next_batch();
@@ -530,13 +569,16 @@ pub fn forget(
         let done = k + 1;
         if done >= opts.min_steps && done % opts.check_every == 0 {
             let tc = Instant::now();
-            let ans = answer(
+            // Guess the previous check's answers (the stranger's answers at the first).
+            let ans = answer_guided(
                 engine,
                 state.params.as_slice().unwrap(),
                 &tok,
                 view_feats.view(),
                 &rq_all,
+                &as_strs(&check_guess),
             )?;
+            check_guess = ans.iter().cloned().map(Some).collect();
             check_ms += tc.elapsed().as_secs_f64() * 1e3;
             let f = !recognised(&ans, n_who_all, &concept, &voc, strict);
             progress(&Progress::Checked {

@@ -17,10 +17,11 @@ use lethe_agent::update::{self, Job};
 use lethe_model::image::images_to_input;
 use lethe_model::{Adapter, OrtEngine, Package, SessionOptions, TrainStep, Wordings};
 use lethe_probe::{TractEngine, TractTrainStep};
-use lethe_siu::metrics::{evaluate, holds, EvalSet, Holds, Metrics};
+use lethe_siu::metrics::{evaluate, holds, known_text, EvalSet, Holds, Metrics};
 use lethe_siu::unlearn::{language, Prior};
 use lethe_siu::{forget, Method, Outcome};
 use lethe_world::{identities, render, HELD_OUT_SEED_START};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -130,13 +131,7 @@ fn forget_image(e: &mut Engines, id: u32, seed: u64) -> Result<(u64, usize)> {
     )
 }
 
-fn eval_set(
-    id: u32,
-    c: &Common,
-    exclude: &[u32],
-    wordings: &Wordings,
-    forget_seed: u64,
-) -> EvalSet {
+fn eval_set(id: u32, c: &Common, exclude: &[u32], held_out: &HeldOut, forget_seed: u64) -> EvalSet {
     let me = &identities()[id as usize];
     let start = c.eval_seeds;
     let mine: Vec<_> = (0..c.heldout).map(|s| render(me, start + s)).collect();
@@ -159,17 +154,30 @@ fn eval_set(
         other_images: images_to_input(&others),
         other_names: names,
         other_descriptions: descs,
-        paraphrases: wordings.clone(),
+        paraphrases: held_out.wordings.clone(),
+        known_text: held_out.known_text.clone(),
     }
 }
 
-fn wordings(pkg: &Package, which: &str) -> Result<Wordings> {
+/// What an evaluation set takes from the package: the held-out wordings chosen by
+/// `--wordings`, and the expected answers of its text probes (guesses, see
+/// [`EvalSet::known_text`]).
+struct HeldOut {
+    wordings: Wordings,
+    known_text: BTreeMap<String, String>,
+}
+
+fn held_out(pkg: &Package, which: &str) -> Result<HeldOut> {
     let h = pkg.paraphrases()?;
-    match which {
-        "eval" => Ok(h.eval),
-        "verify" => Ok(h.verify),
+    let wordings = match which {
+        "eval" => h.eval,
+        "verify" => h.verify,
         o => anyhow::bail!("--wordings {o:?}: expected eval or verify"),
-    }
+    };
+    Ok(HeldOut {
+        wordings,
+        known_text: known_text(&pkg.probes()?),
+    })
 }
 
 struct Engines {
@@ -327,7 +335,7 @@ struct Timing {
 fn unlearn(a: UnlearnArgs) -> Result<ExitCode> {
     let c = &a.common;
     let mut e = Engines::open(&c.model)?;
-    let held_out = wordings(&e.pkg, &c.wordings)?;
+    let held_out = held_out(&e.pkg, &c.wordings)?;
     let ids = if c.ids.is_empty() {
         concepts(c.concepts)
     } else {
@@ -530,7 +538,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         "bench sequential runs the agent's update, which uses siu"
     );
     let mut e = Engines::open(&c.model)?;
-    let held_out = wordings(&e.pkg, &c.wordings)?;
+    let held_out = held_out(&e.pkg, &c.wordings)?;
     let order = if c.ids.is_empty() {
         random_order(c.concepts, c.seed)
     } else {
