@@ -436,6 +436,16 @@ mod tests {
         ramble: bool,
     }
 
+    impl Fake {
+        fn new(ramble: bool) -> Fake {
+            Fake {
+                calls: 0,
+                vocab: 8,
+                ramble,
+            }
+        }
+    }
+
     impl Engine for Fake {
         fn name(&self) -> &str {
             "fake"
@@ -478,11 +488,7 @@ mod tests {
 
     #[test]
     fn greedy_answers_follow_argmax_and_stop_at_eos() {
-        let mut e = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: false,
-        };
+        let mut e = Fake::new(false);
         let feats = Array3::zeros((1, 1, 2));
         let q = [Query::text("is this"), Query::about("is this", 0)];
         let got = answer(&mut e, &[], &tok(), feats.view(), &q).unwrap();
@@ -497,11 +503,7 @@ mod tests {
     fn an_answer_without_eos_is_cut_so_it_still_fits_a_training_sequence() {
         let t = tok();
         let feats = Array3::zeros((0, 1, 2));
-        let mut rambler = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: true,
-        };
+        let mut rambler = Fake::new(true);
         let got = answer(
             &mut rambler,
             &[],
@@ -521,11 +523,7 @@ mod tests {
         let t = tok();
         let feats = Array3::zeros((1, 1, 2));
         let q = [Query::text("is this"), Query::about("is this", 0)];
-        let mut e = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: false,
-        };
+        let mut e = Fake::new(false);
         let got = answer_guided(
             &mut e,
             &[],
@@ -578,11 +576,7 @@ mod tests {
         let t = tok();
         let feats = Array3::zeros((1, 1, 2));
         let q = [Query::text("is this"), Query::about("is this", 0)];
-        let mut e = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: false,
-        };
+        let mut e = Fake::new(false);
         let got =
             answer_guided_scored(&mut e, &[], &t, feats.view(), &q, &[Some("yes"), None]).unwrap();
         let texts: Vec<String> = got.iter().map(|g| g.0.clone()).collect();
@@ -590,22 +584,14 @@ mod tests {
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.1.as_ref(), Some(w), "{g:?}");
         }
-        let mut rambler = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: true,
-        };
+        let mut rambler = Fake::new(true);
         let cut = answer_guided_scored(&mut rambler, &[], &t, feats.view(), &q[..1], &[None]);
         assert_eq!(cut.unwrap()[0], ("yes yes yes".to_string(), None));
     }
 
     #[test]
     fn a_wrong_guess_is_generated_on_from_where_the_model_disagrees() {
-        let mut rambler = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: true,
-        };
+        let mut rambler = Fake::new(true);
         let feats = Array3::zeros((0, 1, 2));
         // The model says "yes yes yes" (cut); the guess agrees on two words.
         let got = answer_guided(
@@ -635,11 +621,7 @@ mod tests {
 
     #[test]
     fn query_about_a_missing_image_is_an_error() {
-        let mut e = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: false,
-        };
+        let mut e = Fake::new(false);
         let feats = Array3::zeros((1, 1, 2));
         let err = answer(
             &mut e,
@@ -653,11 +635,7 @@ mod tests {
 
     #[test]
     fn score_reads_answer_and_eos_log_probs() {
-        let mut e = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: false,
-        };
+        let mut e = Fake::new(false);
         let feats = Array3::zeros((0, 1, 2));
         let got = score(
             &mut e,
@@ -687,11 +665,7 @@ mod tests {
 
     #[test]
     fn encode_images_returns_one_row_per_image() {
-        let mut e = Fake {
-            calls: 0,
-            vocab: 8,
-            ramble: false,
-        };
+        let mut e = Fake::new(false);
         let imgs = Array4::zeros((130, 64, 64, 3));
         assert_eq!(
             encode_images(&mut e, imgs.view()).unwrap().shape(),

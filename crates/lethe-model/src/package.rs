@@ -49,6 +49,19 @@ pub struct ProbeSet {
     pub probes: Vec<Probe>,
 }
 
+impl ProbeSet {
+    /// Every probe's question, about its image of `images` (or text-only).
+    pub fn queries(&self) -> Vec<crate::generate::Query> {
+        self.probes
+            .iter()
+            .map(|p| crate::generate::Query {
+                question: p.question.clone(),
+                image: p.image,
+            })
+            .collect()
+    }
+}
+
 /// Question wordings of one set, per task; `{name}` marks the identity's name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

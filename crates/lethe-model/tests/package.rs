@@ -3,7 +3,7 @@
 //! ONNX Runtime (run scripts/fetch-ort once); without it they fail with the lookup message.
 
 use lethe_model::fixtures::{max_abs_diff, MOMENT_REL_TOL};
-use lethe_model::generate::{self, Query};
+use lethe_model::generate;
 use lethe_model::{
     Adapter, AdapterVersionInfo, Engine, Fixtures, ModelError, OrtEngine, Package, SessionOptions,
     TrainStep,
@@ -267,14 +267,7 @@ fn ort_answers_the_retained_probes_above_the_package_floor_and_the_same_alone_as
     let adapter = pkg.adapter().unwrap();
     let tok = pkg.tokenizer();
     let feats = generate::encode_images(&mut eng, probes.images.view()).unwrap();
-    let queries: Vec<Query> = probes
-        .probes
-        .iter()
-        .map(|p| Query {
-            question: p.question.clone(),
-            image: p.image,
-        })
-        .collect();
+    let queries = probes.queries();
     let all = generate::answer(&mut eng, adapter.as_slice(), &tok, feats.view(), &queries).unwrap();
     let correct = all
         .iter()

@@ -3,7 +3,7 @@
 //! greedy generation throughput over the retained probe set per engine. Plain `main`
 //! (`harness = false`); N from `LETHE_BENCH_N` (default 20).
 
-use lethe_model::generate::{self, Query};
+use lethe_model::generate;
 use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions, TrainStep};
 use lethe_probe::{TractEngine, TractTrainStep};
 use std::path::Path;
@@ -104,14 +104,7 @@ fn main() {
     let probes = pkg.probes().expect("probes");
     let tok = pkg.tokenizer();
     let adapter = pkg.adapter().expect("adapter");
-    let queries: Vec<Query> = probes
-        .probes
-        .iter()
-        .map(|p| Query {
-            question: p.question.clone(),
-            image: p.image,
-        })
-        .collect();
+    let queries = probes.queries();
     let mut engines: Vec<Box<dyn Engine>> = vec![
         Box::new(OrtEngine::new(&pkg, &opts).expect("ORT engine")),
         Box::new(TractEngine::new(&pkg).expect("tract engine")),

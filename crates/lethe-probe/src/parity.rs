@@ -6,7 +6,7 @@
 //! discrepancy shows up in the answers and logits instead of being masked.
 
 use lethe_model::fixtures::max_abs_diff;
-use lethe_model::generate::{self, Query, CHUNK};
+use lethe_model::generate::{self, CHUNK};
 use lethe_model::{Engine, Package, Result};
 use ndarray::Array2;
 
@@ -55,14 +55,7 @@ pub fn probe_parity(
     let tok = pkg.tokenizer();
     let fa = generate::encode_images(a, set.images.view())?;
     let fb = generate::encode_images(b, set.images.view())?;
-    let queries: Vec<Query> = set
-        .probes
-        .iter()
-        .map(|p| Query {
-            question: p.question.clone(),
-            image: p.image,
-        })
-        .collect();
+    let queries = set.queries();
     let ans_a = generate::answer(a, adapter, &tok, fa.view(), &queries)?;
     let ans_b = generate::answer(b, adapter, &tok, fb.view(), &queries)?;
     let mut mismatches = Vec::new();
@@ -137,14 +130,7 @@ pub fn guided_parity(
     let set = pkg.probes()?;
     let tok = pkg.tokenizer();
     let feats = generate::encode_images(engine, set.images.view())?;
-    let queries: Vec<Query> = set
-        .probes
-        .iter()
-        .map(|p| Query {
-            question: p.question.clone(),
-            image: p.image,
-        })
-        .collect();
+    let queries = set.queries();
     let greedy = generate::answer(engine, adapter, &tok, feats.view(), &queries)?;
     let expect: Vec<String> = set.probes.iter().map(|p| p.expect.clone()).collect();
     let n = expect.len();

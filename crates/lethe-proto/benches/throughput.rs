@@ -56,6 +56,7 @@ fn main() {
         .unwrap()
         .write_to(&mut Cursor::new(&mut image), image::ImageFormat::Png)
         .unwrap();
+    let image_bytes = image.len();
     let spec = CommandSpec {
         id: "cmd-1".into(),
         issuer: "alice".into(),
@@ -98,7 +99,7 @@ fn main() {
     println!(
         "lethe-proto throughput (command envelope {} bytes, one {}-byte PNG; {} ms per line)",
         env.len(),
-        spec.image.len(),
+        image_bytes,
         budget.as_millis()
     );
     let r = rate(budget, || {
