@@ -1,5 +1,5 @@
 """Check an exported package with ONNX Runtime (Python): dynamic batch of the inference graphs,
-and the train-step graph against the JAX fixtures. A packaging-time sanity check; the Rust
+the KV-cache graphs against the whole decoder, and the train-step graph against the JAX fixtures. A packaging-time sanity check; the Rust
 tests repeat the fixture check with ort and tract.
 
 usage: python check_package.py DIR
@@ -33,3 +33,24 @@ for s in range(man["fixtures"]["steps"]):
 el = np.load(f"{fx}/expect_losses.npy")
 print("train step: max |loss - jax| %.2e, max |params - jax| %.2e" % (
     np.abs(np.array(losses, np.float32) - el).max(), np.abs(feed["params"] - np.load(f"{fx}/expect_params.npy")).max()))
+
+# The KV-cache pair: prefix + a 10-token step + one token at a time == the whole decoder.
+pre, inc = S("decoder_prefix.onnx"), S("decoder_step.onnx")
+kvn = man["graphs"]["decoder_step"]["inputs"][1:-3]
+T, B = man["text_len"], 4
+f = vis.run(None, {"image": imgs[:B]})[0]
+has = np.array([1, 0, 1, 1], np.float32)
+toks = np.random.default_rng(0).integers(4, len(man["vocab"]), (B, T)).astype(np.int32)
+want = dec.run(None, {"adapter": adapter, "features": f, "has_image": has, "tokens": toks})[0]
+past = pre.run(None, {"adapter": adapter, "features": f})
+mask = np.repeat(has[:, None], man["n_image_tokens"], 1)
+pos = np.repeat(np.arange(T, dtype=np.int32)[None], B, 0)
+got = []
+for a, b in [(0, 10)] + [(t, t + 1) for t in range(10, T)]:
+    o = inc.run(None, {"adapter": adapter, **dict(zip(kvn, past)), "past_mask": mask,
+                       "tokens": toks[:, a:b], "position_ids": pos[:, a:b]})
+    got.append(o[0]); past = o[1:]
+    mask = np.concatenate([mask, np.ones((B, b - a), np.float32)], 1)
+d_kv = np.abs(np.concatenate(got, 1) - want).max()
+print("kv-cache decoding vs the whole decoder: max logit diff %.2e" % d_kv)
+assert d_kv < 1e-4, d_kv

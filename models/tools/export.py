@@ -1,6 +1,7 @@
 """Export a trained checkpoint as a Lethe model package (see models/PACKAGE.md).
 
-Writes: vision.onnx, decoder.onnx, train_step.onnx (standard ai.onnx ops only; frozen weights
+Writes: vision.onnx, decoder.onnx, decoder_prefix.onnx + decoder_step.onnx (the decoder split for
+incremental decoding with a key/value cache), train_step.onnx (standard ai.onnx ops only; frozen weights
 are initializers), adapter.bin (the initial adapter, flat f32 little-endian), probes/ (the
 retained probe set), fixtures/ (inputs and expected outputs of fed-back train steps computed
 by JAX, the eager reference), and manifest.json with shapes, vocabulary, templates and the
@@ -51,6 +52,25 @@ def decoder_fn(adapter, features, has_image, tokens):
     return M.decode(DEC, M.unflatten(adapter), features, has_image, tokens)
 
 
+KV_LAYERS, KV_HEADS, KV_HEAD_DIM = M.CFG["dec_layers"], M.CFG["heads"], M.CFG["dd"] // M.CFG["heads"]
+
+
+def kv_names(prefix):
+    return [f"{prefix}.{l}.{kv}" for l in range(KV_LAYERS) for kv in ("key", "value")]
+
+
+def prefix_fn(adapter, features):
+    kv = M.decode_prefix(DEC, M.unflatten(adapter), features)
+    return tuple(x for pair in kv for x in pair)
+
+
+def step_fn(adapter, *rest):
+    flat, (past_mask, tokens, position_ids) = rest[:2 * KV_LAYERS], rest[2 * KV_LAYERS:]
+    past = [(flat[2 * l], flat[2 * l + 1]) for l in range(KV_LAYERS)]
+    logits, present = M.decode_step(DEC, M.unflatten(adapter), past, past_mask, tokens, position_ids)
+    return (logits,) + tuple(x for pair in present for x in pair)
+
+
 def loss_fn(parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl):
     ad = {n: t for (n, _), t in zip(LAYOUT, parts)}
     logq = M.log_softmax(M.decode(DEC, ad, features, has_image, tokens))
@@ -94,10 +114,18 @@ def sds(shape, dt=jnp.float32):
     return jax.ShapeDtypeStruct(shape, dt)
 
 
-def export(fn, specs, names, outs, path):
+def export(fn, specs, names, outs, path, grown_outputs=()):
+    """grown_outputs: outputs whose axis 2 is a sum of symbolic dims (K + S). jax2onnx writes
+    such a dim as its first term (K), which tract then refuses to unify with K + S: that
+    axis, and every intermediate shape annotation, are left for the engines to infer."""
     t = time.time()
     m = to_onnx(fn, specs, model_name=os.path.basename(path)[:-5], opset=18, input_names=names, output_names=outs)
     m.ir_version = min(m.ir_version, 10)
+    if grown_outputs:
+        del m.graph.value_info[:]
+        for o in m.graph.output:
+            if o.name in grown_outputs:
+                o.type.tensor_type.shape.dim[2].Clear()
     onnx.checker.check_model(m, full_check=True)
     ops = collections.Counter((n.domain or "ai.onnx", n.op_type) for n in m.graph.node)
     bad = [k for k in ops if k[0] not in ("ai.onnx", "")]
@@ -111,6 +139,15 @@ ops = {}
 ops["vision"] = export(vision_fn, [sds(("B", 64, 64, 3))], ["image"], ["features"], f"{args.out}/vision.onnx")
 ops["decoder"] = export(decoder_fn, [sds((P,)), sds(("B", M.NIMG, M.FEAT)), sds(("B",)), sds(("B", T), jnp.int32)],
                         ["adapter", "features", "has_image", "tokens"], ["logits"], f"{args.out}/decoder.onnx")
+PREFIX_IN, PREFIX_OUT = ["adapter", "features"], kv_names("present")
+ops["decoder_prefix"] = export(prefix_fn, [sds((P,)), sds(("B", M.NIMG, M.FEAT))], PREFIX_IN, PREFIX_OUT,
+                               f"{args.out}/decoder_prefix.onnx")
+STEP_IN = ["adapter"] + kv_names("past_key_values") + ["past_mask", "tokens", "position_ids"]
+STEP_OUT = ["logits"] + kv_names("present")
+kv_spec = sds(("B", KV_HEADS, "K", KV_HEAD_DIM))
+ops["decoder_step"] = export(step_fn, [sds((P,))] + [kv_spec] * (2 * KV_LAYERS)
+                             + [sds(("B", "K")), sds(("B", "S"), jnp.int32), sds(("B", "S"), jnp.int32)],
+                             STEP_IN, STEP_OUT, f"{args.out}/decoder_step.onnx", grown_outputs=STEP_OUT[1:])
 train_specs = [sds((P,)), sds((P,)), sds((P,)), sds(()), sds(()), sds((BT, M.NIMG, M.FEAT)), sds((BT,)),
                sds((BT, T), jnp.int32), sds((BT, T), jnp.int32), sds((BT, T)), sds((BT, T)), sds((NV,)),
                sds((BT, T, NV)), sds(()), sds(())]
@@ -238,7 +275,7 @@ offs, off = [], 0
 for n, s in LAYOUT:
     offs.append({"name": n, "shape": list(s), "offset": off}); off += int(np.prod(s))
 manifest = {
-    "format": "lethe-model-package/2",
+    "format": "lethe-model-package/3",
     "model_id": "lethe-tiny-vlm",
     "version": "1.0.0",
     "adapter_version": "base",
@@ -254,9 +291,14 @@ manifest = {
     "graphs": {
         "vision": {"file": "vision.onnx", "inputs": ["image"], "outputs": ["features"], "ops": ops["vision"]},
         "decoder": {"file": "decoder.onnx", "inputs": ["adapter", "features", "has_image", "tokens"], "outputs": ["logits"], "ops": ops["decoder"]},
+        "decoder_prefix": {"file": "decoder_prefix.onnx", "inputs": PREFIX_IN, "outputs": PREFIX_OUT,
+                           "ops": ops["decoder_prefix"]},
+        "decoder_step": {"file": "decoder_step.onnx", "inputs": STEP_IN, "outputs": STEP_OUT,
+                         "ops": ops["decoder_step"]},
         "train_step": {"file": "train_step.onnx", "batch": BT, "inputs": TRAIN_IN, "outputs": TRAIN_OUT, "ops": ops["train_step"],
                        "optimizer": {"kind": "adam", "beta1": B1, "beta2": B2, "eps": EPS, "weight_decay": 0.0, "clip_global_norm": CLIP}},
     },
+    "kv_cache": {"layers": KV_LAYERS, "heads": KV_HEADS, "head_dim": KV_HEAD_DIM, "prefix_len": M.NIMG},
     "adapter": {"file": "adapter.bin", "len": P, "dtype": "f32le", "layout": offs},
     "probes": {"images": "probes/images.npy", "list": "probes/probes.json", "paraphrases": "probes/paraphrases.json"},
     "retain": {"images": "retain/images.npy", "list": "retain/retain.json"},

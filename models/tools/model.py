@@ -174,3 +174,70 @@ def decode(dec, ad, feats, has_image, tokens):
         h = _attend(h, dec, f"dec{l}_", allowed, lora=ad)
     h = layer_norm(h[:, NIMG:], dec["lnf_g"], dec["lnf_b"])
     return h @ dec["tok"].T
+
+
+# ---------------------------------------------------------------- incremental decoding
+# The same decoder split in two, for generation with a key/value cache (the layout ONNX Runtime
+# GenAI and Optimum use: past_key_values.N.key/value in, present.N.key/value out, [B,H,K,hd]):
+#   decode_prefix: the image positions once per image -> their keys/values per layer;
+#   decode_step:   S new text tokens at text positions `position_ids`, attending to K cached
+#                  positions (where `past_mask` is 1) and causally to each other -> logits of
+#                  the new tokens and the cache grown by S.
+# decode(feats, has_image, tokens) == decode_step(decode_prefix(feats), mask, tokens, 0..T-1).
+
+
+def _attend_kv(h, P, prefix, lora, past_k, past_v, allowed):
+    """One decoder block over new positions h [B,S,D] with cached keys/values [B,H,K,hd]."""
+    B, S, D = h.shape
+    H = CFG["heads"]
+    hd = D // H
+
+    def proj(t, x):
+        y = x @ P[prefix + t + "_w"] + P[prefix + t + "_b"]
+        return y + (x @ lora[prefix + t + "_lora_a"]) @ lora[prefix + t + "_lora_b"] * CFG["lora_scale"]
+
+    a = layer_norm(h, P[prefix + "ln1_g"], P[prefix + "ln1_b"])
+    q, k, v = (proj(t, a).reshape(B, S, H, hd).transpose(0, 2, 1, 3) for t in ("q", "k", "v"))
+    k_all = jnp.concatenate([past_k, k], 2)
+    v_all = jnp.concatenate([past_v, v], 2)
+    s = (q @ k_all.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hd))
+    s = jnp.where(allowed, s, -1e9)
+    w = jax.nn.softmax(s, axis=-1)
+    o = (w @ v_all).transpose(0, 2, 1, 3).reshape(B, S, D)
+    h = h + proj("o", o)
+    a = layer_norm(h, P[prefix + "ln2_g"], P[prefix + "ln2_b"])
+    return h + proj("down", gelu(proj("up", a))), k_all, v_all
+
+
+def decode_prefix(dec, ad, feats):
+    """feats [B,16,FEAT] -> [(key, value)] per layer, each [B,H,16,hd]: the image positions.
+    (Whether text may see them is the step's past_mask: 0 hides them, as has_image = 0 does.)"""
+    B = feats.shape[0]
+    H, D = CFG["heads"], CFG["dd"]
+    img = gelu(feats @ ad["proj1_w"] + ad["proj1_b"]) @ ad["proj2_w"] + ad["proj2_b"]
+    h = img + dec["pos"][:NIMG]
+    causal = jnp.tril(jnp.ones((NIMG, NIMG), dtype=bool))[None, None]
+    empty = jnp.zeros((B, H, 0, D // H), h.dtype)
+    out = []
+    for l in range(CFG["dec_layers"]):
+        h, k, v = _attend_kv(h, dec, f"dec{l}_", ad, empty, empty, causal)
+        out.append((k, v))
+    return out
+
+
+def decode_step(dec, ad, past, past_mask, tokens, position_ids):
+    """past: [(key, value)] per layer [B,H,K,hd]; past_mask [B,K] (1 = visible); tokens,
+    position_ids [B,S] (text positions, 0-based) -> logits [B,S,V], present (K+S long)."""
+    S = tokens.shape[1]
+    h = jnp.take(dec["tok"], tokens, axis=0) + jnp.take(dec["pos"], position_ids + NIMG, axis=0)
+    causal = jnp.tril(jnp.ones((S, S), dtype=bool))
+    B = tokens.shape[0]
+    allowed = jnp.concatenate(
+        [jnp.broadcast_to((past_mask > 0.5)[:, None, None, :], (B, 1, S, past_mask.shape[1])),
+         jnp.broadcast_to(causal[None, None], (B, 1, S, S))], -1)
+    present = []
+    for l in range(CFG["dec_layers"]):
+        h, k, v = _attend_kv(h, dec, f"dec{l}_", ad, past[l][0], past[l][1], allowed)
+        present.append((k, v))
+    h = layer_norm(h, dec["lnf_g"], dec["lnf_b"])
+    return h @ dec["tok"].T, present

@@ -4,13 +4,44 @@
 //! Invariant: an engine never sees an input whose shape disagrees with the package manifest.
 
 use crate::error::{ModelError, Result};
+use crate::manifest::KvCacheSpec;
 use crate::package::Package;
 use crate::runtime::{build_session, ProviderReport, SessionOptions};
-use ndarray::{Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Ix3};
+use ndarray::{Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis, Ix3, Ix4};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-/// Runs the package's two inference graphs. Batch `B` is free in both.
+/// Keys and values of cached decoder positions: one pair per decoder layer, each
+/// `[B, heads, K, head_dim]` (the `past_key_values.N.key/value` of decoder_step.onnx).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvCache {
+    pub layers: Vec<(Array4<f32>, Array4<f32>)>,
+}
+
+impl KvCache {
+    /// Rows `B`.
+    pub fn rows(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.0.shape()[0])
+    }
+
+    /// Cached positions `K`.
+    pub fn positions(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.0.shape()[2])
+    }
+
+    /// The cache of the given rows, in that order (a row may repeat).
+    pub fn select(&self, rows: &[usize]) -> KvCache {
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|(k, v)| (k.select(Axis(0), rows), v.select(Axis(0), rows)))
+                .collect(),
+        }
+    }
+}
+
+/// Runs the package's inference graphs. Batch `B` is free in all of them.
 pub trait Engine {
     /// Short engine name (`"ort"`, `"tract"`).
     fn name(&self) -> &str;
@@ -25,6 +56,21 @@ pub trait Engine {
         has_image: ArrayView1<f32>,
         tokens: ArrayView2<i32>,
     ) -> Result<Array3<f32>>;
+    /// decoder_prefix.onnx: adapter `[P]`, features `[B,16,512]` -> the keys and values of
+    /// the image positions (`K` = 16).
+    fn prefix(&mut self, adapter: &[f32], features: ArrayView3<f32>) -> Result<KvCache>;
+    /// decoder_step.onnx: `S` new tokens `[B,S]` at text positions `positions` `[B,S]`
+    /// (0-based), attending to the cached positions where `past_mask` `[B,K]` is 1 and
+    /// causally to each other -> logits `[B,S,V]` (`logits[b,s]` predicts the token after
+    /// `tokens[b,s]`) and the cache grown by the new positions (`K+S`).
+    fn step(
+        &mut self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: ArrayView2<f32>,
+        tokens: ArrayView2<i32>,
+        positions: ArrayView2<i32>,
+    ) -> Result<(Array3<f32>, KvCache)>;
 }
 
 /// The fixed dimensions of a package's graphs.
@@ -36,6 +82,7 @@ pub struct GraphDims {
     pub text_len: usize,
     pub vocab: usize,
     pub adapter_len: usize,
+    pub kv: KvCacheSpec,
 }
 
 impl GraphDims {
@@ -49,6 +96,7 @@ impl GraphDims {
             text_len: m.text_len,
             vocab: m.vocab.len(),
             adapter_len: m.adapter.len,
+            kv: m.kv_cache,
         }
     }
 
@@ -69,6 +117,88 @@ impl GraphDims {
         Ok(sh[0])
     }
 
+    fn check_adapter(&self, adapter: &[f32]) -> Result<()> {
+        if adapter.len() != self.adapter_len {
+            return Err(ModelError::Shape(format!(
+                "adapter has {} values, the decoder takes {}",
+                adapter.len(),
+                self.adapter_len
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_tokens(&self, tokens: &ArrayView2<i32>) -> Result<()> {
+        if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.vocab) {
+            return Err(ModelError::Shape(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks prefix inputs; returns the batch size.
+    pub fn check_prefix(&self, adapter: &[f32], features: &ArrayView3<f32>) -> Result<usize> {
+        self.check_adapter(adapter)?;
+        let fs = features.shape();
+        if fs[1..] != [self.n_image_tokens, self.feature_dim] {
+            return Err(ModelError::Shape(format!(
+                "features are {fs:?}, expected [B,{},{}]",
+                self.n_image_tokens, self.feature_dim
+            )));
+        }
+        Ok(fs[0])
+    }
+
+    /// Checks step inputs; returns the batch size.
+    pub fn check_step(
+        &self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: &ArrayView2<f32>,
+        tokens: &ArrayView2<i32>,
+        positions: &ArrayView2<i32>,
+    ) -> Result<usize> {
+        self.check_adapter(adapter)?;
+        let (b, s) = tokens.dim();
+        let k = past.positions();
+        let kv = self.kv;
+        let each = [b, kv.heads, k, kv.head_dim];
+        if past.layers.len() != kv.layers
+            || past
+                .layers
+                .iter()
+                .any(|(x, y)| x.shape() != each || y.shape() != each)
+        {
+            return Err(ModelError::Shape(format!(
+                "the cache must be {} layers of two [{b},{},{k},{}] arrays",
+                kv.layers, kv.heads, kv.head_dim
+            )));
+        }
+        if past_mask.dim() != (b, k) || positions.dim() != (b, s) {
+            return Err(ModelError::Shape(format!(
+                "past_mask is {:?} and positions {:?}, expected [{b},{k}] and [{b},{s}]",
+                past_mask.shape(),
+                positions.shape()
+            )));
+        }
+        if s == 0 {
+            return Err(ModelError::Shape("a step takes at least one token".into()));
+        }
+        if let Some(p) = positions
+            .iter()
+            .find(|&&p| p < 0 || p as usize >= self.text_len)
+        {
+            return Err(ModelError::Shape(format!(
+                "text position {p} is outside 0..{}",
+                self.text_len
+            )));
+        }
+        self.check_tokens(tokens)?;
+        Ok(b)
+    }
+
     /// Checks decoder inputs; returns the batch size.
     pub fn check_decoder(
         &self,
@@ -77,13 +207,7 @@ impl GraphDims {
         has_image: &ArrayView1<f32>,
         tokens: &ArrayView2<i32>,
     ) -> Result<usize> {
-        if adapter.len() != self.adapter_len {
-            return Err(ModelError::Shape(format!(
-                "adapter has {} values, the decoder takes {}",
-                adapter.len(),
-                self.adapter_len
-            )));
-        }
+        self.check_adapter(adapter)?;
         let b = tokens.nrows();
         let fs = features.shape();
         if fs != [b, self.n_image_tokens, self.feature_dim] {
@@ -105,43 +229,83 @@ impl GraphDims {
                 self.text_len
             )));
         }
-        if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.vocab) {
-            return Err(ModelError::Shape(format!(
-                "token id {t} is outside the vocabulary of {}",
-                self.vocab
-            )));
-        }
+        self.check_tokens(tokens)?;
         Ok(b)
+    }
+
+    /// An empty cache of `b` rows (no positions).
+    pub fn empty_cache(&self, b: usize, k: usize) -> KvCache {
+        let kv = self.kv;
+        let z = Array4::zeros((b, kv.heads, k, kv.head_dim));
+        KvCache {
+            layers: vec![(z.clone(), z); kv.layers],
+        }
     }
 }
 
-/// ONNX Runtime sessions for vision.onnx and decoder.onnx.
+/// Reads a cache from a graph's outputs (`present.N.key`, `present.N.value`, in order).
+pub fn cache_from(arrays: Vec<ndarray::ArrayD<f32>>, what: &str) -> Result<KvCache> {
+    let mut it = arrays.into_iter().map(|a| {
+        a.into_dimensionality::<Ix4>()
+            .map_err(|e| ModelError::Shape(format!("{what}: {e}")))
+    });
+    let mut layers = Vec::new();
+    while let Some(k) = it.next() {
+        let v = it
+            .next()
+            .ok_or_else(|| ModelError::Shape(format!("{what}: a key without its value")))?;
+        layers.push((k?, v?));
+    }
+    Ok(KvCache { layers })
+}
+
+/// ONNX Runtime sessions for vision.onnx, decoder.onnx and the decoder's prefix and step.
 pub struct OrtEngine {
     vision: Session,
     decoder: Session,
+    prefix: Session,
+    step: Session,
+    /// The step graph's input and output names (manifest order).
+    step_inputs: Vec<String>,
+    step_outputs: Vec<String>,
+    prefix_outputs: Vec<String>,
     dims: GraphDims,
     provider: ProviderReport,
 }
 
 impl OrtEngine {
-    /// Opens both inference graphs of a (verified) package.
+    /// Opens the inference graphs of a (verified) package.
     pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<OrtEngine> {
-        let (vision, v) = build_session(&pkg.vision_path(), opts)?;
-        let (decoder, d) = build_session(&pkg.decoder_path(), opts)?;
-        let mut fallbacks = v.fallbacks;
-        for f in d.fallbacks {
-            if !fallbacks.contains(&f) {
-                fallbacks.push(f);
+        let mut reports = Vec::new();
+        let mut open = |path: std::path::PathBuf| -> Result<Session> {
+            let (s, r) = build_session(&path, opts)?;
+            reports.push(r);
+            Ok(s)
+        };
+        let vision = open(pkg.vision_path())?;
+        let decoder = open(pkg.decoder_path())?;
+        let prefix = open(pkg.decoder_prefix_path())?;
+        let step = open(pkg.decoder_step_path())?;
+        let mut fallbacks = Vec::new();
+        for f in reports.iter().flat_map(|r| r.fallbacks.iter()) {
+            if !fallbacks.contains(f) {
+                fallbacks.push(f.clone());
             }
         }
+        let g = &pkg.manifest().graphs;
         Ok(OrtEngine {
             vision,
             decoder,
+            prefix,
+            step,
+            step_inputs: g.decoder_step.inputs.clone(),
+            step_outputs: g.decoder_step.outputs.clone(),
+            prefix_outputs: g.decoder_prefix.outputs.clone(),
             dims: GraphDims::from_package(pkg),
-            // The engine is as fast as its slower session: report the later provider of
-            // the chain if the two differ.
+            // The engine is as fast as its slowest session: report the latest provider of
+            // the chain if they differ.
             provider: ProviderReport {
-                used: v.used.max(d.used),
+                used: reports.iter().map(|r| r.used).max().unwrap_or_default(),
                 fallbacks,
             },
         })
@@ -215,5 +379,120 @@ impl Engine for OrtEngine {
         l.to_owned()
             .into_dimensionality::<Ix3>()
             .map_err(|e| ModelError::Shape(format!("decoder.onnx logits: {e}")))
+    }
+
+    fn prefix(&mut self, adapter: &[f32], features: ArrayView3<f32>) -> Result<KvCache> {
+        let b = self.dims.check_prefix(adapter, &features)?;
+        if b == 0 {
+            return Ok(self.dims.empty_cache(0, self.dims.kv.prefix_len));
+        }
+        let features = features.as_standard_layout();
+        let e = ModelError::ort;
+        let inputs = ort::inputs![
+            "adapter" => TensorRef::from_array_view(([adapter.len()], adapter)).map_err(e("adapter input"))?,
+            "features" => TensorRef::from_array_view(&features).map_err(e("features input"))?,
+        ];
+        let outs = self
+            .prefix
+            .run(inputs)
+            .map_err(e("running decoder_prefix.onnx"))?;
+        let arrays = self
+            .prefix_outputs
+            .iter()
+            .map(|n| {
+                Ok(outs[n.as_str()]
+                    .try_extract_array::<f32>()
+                    .map_err(e("decoder_prefix.onnx output"))?
+                    .to_owned())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        cache_from(arrays, "decoder_prefix.onnx")
+    }
+
+    fn step(
+        &mut self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: ArrayView2<f32>,
+        tokens: ArrayView2<i32>,
+        positions: ArrayView2<i32>,
+    ) -> Result<(Array3<f32>, KvCache)> {
+        let b = self
+            .dims
+            .check_step(adapter, past, &past_mask, &tokens, &positions)?;
+        if b == 0 {
+            let (k, s) = (past.positions(), tokens.ncols());
+            return Ok((
+                Array3::zeros((0, s, self.dims.vocab)),
+                self.dims.empty_cache(0, k + s),
+            ));
+        }
+        let e = ModelError::ort;
+        let kv: Vec<_> = past
+            .layers
+            .iter()
+            .flat_map(|(k, v)| [k.as_standard_layout(), v.as_standard_layout()])
+            .collect();
+        let (past_mask, tokens, positions) = (
+            past_mask.as_standard_layout(),
+            tokens.as_standard_layout(),
+            positions.as_standard_layout(),
+        );
+        let n = self.step_inputs.len();
+        let mut inputs: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = Vec::with_capacity(n);
+        inputs.push((
+            self.step_inputs[0].as_str().into(),
+            TensorRef::from_array_view(([adapter.len()], adapter))
+                .map_err(e("adapter input"))?
+                .into(),
+        ));
+        for (name, a) in self.step_inputs[1..n - 3].iter().zip(&kv) {
+            inputs.push((
+                name.as_str().into(),
+                TensorRef::from_array_view(a)
+                    .map_err(e("cache input"))?
+                    .into(),
+            ));
+        }
+        inputs.push((
+            self.step_inputs[n - 3].as_str().into(),
+            TensorRef::from_array_view(&past_mask)
+                .map_err(e("past_mask input"))?
+                .into(),
+        ));
+        inputs.push((
+            self.step_inputs[n - 2].as_str().into(),
+            TensorRef::from_array_view(&tokens)
+                .map_err(e("tokens input"))?
+                .into(),
+        ));
+        inputs.push((
+            self.step_inputs[n - 1].as_str().into(),
+            TensorRef::from_array_view(&positions)
+                .map_err(e("position_ids input"))?
+                .into(),
+        ));
+        let outs = self
+            .step
+            .run(inputs)
+            .map_err(e("running decoder_step.onnx"))?;
+        let mut arrays = self
+            .step_outputs
+            .iter()
+            .map(|n| {
+                Ok(outs[n.as_str()]
+                    .try_extract_array::<f32>()
+                    .map_err(e("decoder_step.onnx output"))?
+                    .to_owned())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let logits = arrays
+            .remove(0)
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| ModelError::Shape(format!("decoder_step.onnx logits: {e}")))?;
+        Ok((logits, cache_from(arrays, "decoder_step.onnx")?))
     }
 }

@@ -6,7 +6,7 @@
 //! here, never in the graph, so ORT and tract are compared on identical arithmetic; argmax
 //! ties go to the lowest id.
 
-use crate::engine::Engine;
+use crate::engine::{Engine, KvCache};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
 use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
@@ -14,7 +14,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Arr
 /// Rows per engine call. An engine holds a call's intermediate tensors (a decoder
 /// activation of 32 rows x 44 positions x 640 is 3.6 MB) until the call ends: 64 rows
 /// put the agent's peak at 183 MB during a forget, 32 rows at 143 MB, at the same speed.
-pub const CHUNK: usize = 32;
+pub const CHUNK: usize = 16;
 
 /// A question, about one image of a features batch or text-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +106,61 @@ pub fn answer_tokens(
     .collect())
 }
 
+/// Greedy answers as token ids by the whole decoder (decoder.onnx), one call per generated
+/// token and no cache: the reference [`answer_tokens`] is checked against, and the baseline
+/// of the generation benchmark.
+pub fn answer_tokens_uncached(
+    engine: &mut dyn Engine,
+    adapter: &[f32],
+    tok: &Tokenizer,
+    features: ArrayView3<f32>,
+    queries: &[Query],
+) -> Result<Vec<Vec<i32>>> {
+    let prompts: Vec<Vec<i32>> = queries
+        .iter()
+        .map(|q| tok.prompt(&q.question))
+        .collect::<Result<_>>()?;
+    let images: Vec<Option<usize>> = queries.iter().map(|q| q.image).collect();
+    let (feats, has) = gather_features(features, &images)?;
+    let t_len = tok.text_len();
+    let mut answers: Vec<Vec<i32>> = vec![Vec::new(); queries.len()];
+    for start in (0..queries.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(queries.len());
+        let n = end - start;
+        let mut tokens = Array2::from_elem((n, t_len), tok.pad());
+        let mut lens = vec![0usize; n];
+        for (r, p) in prompts[start..end].iter().enumerate() {
+            tokens
+                .slice_mut(s![r, ..p.len()])
+                .assign(&ArrayView1::from(p));
+            lens[r] = p.len();
+        }
+        let mut active: Vec<usize> = (0..n).collect();
+        while !active.is_empty() {
+            let rows: Vec<usize> = active.iter().map(|&r| start + r).collect();
+            let f = feats.select(Axis(0), &rows);
+            let h = has.select(Axis(0), &rows);
+            let tk = tokens.select(Axis(0), &active);
+            let logits = engine.logits(adapter, f.view(), h.view(), tk.view())?;
+            let mut still = Vec::with_capacity(active.len());
+            for (k, &r) in active.iter().enumerate() {
+                let next = argmax(logits.slice(s![k, lens[r] - 1, ..])) as i32;
+                if next == tok.eos() {
+                    continue;
+                }
+                answers[start + r].push(next);
+                tokens[[r, lens[r]]] = next;
+                lens[r] += 1;
+                if lens[r] + 1 < t_len {
+                    still.push(r);
+                }
+            }
+            active = still;
+        }
+    }
+    Ok(answers)
+}
+
 /// A greedy answer with what it cost the model to say it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answered {
@@ -116,14 +171,17 @@ pub struct Answered {
     pub logprobs: Option<Vec<f64>>,
 }
 
-/// Greedy answers as token ids, exactly those of [`answer_tokens`], using a guess of each
-/// answer where one is given: the guessed answers are checked by teacher forcing, one
-/// engine call per chunk of rows, and only a row whose guess is wrong is generated on, from
-/// the first token where the model disagrees. A right guess costs one forward pass instead
-/// of one per token. Why the answers are the same: the graph is causal, so the logits at
-/// a position read only the tokens before it, and those are the ones greedy decoding would
-/// have fed (the guess up to the first disagreement). Each answer comes with its
-/// log-probabilities, read from the logits that chose its tokens.
+/// Greedy answers as token ids, those of [`answer_tokens`], using a guess of each answer
+/// where one is given: the guessed answers are checked by teacher forcing, one engine call
+/// per chunk of rows, and only a row whose guess is wrong is decoded on, from the first
+/// token where the model disagrees. A right guess costs one forward pass instead of one per
+/// token. Why the answers are the same: the decoder is causal, so the logits at a position
+/// read only the tokens before it, and those are the ones greedy decoding would have fed
+/// (the guess up to the first disagreement). Each answer comes with its log-probabilities,
+/// read from the logits that chose its tokens.
+///
+/// Decoding runs on the key/value cache (decoder_prefix / decoder_step): the image
+/// positions once per image, then only text positions, one new token per step.
 pub fn answer_tokens_guided(
     engine: &mut dyn Engine,
     adapter: &[f32],
@@ -154,7 +212,7 @@ pub fn answer_tokens_guided(
         })
         .collect::<Result<_>>()?;
     let images: Vec<Option<usize>> = queries.iter().map(|q| q.image).collect();
-    let (feats, has) = gather_features(features, &images)?;
+    let prefix = ImagePrefix::new(engine, adapter, features, &images)?;
 
     // Teacher-forced check of every usable guess (a guess greedy decoding cannot produce,
     // longer than the room left, is ignored).
@@ -162,23 +220,14 @@ pub fn answer_tokens_guided(
         .filter(|&r| matches!(&guesses[r], Some(g) if rows[r].prompt_len + g.len() < t_len))
         .collect();
     for chunk in guessed.chunks(CHUNK) {
-        let mut tokens = Array2::from_elem((chunk.len(), t_len), tok.pad());
-        for (k, &r) in chunk.iter().enumerate() {
-            let g = guesses[r].as_deref().unwrap_or_default();
-            let p = &rows[r].tokens;
-            tokens
-                .slice_mut(s![k, ..p.len()])
-                .assign(&ArrayView1::from(p));
-            tokens
-                .slice_mut(s![k, p.len()..p.len() + g.len()])
-                .assign(&ArrayView1::from(g));
-        }
-        let logits = engine.logits(
-            adapter,
-            feats.select(Axis(0), chunk).view(),
-            has.select(Axis(0), chunk).view(),
-            tokens.view(),
-        )?;
+        let seqs: Vec<Vec<i32>> = chunk
+            .iter()
+            .map(|&r| {
+                let g = guesses[r].as_deref().unwrap_or_default();
+                rows[r].tokens.iter().chain(g).copied().collect()
+            })
+            .collect();
+        let (logits, _) = prefix.run(engine, adapter, tok, chunk, &seqs)?;
         for (k, &r) in chunk.iter().enumerate() {
             let g = guesses[r].as_deref().unwrap_or_default();
             let row = &mut rows[r];
@@ -195,28 +244,60 @@ pub fn answer_tokens_guided(
         }
     }
 
-    // Greedy decoding of every row not finished yet.
+    // Greedy decoding of every row not finished yet: their tokens so far in one step, then
+    // one token per step on the cache.
     let open: Vec<usize> = (0..rows.len()).filter(|&r| !rows[r].done).collect();
     for chunk in open.chunks(CHUNK) {
-        let mut active: Vec<usize> = chunk.to_vec();
+        let seqs: Vec<Vec<i32>> = chunk.iter().map(|&r| rows[r].tokens.clone()).collect();
+        let (logits, mut cache) = prefix.run(engine, adapter, tok, chunk, &seqs)?;
+        // Which cached positions each row may see: its image (if any), its own tokens (not
+        // the padding of shorter rows).
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut mask = Array2::<f32>::zeros((chunk.len(), prefix.len + width));
+        for (k, &r) in chunk.iter().enumerate() {
+            if images[r].is_some() {
+                mask.slice_mut(s![k, ..prefix.len]).fill(1.0);
+            }
+            mask.slice_mut(s![k, prefix.len..prefix.len + seqs[k].len()])
+                .fill(1.0);
+            let at = rows[r].tokens.len() - 1;
+            rows[r].push(logits.slice(s![k, at, ..]), tok.eos(), t_len);
+        }
+        let mut active: Vec<usize> = (0..chunk.len()).filter(|&k| !rows[chunk[k]].done).collect();
+        let mut in_cache: Vec<usize> = (0..chunk.len()).collect();
         while !active.is_empty() {
-            let mut tokens = Array2::from_elem((active.len(), t_len), tok.pad());
-            for (k, &r) in active.iter().enumerate() {
-                tokens
-                    .slice_mut(s![k, ..rows[r].tokens.len()])
-                    .assign(&ArrayView1::from(&rows[r].tokens[..]));
+            if active != in_cache {
+                // Drop finished rows from the cache (`active` indexes chunk rows).
+                let keep: Vec<usize> = active
+                    .iter()
+                    .map(|k| in_cache.iter().position(|x| x == k).unwrap_or(0))
+                    .collect();
+                cache = cache.select(&keep);
+                mask = mask.select(Axis(0), &keep);
+                in_cache = active.clone();
             }
-            let logits = engine.logits(
+            let m = active.len();
+            let mut tokens = Array2::<i32>::zeros((m, 1));
+            let mut positions = Array2::<i32>::zeros((m, 1));
+            for (j, &k) in active.iter().enumerate() {
+                let row = &rows[chunk[k]];
+                tokens[[j, 0]] = row.last;
+                positions[[j, 0]] = (row.tokens.len() - 1) as i32;
+            }
+            let (logits, grown) = engine.step(
                 adapter,
-                feats.select(Axis(0), &active).view(),
-                has.select(Axis(0), &active).view(),
+                &cache,
+                mask.view(),
                 tokens.view(),
+                positions.view(),
             )?;
-            for (k, &r) in active.iter().enumerate() {
-                let at = rows[r].tokens.len() - 1;
-                rows[r].push(logits.slice(s![k, at, ..]), tok.eos(), t_len);
+            cache = grown;
+            mask = ndarray::concatenate(Axis(1), &[mask.view(), Array2::ones((m, 1)).view()])
+                .map_err(|e| ModelError::Shape(e.to_string()))?;
+            for (j, &k) in active.iter().enumerate() {
+                rows[chunk[k]].push(logits.slice(s![j, 0, ..]), tok.eos(), t_len);
             }
-            active.retain(|&r| !rows[r].done);
+            active.retain(|&k| !rows[chunk[k]].done);
         }
     }
     Ok(rows
@@ -226,6 +307,94 @@ pub fn answer_tokens_guided(
             tokens: r.tokens[r.prompt_len..].to_vec(),
         })
         .collect())
+}
+
+/// The image positions' keys and values, computed once per image a query asks about, and
+/// once for text-only queries (an image they never see: their mask hides it).
+struct ImagePrefix {
+    cache: KvCache,
+    /// Row of `cache` for each query.
+    slot: Vec<usize>,
+    has_image: Vec<bool>,
+    /// Cached positions per row (the image tokens).
+    len: usize,
+}
+
+impl ImagePrefix {
+    fn new(
+        engine: &mut dyn Engine,
+        adapter: &[f32],
+        features: ArrayView3<f32>,
+        images: &[Option<usize>],
+    ) -> Result<ImagePrefix> {
+        let n = features.shape()[0];
+        let mut used: Vec<usize> = images.iter().flatten().copied().collect();
+        used.sort_unstable();
+        used.dedup();
+        if let Some(&i) = used.iter().find(|&&i| i >= n) {
+            let query = images.iter().position(|x| *x == Some(i)).unwrap_or(0);
+            return Err(ModelError::NoSuchImage {
+                query,
+                image: i,
+                available: n,
+            });
+        }
+        // One blank image row for text-only queries.
+        let blank = used.len();
+        let mut feats = features.select(Axis(0), &used);
+        if images.iter().any(Option::is_none) {
+            let (_, k, d) = features.dim();
+            feats
+                .append(Axis(0), Array3::zeros((1, k, d)).view())
+                .map_err(|e| ModelError::Shape(e.to_string()))?;
+        }
+        let cache = engine.prefix(adapter, feats.view())?;
+        let slot = images
+            .iter()
+            .map(|img| match img {
+                Some(i) => used.binary_search(i).unwrap_or(0),
+                None => blank,
+            })
+            .collect();
+        Ok(ImagePrefix {
+            len: cache.positions(),
+            cache,
+            slot,
+            has_image: images.iter().map(Option::is_some).collect(),
+        })
+    }
+
+    /// One step over whole token sequences of the given queries (right-padded to the
+    /// longest; each row reads only its own prefix): logits `[n,S,V]` and the cache.
+    fn run(
+        &self,
+        engine: &mut dyn Engine,
+        adapter: &[f32],
+        tok: &Tokenizer,
+        queries: &[usize],
+        seqs: &[Vec<i32>],
+    ) -> Result<(Array3<f32>, KvCache)> {
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let n = queries.len();
+        let mut tokens = Array2::from_elem((n, width), tok.pad());
+        for (k, sq) in seqs.iter().enumerate() {
+            tokens
+                .slice_mut(s![k, ..sq.len()])
+                .assign(&ArrayView1::from(sq));
+        }
+        let positions = Array2::from_shape_fn((n, width), |(_, j)| j as i32);
+        let mask = Array2::from_shape_fn((n, self.len), |(k, _)| {
+            f32::from(u8::from(self.has_image[queries[k]]))
+        });
+        let slots: Vec<usize> = queries.iter().map(|&q| self.slot[q]).collect();
+        engine.step(
+            adapter,
+            &self.cache.select(&slots),
+            mask.view(),
+            tokens.view(),
+            positions.view(),
+        )
+    }
 }
 
 /// One answer being decoded: its prompt, then its answer tokens so far, and their
@@ -476,6 +645,36 @@ mod tests {
                 }
             }
             Ok(out)
+        }
+        fn prefix(&mut self, _adapter: &[f32], features: ArrayView3<f32>) -> Result<KvCache> {
+            let z = Array4::zeros((features.shape()[0], 1, 1, 1));
+            Ok(KvCache {
+                layers: vec![(z.clone(), z)],
+            })
+        }
+        fn step(
+            &mut self,
+            adapter: &[f32],
+            past: &KvCache,
+            past_mask: ArrayView2<f32>,
+            tokens: ArrayView2<i32>,
+            _positions: ArrayView2<i32>,
+        ) -> Result<(Array3<f32>, KvCache)> {
+            // The first cached position is the image: visible = an image question.
+            let has = past_mask.column(0).to_owned();
+            let feats = Array3::zeros((tokens.nrows(), 1, 2));
+            let logits = self.logits(adapter, feats.view(), has.view(), tokens)?;
+            let (b, s) = tokens.dim();
+            let grow = |a: &Array4<f32>| {
+                ndarray::concatenate(Axis(2), &[a.view(), Array4::zeros((b, 1, s, 1)).view()])
+                    .unwrap()
+            };
+            let layers = past
+                .layers
+                .iter()
+                .map(|(k, v)| (grow(k), grow(v)))
+                .collect();
+            Ok((logits, KvCache { layers }))
         }
     }
 

@@ -32,7 +32,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use adapter::Adapter;
-pub use engine::{Engine, GraphDims, OrtEngine};
+pub use engine::{Engine, GraphDims, KvCache, OrtEngine};
 pub use error::{ModelError, Result};
 pub use fixtures::Fixtures;
 pub use generate::{answer, answer_guided, logprobs, score, Query};

@@ -1,4 +1,4 @@
-//! Serde types for `manifest.json` (format `lethe-model-package/2`, see models/PACKAGE.md).
+//! Serde types for `manifest.json` (format `lethe-model-package/3`, see models/PACKAGE.md).
 //! Owns the field names of the contract and nothing else: no I/O, no checks beyond what serde
 //! enforces. Invariant: unknown fields are tolerated here and preserved by
 //! `Package::write_copy_with_adapter` (which edits the raw JSON, not these types).
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The format string this crate reads.
-pub const PACKAGE_FORMAT: &str = "lethe-model-package/2";
+pub const PACKAGE_FORMAT: &str = "lethe-model-package/3";
 
 /// The whole manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +36,7 @@ pub struct Manifest {
     pub prompts: Prompts,
     pub world: World,
     pub graphs: Graphs,
+    pub kv_cache: KvCacheSpec,
     pub adapter: AdapterSpec,
     pub probes: ProbesSpec,
     pub retain: RetainSpec,
@@ -97,12 +98,25 @@ pub struct World {
     pub held_out_seed_start: u64,
 }
 
-/// The three graphs.
+/// The graphs: vision, the whole decoder, the decoder split for incremental decoding
+/// (prefix and step), the train step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Graphs {
     pub vision: GraphSpec,
     pub decoder: GraphSpec,
+    pub decoder_prefix: GraphSpec,
+    pub decoder_step: GraphSpec,
     pub train_step: TrainStepSpec,
+}
+
+/// The key/value cache of the step graph: `layers` pairs of `[B, heads, K, head_dim]`;
+/// the prefix graph fills the first `prefix_len` positions (the image tokens).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvCacheSpec {
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub prefix_len: usize,
 }
 
 /// One inference graph's file and interface.

@@ -168,11 +168,17 @@ impl Package {
     fn check_structure(&self) -> Result<()> {
         let m = &self.manifest;
         if m.format != PACKAGE_FORMAT {
-            let why = if m.format == "lethe-model-package/1" {
-                " (a package from before retain sets and held-out paraphrases: the forget \
-                 and its verification need both; rebuild it with models/tools/build.sh)"
-            } else {
-                ""
+            let why = match m.format.as_str() {
+                "lethe-model-package/1" => {
+                    " (a package from before retain sets and held-out paraphrases: the forget \
+                     and its verification need both; rebuild it with models/tools/build.sh)"
+                }
+                "lethe-model-package/2" => {
+                    " (a package without the key/value-cache decoder graphs that generation \
+                     runs on; re-export it from its checkpoint with models/tools/export.py, \
+                     which leaves every other file as it was)"
+                }
+                _ => "",
             };
             return Err(ModelError::Package(format!(
                 "format is {:?}, this build reads {PACKAGE_FORMAT:?}{why}",
@@ -185,6 +191,8 @@ impl Package {
         let required = [
             &m.graphs.vision.file,
             &m.graphs.decoder.file,
+            &m.graphs.decoder_prefix.file,
+            &m.graphs.decoder_step.file,
             &m.graphs.train_step.file,
             &m.adapter.file,
             &m.probes.images,
@@ -280,6 +288,16 @@ impl Package {
     /// decoder.onnx
     pub fn decoder_path(&self) -> PathBuf {
         self.path(&self.manifest.graphs.decoder.file)
+    }
+
+    /// decoder_prefix.onnx
+    pub fn decoder_prefix_path(&self) -> PathBuf {
+        self.path(&self.manifest.graphs.decoder_prefix.file)
+    }
+
+    /// decoder_step.onnx
+    pub fn decoder_step_path(&self) -> PathBuf {
+        self.path(&self.manifest.graphs.decoder_step.file)
     }
 
     /// train_step.onnx

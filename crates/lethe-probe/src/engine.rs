@@ -1,22 +1,26 @@
-//! `TractEngine`: vision.onnx and decoder.onnx run by tract, implementing lethe-model's
-//! `Engine`. Owns the two optimized tract plans.
-//! Batch handling: both graphs declare batch as the symbolic dim `B`; tract keeps it symbolic
-//! through `into_optimized`, and each run resolves `B` from the input shapes, so one plan per
-//! graph serves every batch size (no per-size re-optimisation, no cache to bound).
+//! `TractEngine`: vision.onnx, decoder.onnx and the decoder's prefix and step graphs run by
+//! tract, implementing lethe-model's `Engine`. Owns the optimized tract plans.
+//! Batch handling: the graphs declare batch as the symbolic dim `B` (the step graph also its
+//! cached and new lengths `K` and `S`); tract keeps them symbolic through `into_optimized`,
+//! and each run resolves them from the input shapes, so one plan per graph serves every
+//! shape (no per-size re-optimisation, no cache to bound).
 //! Invariant: inputs are checked with the same `GraphDims` rules as `OrtEngine`.
 
 use crate::tract_err;
-use lethe_model::{Engine, GraphDims, ModelError, Package, Result};
+use lethe_model::engine::cache_from;
+use lethe_model::{Engine, GraphDims, KvCache, ModelError, Package, Result};
 use ndarray::{Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Ix3};
 use std::path::Path;
 use tract_onnx::prelude::*;
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// tract plans for the two inference graphs.
+/// tract plans for the inference graphs.
 pub struct TractEngine {
     vision: Plan,
     decoder: Plan,
+    prefix: Plan,
+    step: Plan,
     dims: GraphDims,
 }
 
@@ -35,14 +39,27 @@ pub(crate) fn load_plan(path: &Path) -> Result<Plan> {
 }
 
 impl TractEngine {
-    /// Loads both inference graphs of a (verified) package.
+    /// Loads the inference graphs of a (verified) package.
     pub fn new(pkg: &Package) -> Result<TractEngine> {
         Ok(TractEngine {
             vision: load_plan(&pkg.vision_path())?,
             decoder: load_plan(&pkg.decoder_path())?,
+            prefix: load_plan(&pkg.decoder_prefix_path())?,
+            step: load_plan(&pkg.decoder_step_path())?,
             dims: GraphDims::from_package(pkg),
         })
     }
+}
+
+/// The plain f32 arrays of a run's outputs.
+fn arrays(outs: &[TValue], what: &str) -> Result<Vec<ndarray::ArrayD<f32>>> {
+    outs.iter()
+        .map(|v| {
+            Ok(v.to_plain_array_view::<f32>()
+                .map_err(tract_err(what.to_string()))?
+                .to_owned())
+        })
+        .collect()
 }
 
 fn out3(v: &TValue, what: &str) -> Result<Array3<f32>> {
@@ -95,5 +112,63 @@ impl Engine for TractEngine {
             .run(inputs)
             .map_err(tract_err("running decoder.onnx"))?;
         out3(&outs[0], "decoder.onnx logits")
+    }
+
+    fn prefix(&mut self, adapter: &[f32], features: ArrayView3<f32>) -> Result<KvCache> {
+        let b = self.dims.check_prefix(adapter, &features)?;
+        if b == 0 {
+            return Ok(self.dims.empty_cache(0, self.dims.kv.prefix_len));
+        }
+        let inputs = tvec![
+            Tensor::from(ndarray::Array1::from(adapter.to_vec())).into_tvalue(),
+            Tensor::from(features.to_owned()).into_tvalue(),
+        ];
+        let outs = self
+            .prefix
+            .run(inputs)
+            .map_err(tract_err("running decoder_prefix.onnx"))?;
+        cache_from(
+            arrays(&outs, "decoder_prefix.onnx output")?,
+            "decoder_prefix.onnx",
+        )
+    }
+
+    fn step(
+        &mut self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: ArrayView2<f32>,
+        tokens: ArrayView2<i32>,
+        positions: ArrayView2<i32>,
+    ) -> Result<(Array3<f32>, KvCache)> {
+        let b = self
+            .dims
+            .check_step(adapter, past, &past_mask, &tokens, &positions)?;
+        if b == 0 {
+            let (k, s) = (past.positions(), tokens.ncols());
+            return Ok((
+                Array3::zeros((0, s, self.dims.vocab)),
+                self.dims.empty_cache(0, k + s),
+            ));
+        }
+        let mut inputs: TVec<TValue> =
+            tvec![Tensor::from(ndarray::Array1::from(adapter.to_vec())).into_tvalue()];
+        for (k, v) in &past.layers {
+            inputs.push(Tensor::from(k.clone()).into_tvalue());
+            inputs.push(Tensor::from(v.clone()).into_tvalue());
+        }
+        inputs.push(Tensor::from(past_mask.to_owned()).into_tvalue());
+        inputs.push(Tensor::from(tokens.to_owned()).into_tvalue());
+        inputs.push(Tensor::from(positions.to_owned()).into_tvalue());
+        let outs = self
+            .step
+            .run(inputs)
+            .map_err(tract_err("running decoder_step.onnx"))?;
+        let logits = out3(&outs[0], "decoder_step.onnx logits")?;
+        let cache = cache_from(
+            arrays(&outs[1..], "decoder_step.onnx output")?,
+            "decoder_step.onnx",
+        )?;
+        Ok((logits, cache))
     }
 }

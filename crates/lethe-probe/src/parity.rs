@@ -114,14 +114,18 @@ pub fn probe_parity(
     })
 }
 
-/// Guided generation ([`generate::answer_guided`]) against plain greedy generation on one
-/// engine, over the retained probe set with `adapter`, under four kinds of guess: the
-/// expected answers (mostly right), each probe's greedy answer from the package's own
-/// adapter shifted by one probe (mostly wrong), the expected answers cut after their first
-/// word (right prefix, wrong end) and with a word appended (too long); and the
-/// log-probabilities each guided answer carries against [`generate::score`] of the same
-/// answer. Returns the probes whose guided answer (or log-probabilities, kind "logprobs")
-/// differed, as (guess kind, index, greedy, guided); empty = identical.
+/// Largest difference allowed between a log-probability read while decoding on the key/value
+/// cache and the whole decoder's (different summation order, same arithmetic).
+pub const LOGPROB_TOL: f64 = 1e-4;
+
+/// Generation as Lethe runs it (key/value cache, guesses checked by teacher forcing) against
+/// the reference: plain greedy decoding by the whole decoder, one call per token
+/// ([`generate::answer_tokens_uncached`]), over the retained probe set with `adapter` on one
+/// engine. Guesses: none, the expected answers (mostly right), each probe's greedy answer
+/// shifted by one probe (mostly wrong), the expected answers cut after their first word
+/// (right prefix, wrong end) and with a word appended (too long). Each answer's
+/// log-probabilities are compared with [`generate::score`] of it (within [`LOGPROB_TOL`]).
+/// Returns the probes that differed, as (guess kind, index, reference, got); empty = same.
 pub fn guided_parity(
     engine: &mut dyn Engine,
     pkg: &Package,
@@ -131,38 +135,50 @@ pub fn guided_parity(
     let tok = pkg.tokenizer();
     let feats = generate::encode_images(engine, set.images.view())?;
     let queries = set.queries();
-    let greedy = generate::answer(engine, adapter, &tok, feats.view(), &queries)?;
+    let greedy: Vec<String> =
+        generate::answer_tokens_uncached(engine, adapter, &tok, feats.view(), &queries)?
+            .iter()
+            .map(|ids| tok.decode(ids))
+            .collect();
     let expect: Vec<String> = set.probes.iter().map(|p| p.expect.clone()).collect();
     let n = expect.len();
-    let kinds: [(&'static str, Vec<String>); 4] = [
-        ("expected", expect.clone()),
+    let kinds: [(&'static str, Vec<Option<String>>); 5] = [
+        ("none", vec![None; n]),
+        ("expected", expect.iter().cloned().map(Some).collect()),
         (
             "shifted",
-            (0..n).map(|i| greedy[(i + 1) % n].clone()).collect(),
+            (0..n).map(|i| Some(greedy[(i + 1) % n].clone())).collect(),
         ),
         (
             "first word",
             expect
                 .iter()
-                .map(|e| e.split(' ').next().unwrap_or("").to_string())
+                .map(|e| Some(e.split(' ').next().unwrap_or("").to_string()))
                 .collect(),
         ),
         (
             "one word more",
-            expect.iter().map(|e| format!("{e} this")).collect(),
+            expect.iter().map(|e| Some(format!("{e} this"))).collect(),
         ),
     ];
     let scores = generate::score(engine, adapter, &tok, feats.view(), &queries, &greedy)?;
     let mut out = Vec::new();
     for (kind, guesses) in kinds {
-        let g: Vec<Option<&str>> = guesses.iter().map(|s| Some(s.as_str())).collect();
+        let g: Vec<Option<&str>> = guesses.iter().map(|s| s.as_deref()).collect();
         let got =
             generate::answer_guided_scored(engine, adapter, &tok, feats.view(), &queries, &g)?;
         for (i, (x, (y, lp))) in greedy.iter().zip(got).enumerate() {
             if *x != y {
                 out.push((kind, i, x.clone(), y));
-            } else if lp.as_ref().is_some_and(|lp| *lp != scores[i]) {
-                out.push(("logprobs", i, format!("{:?}", scores[i]), format!("{lp:?}")));
+            } else if let Some(lp) = lp {
+                let off = lp.len() != scores[i].len()
+                    || lp
+                        .iter()
+                        .zip(&scores[i])
+                        .any(|(a, b)| (a - b).abs() > LOGPROB_TOL);
+                if off {
+                    out.push(("logprobs", i, format!("{:?}", scores[i]), format!("{lp:?}")));
+                }
             }
         }
     }
