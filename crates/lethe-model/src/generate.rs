@@ -11,9 +11,10 @@ use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
 use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 
-/// Rows per engine call. An engine holds a call's intermediate tensors (a decoder
-/// activation of 32 rows x 44 positions x 640 is 3.6 MB) until the call ends: 64 rows
-/// put the agent's peak at 183 MB during a forget, 32 rows at 143 MB, at the same speed.
+/// Rows per engine call. An engine holds a call's intermediate tensors until the call ends:
+/// with the whole decoder, 64 rows put the agent's peak at 183 MB during a forget and 32
+/// rows at 143 MB; on the key/value cache, 64 rows 207 MB, 32 rows 161 MB, 16 rows 152 MB,
+/// all at the same speed (ARCHITECTURE.md).
 pub const CHUNK: usize = 16;
 
 /// A question, about one image of a features batch or text-only.

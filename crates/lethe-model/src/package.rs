@@ -137,6 +137,28 @@ pub struct AdapterVersionInfo {
     pub forgotten: Vec<String>,
 }
 
+/// Refuses any format but [`PACKAGE_FORMAT`], saying what an older one lacks.
+fn check_format(format: &str) -> Result<()> {
+    if format == PACKAGE_FORMAT {
+        return Ok(());
+    }
+    let why = match format {
+        "lethe-model-package/1" => {
+            " (a package from before retain sets and held-out paraphrases: the forget and \
+             its verification need both; rebuild it with models/tools/build.sh)"
+        }
+        "lethe-model-package/2" => {
+            " (a package without the key/value-cache decoder graphs that generation runs on; \
+             re-export it from its checkpoint with models/tools/export.py, which leaves every \
+             other file as it was)"
+        }
+        _ => "",
+    };
+    Err(ModelError::Package(format!(
+        "format is {format:?}, this build reads {PACKAGE_FORMAT:?}{why}"
+    )))
+}
+
 impl Package {
     /// Opens a package folder: parses manifest.json and verifies every listed file.
     pub fn open(dir: impl AsRef<Path>) -> Result<Package> {
@@ -154,6 +176,9 @@ impl Package {
                 path: mpath.clone(),
                 source,
             })?;
+        // The format first: an older package lacks fields this build requires, and its
+        // owner needs to hear which format it is and how to convert it, not a missing field.
+        check_format(raw["format"].as_str().unwrap_or("(none)"))?;
         let manifest: Manifest =
             serde_json::from_value(raw.clone()).map_err(|source| ModelError::Manifest {
                 path: mpath.clone(),
@@ -167,24 +192,7 @@ impl Package {
 
     fn check_structure(&self) -> Result<()> {
         let m = &self.manifest;
-        if m.format != PACKAGE_FORMAT {
-            let why = match m.format.as_str() {
-                "lethe-model-package/1" => {
-                    " (a package from before retain sets and held-out paraphrases: the forget \
-                     and its verification need both; rebuild it with models/tools/build.sh)"
-                }
-                "lethe-model-package/2" => {
-                    " (a package without the key/value-cache decoder graphs that generation \
-                     runs on; re-export it from its checkpoint with models/tools/export.py, \
-                     which leaves every other file as it was)"
-                }
-                _ => "",
-            };
-            return Err(ModelError::Package(format!(
-                "format is {:?}, this build reads {PACKAGE_FORMAT:?}{why}",
-                m.format
-            )));
-        }
+        check_format(&m.format)?;
         for name in m.files.keys() {
             safe_relative(name)?;
         }

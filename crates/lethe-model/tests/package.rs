@@ -85,6 +85,32 @@ fn tampered_copy_is_refused_naming_the_file() {
 }
 
 #[test]
+fn a_format_2_package_is_refused_with_how_to_convert_it() {
+    let tmp = TempDir::new("format2");
+    copy_package(&tmp.0);
+    // A format-2 package: no cache graphs, the old format string.
+    let path = tmp.0.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["format"] = "lethe-model-package/2".into();
+    for g in ["decoder_prefix", "decoder_step"] {
+        let file = m["graphs"][g]["file"].as_str().unwrap().to_string();
+        m["files"].as_object_mut().unwrap().remove(&file);
+        m["graphs"].as_object_mut().unwrap().remove(g);
+        std::fs::remove_file(tmp.0.join(file)).unwrap();
+    }
+    m.as_object_mut().unwrap().remove("kv_cache");
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let msg = Package::open(&tmp.0).unwrap_err().to_string();
+    assert!(
+        msg.contains("lethe-model-package/2")
+            && msg.contains("key/value-cache")
+            && msg.contains("export.py"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn missing_package_file_is_refused_naming_it() {
     let tmp = TempDir::new("missing");
     copy_package(&tmp.0);
