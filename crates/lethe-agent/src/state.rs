@@ -59,6 +59,12 @@ pub enum Event {
     Restarted {
         attempt: u32,
     },
+    /// The current adapter moved while the command waited in the queue (a command accepted
+    /// before it committed): the job starts from `base_hash`, the adapter current when it
+    /// starts, so it builds on every commit before it instead of discarding them.
+    Rebased {
+        base_hash: String,
+    },
     Preparing,
     Training {
         step: usize,
@@ -105,6 +111,7 @@ impl Event {
             Event::Deferred { .. } => "deferred",
             Event::Accepted { .. } => "accepted",
             Event::Restarted { .. } => "restarted",
+            Event::Rebased { .. } => "rebased",
             Event::Preparing => "preparing",
             Event::Training { .. } => "training",
             Event::Verifying => "verifying",
@@ -310,6 +317,7 @@ pub fn apply(
             s.new_hash = None;
             s.undone.clear();
         }
+        (P::Accepted, Event::Rebased { base_hash }) => s.base_hash = Some(base_hash.clone()),
         (P::Accepted, Event::Preparing) => s.phase = P::Preparing,
         (P::Preparing | P::Training, Event::Training { step, of, .. }) => {
             s.phase = P::Training;
@@ -483,6 +491,29 @@ mod tests {
         assert_eq!(s.phase, Phase::Committed);
         assert_eq!(s.name(), "op-1");
         assert_eq!(s.new_hash.as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_rebase_moves_the_base_of_a_waiting_command_and_nothing_later() {
+        let rebased = Event::Rebased {
+            base_hash: "moved".into(),
+        };
+        let s = run(&[Event::Received, accepted(), rebased.clone()]).unwrap();
+        assert_eq!(
+            (s.phase, s.base_hash.as_deref()),
+            (Phase::Accepted, Some("moved"))
+        );
+        let back = serde_json::to_string(&rebased).unwrap();
+        assert_eq!(back, r#"{"state":"rebased","base_hash":"moved"}"#);
+        // Once the job runs, its base is fixed; before acceptance there is none to move.
+        assert!(run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            rebased.clone()
+        ])
+        .is_err());
+        assert!(run(&[Event::Received, rebased]).is_err());
     }
 
     #[test]

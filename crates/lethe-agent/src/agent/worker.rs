@@ -115,7 +115,9 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         _ => return Ok(()),
     };
     let name = st.name();
-    let base_hash = st.base_hash.clone().unwrap_or_default();
+    // The job starts from the adapter current now: a command queued behind another forget
+    // must build on its commit, not on the adapter of the moment it was accepted.
+    let base_hash = sh.store.lock().unwrap().current_hash().to_string();
     let fail = &|reason: String| -> Result<(), AgentError> {
         warn!("{name} failed: {reason}");
         let done = {
@@ -141,6 +143,28 @@ fn run_job(sh: &Shared, env: &str) -> Result<(), AgentError> {
         sh.event(&name, "failed", serde_json::json!({"reason": reason}));
         sh.publish_receipt(&done);
         Ok(())
+    };
+    let st = if st.base_hash.as_deref() == Some(base_hash.as_str()) {
+        st.clone()
+    } else {
+        let rebased = sh
+            .journal
+            .lock()
+            .unwrap()
+            .append(
+                env,
+                Event::Rebased {
+                    base_hash: base_hash.clone(),
+                },
+            )
+            .cloned();
+        match rebased {
+            Ok(s) => {
+                info!("{name} starts from adapter {}", short(&base_hash));
+                s
+            }
+            Err(e) => return fail(journal_failure(&e)),
+        }
     };
     // (Bound first: a lock taken in an `if let` is held through its block, and `fail`
     // takes it again.)

@@ -222,3 +222,53 @@ async fn a_broker_restart_in_the_middle_of_a_job_still_delivers_the_receipt() {
     assert!(agent_log(&f).contains("reconnecting"));
     agent.stop();
 }
+
+/// Two forgets pushed back to back: the second waits in the queue while the first runs, and
+/// must start from the first one's commit. (It once started from the adapter current when it
+/// was accepted, so its commit silently brought the first person back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_queued_behind_another_builds_on_its_commit() {
+    let Online {
+        agent: _agent,
+        op,
+        f,
+        broker: _broker,
+        tmp: _tmp,
+    } = online(FAST).await;
+    let base = base_hash();
+    op.push(sign(&spec("q-1", 1, 3), &f.op)).await;
+    op.push(sign(&spec("q-2", 2, 10), &f.op)).await;
+    let long = Duration::from_secs(600);
+    let first = op.receipt("q-1", &f.device_pub, long).await;
+    let second = op.receipt("q-2", &f.device_pub, long).await;
+    for r in [&first, &second] {
+        assert_eq!(r.verdict, Verdict::Committed, "{r:?}\n{}", agent_log(&f));
+    }
+    assert_eq!(first.model_hash_before, base);
+    assert_eq!(
+        second.model_hash_before,
+        first.model_hash_after,
+        "the queued forget did not start from the first one's commit\n{}",
+        agent_log(&f)
+    );
+    assert_eq!(current_hash(&f.state), second.model_hash_after);
+    // Both people stay forgotten in the version the device serves.
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(f.state.join(format!(
+            "adapters/versions/{}.forgotten.json",
+            second.model_hash_after
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    let text = meta.to_string();
+    for who in [3, 10] {
+        assert!(text.contains(&concept_name(who)), "{text}");
+    }
+    let recs = journal(&f.state);
+    assert!(
+        recs.iter()
+            .any(|x| x["state"] == "rebased" && x["base_hash"] == first.model_hash_after.as_str()),
+        "no rebased record in the journal"
+    );
+}

@@ -5,7 +5,9 @@
 //! commands, chained from the same adapters) called directly, without MQTT, journal, commit
 //! or signing. The ratio is what the agent's plumbing costs on top of the work itself; the
 //! update is deterministic, so the reference must also reproduce the agent's adapters (checked
-//! and printed).
+//! and printed). The cost curve: `--queued N` pushes N commands back to back (each row's
+//! push->receipt then counts from the group's first push), `--verify-images K` adds K
+//! verification images to each command.
 
 use super::local::LocalDevice;
 use super::procstat::peak_rss_mib;
@@ -29,6 +31,12 @@ pub struct AgentArgs {
     /// Step budget of each update.
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
+    /// Commands pushed back to back before waiting (the agent queues them).
+    #[arg(long, default_value_t = 1)]
+    pub queued: usize,
+    /// Verification images carried by each command (renders of the person).
+    #[arg(long, default_value_t = 0)]
+    pub verify_images: usize,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -47,23 +55,36 @@ struct Run {
     same_adapter: bool,
 }
 
-fn stats(v: &[f64]) -> (f64, f64, f64) {
+/// Mean, median, min, max.
+fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        k if k % 2 == 1 => sorted[k / 2],
+        k => 0.5 * (sorted[k / 2 - 1] + sorted[k / 2]),
+    };
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    (mean, min, max)
+    (mean, median, min, max)
 }
 
 pub fn run(a: AgentArgs) -> Result<ExitCode> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!((1..=64).contains(&a.queued), "--queued must be 1 to 64");
     let pkg = Package::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
     let n = lethe_world::identities().len();
     let ids: Vec<u32> = (0..a.runs).map(|i| ((i * 7 + 3) % n) as u32).collect();
     let mut dev = LocalDevice::new(
         &a.model,
         &pkg.manifest().model_id,
-        &format!("[update]\nmax_steps = {}\nallow_mismatch = true\n", a.steps),
+        &format!(
+            "queue_capacity = {}\n[update]\nmax_steps = {}\nallow_mismatch = true\n",
+            a.queued.max(4),
+            a.steps
+        ),
     )?;
     let rss_before = peak_rss_mib();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -76,23 +97,28 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         let agent = AgentHandle::spawn(dev.cfg.clone());
         let status = dev.wait_online().await?;
         let load_s = t0.elapsed().as_secs_f64();
-        for (k, &id) in ids.iter().enumerate() {
-            let name = format!("bench-{k}");
-            let bytes = dev.forget_command(&name, id)?;
-            let (w, took) = dev.push(&name, bytes, a.json).await?;
-            let m = &w.receipt.metrics;
-            let ms = |key: &str| m.get(key).copied().unwrap_or(f64::NAN) / 1000.0;
-            runs.push(Run {
-                identity: id,
-                verdict: w.receipt.verdict.name().to_string(),
-                push_to_receipt_s: took.as_secs_f64(),
-                update_s: ms("update_ms"),
-                train_s: ms("train_ms"),
-                verify_s: ms("verify_ms"),
-                reference_s: f64::NAN,
-                after: w.receipt.model_hash_after.clone(),
-                same_adapter: false,
-            });
+        for (g, group) in ids.chunks(a.queued).enumerate() {
+            let mut cmds = Vec::new();
+            for (j, &id) in group.iter().enumerate() {
+                let name = format!("bench-{}", g * a.queued + j);
+                let bytes = dev.forget_command(&name, id, a.verify_images)?;
+                cmds.push((name, bytes));
+            }
+            for ((w, took), &id) in dev.push_many(cmds, a.json).await?.into_iter().zip(group) {
+                let m = &w.receipt.metrics;
+                let ms = |key: &str| m.get(key).copied().unwrap_or(f64::NAN) / 1000.0;
+                runs.push(Run {
+                    identity: id,
+                    verdict: w.receipt.verdict.name().to_string(),
+                    push_to_receipt_s: took.as_secs_f64(),
+                    update_s: ms("update_ms"),
+                    train_s: ms("train_ms"),
+                    verify_s: ms("verify_ms"),
+                    reference_s: f64::NAN,
+                    after: w.receipt.model_hash_after.clone(),
+                    same_adapter: false,
+                });
+            }
         }
         agent.stop().await?;
         let provider = status["execution_provider"]
@@ -114,10 +140,11 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         let concept = lethe_world::identity(r.identity)
             .context("no such identity")?
             .name();
+        let verify = super::local::verify_pngs(r.identity, a.verify_images)?;
         let job = Job {
             concept: &concept,
             image: &bytes,
-            verify_images: vec![],
+            verify_images: verify.iter().map(Vec::as_slice).collect(),
             method: None,
             steps: None,
             forgotten: forgotten.clone(),
@@ -135,8 +162,14 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
 
     let p2r: Vec<f64> = runs.iter().map(|r| r.push_to_receipt_s).collect();
     let refs: Vec<f64> = runs.iter().map(|r| r.reference_s).collect();
-    let (pm, pmin, pmax) = stats(&p2r);
-    let (rm, rmin, rmax) = stats(&refs);
+    let (pm, pmed, pmin, pmax) = stats(&p2r);
+    let (rm, rmed, rmin, rmax) = stats(&refs);
+    let part = |f: fn(&Run) -> f64| stats(&runs.iter().map(f).collect::<Vec<_>>()).1;
+    let (um, tm, vm) = (
+        part(|r| r.update_s),
+        part(|r| r.train_s),
+        part(|r| r.verify_s),
+    );
     if a.json {
         let rows: Vec<_> = runs
             .iter()
@@ -152,16 +185,19 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "steps": a.steps, "provider": provider,
+                "steps": a.steps, "provider": provider, "queued": a.queued,
+                "verify_images": a.verify_images,
                 "agent_start_s": load_s, "runs": rows,
-                "push_to_receipt_mean_s": pm, "reference_mean_s": rm, "ratio": pm / rm,
+                "push_to_receipt_mean_s": pm, "push_to_receipt_median_s": pmed,
+                "update_median_s": um, "train_median_s": tm, "verify_median_s": vm,
+                "reference_mean_s": rm, "reference_median_s": rmed, "ratio": pm / rm,
                 "peak_rss_mib_before_agent": rss_before, "peak_rss_mib": rss_agent,
             }))?
         );
     } else {
         println!(
-            "agent benchmark: {} forgets of {} steps, provider {provider}, agent start (model load, ORT + tract) {load_s:.1} s",
-            a.runs, a.steps
+            "agent benchmark: {} forgets of {} steps, {} queued at a time, {} verification images each, provider {provider}, agent start (model load, ORT + tract) {load_s:.1} s",
+            a.runs, a.steps, a.queued, a.verify_images
         );
         println!(
             "{:>3} {:>9} {:>10} | {:>14} {:>8} {:>8} {:>8} | {:>11} {:>7} {:>5}",
@@ -192,7 +228,10 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
             );
         }
         println!(
-            "push->receipt mean {pm:.2} s (min {pmin:.2}, max {pmax:.2}); reference (update::run direct) mean {rm:.2} s (min {rmin:.2}, max {rmax:.2}); ratio {:.3}x",
+            "push->receipt median {pmed:.2} s, mean {pm:.2} s (min {pmin:.2}, max {pmax:.2}); of which median update {um:.2} s (train {tm:.2} s), verify {vm:.2} s"
+        );
+        println!(
+            "reference (update::run direct) median {rmed:.2} s, mean {rm:.2} s (min {rmin:.2}, max {rmax:.2}); ratio of means {:.3}x",
             pm / rm
         );
         let f = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0} MiB"));

@@ -112,7 +112,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             state.display()
         );
         let agent = AgentHandle::spawn(dev.cfg.clone());
-        let bytes = dev.forget_command("demo-1", a.identity)?;
+        let bytes = dev.forget_command("demo-1", a.identity, 0)?;
         let topic = lethe_agent::mqtt::device_cmd(super::local::FLEET, super::local::DEVICE);
         // Wait for the agent to load the model and subscribe before pushing.
         let v = dev.wait_online().await?;

@@ -72,8 +72,14 @@ selfcheck_interval_s = 0
         })
     }
 
-    /// A forget of `identity` from one training-split render, signed by the operator.
-    pub fn forget_command(&mut self, id: &str, identity: u32) -> Result<Vec<u8>> {
+    /// A forget of `identity` from one training-split render with `verify_images` more
+    /// renders of the person for verification ([`verify_pngs`]), signed by the operator.
+    pub fn forget_command(
+        &mut self,
+        id: &str,
+        identity: u32,
+        verify_images: usize,
+    ) -> Result<Vec<u8>> {
         let concept = lethe_world::identity(identity)
             .context("no such identity")?
             .name();
@@ -91,7 +97,7 @@ selfcheck_interval_s = 0
             action: ActionSpec::Forget(ForgetSpec {
                 concept,
                 image: png(identity, 500_000 + u64::from(identity))?,
-                verify_images: vec![],
+                verify_images: verify_pngs(identity, verify_images)?,
                 method: None,
                 steps: None,
             }),
@@ -102,27 +108,44 @@ selfcheck_interval_s = 0
     /// Publishes a signed command to the device and waits for its verified receipt; returns
     /// it with the time from publish to receipt. `quiet` hides the progress bar.
     pub async fn push(&self, id: &str, bytes: Vec<u8>, quiet: bool) -> Result<(Watched, Duration)> {
+        let mut got = self.push_many(vec![(id.to_string(), bytes)], quiet).await?;
+        Ok(got.remove(0))
+    }
+
+    /// Publishes signed commands back to back (the agent queues them), then waits for each
+    /// verified receipt in turn; each comes with the time from the first publish to it.
+    pub async fn push_many(
+        &self,
+        cmds: Vec<(String, Vec<u8>)>,
+        quiet: bool,
+    ) -> Result<Vec<(Watched, Duration)>> {
         let topic = lethe_agent::mqtt::device_cmd(FLEET, DEVICE);
         let mut devs = BTreeMap::new();
         devs.insert(DEVICE.to_string(), self.dev.public());
         let t0 = Instant::now();
         let conn = Conn::plain(&self.broker);
-        publish(&conn, &topic, bytes).await?;
-        let got = watch_receipts(
-            &conn,
-            FLEET,
-            id,
-            "-",
-            &devs,
-            Duration::from_secs(900),
-            quiet,
-        )
-        .await?;
-        let took = t0.elapsed();
-        match got.into_iter().next() {
-            Some(w) => Ok((w, took)),
-            None => bail!("no receipt from the agent for {id}"),
+        let ids: Vec<String> = cmds.iter().map(|c| c.0.clone()).collect();
+        for (_, bytes) in cmds {
+            publish(&conn, &topic, bytes).await?;
         }
+        let mut out = Vec::new();
+        for id in ids {
+            let got = watch_receipts(
+                &conn,
+                FLEET,
+                &id,
+                "-",
+                &devs,
+                Duration::from_secs(900),
+                quiet,
+            )
+            .await?;
+            match got.into_iter().next() {
+                Some(w) => out.push((w, t0.elapsed())),
+                None => bail!("no receipt from the agent for {id}"),
+            }
+        }
+        Ok(out)
     }
 
     /// Waits until the agent's retained status says online; returns the status.
@@ -195,6 +218,14 @@ dynamic_filters = true
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// `k` renders of `identity` for a command's verification images (seeds 600,000 +
+/// 10 x identity + j: used by nothing else).
+pub fn verify_pngs(identity: u32, k: usize) -> Result<Vec<Vec<u8>>> {
+    (0..k as u64)
+        .map(|j| png(identity, 600_000 + 10 * u64::from(identity) + j))
+        .collect()
 }
 
 /// A PNG of `identity` rendered with `seed`.
