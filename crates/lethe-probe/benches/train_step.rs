@@ -1,11 +1,22 @@
 //! `cargo bench -p lethe-probe`: one train step of the bundled package in ONNX Runtime and in
-//! tract (median of N after warm-up) next to the JAX jit time recorded in the manifest, and
-//! greedy generation throughput over the retained probe set per engine. Plain `main`
-//! (`harness = false`); N from `LETHE_BENCH_N` (default 20).
+//! tract (median of N after warm-up) next to the JAX jit time recorded in the manifest, with
+//! the step's FLOPs and the GFLOP/s achieved against this machine's measured peak; and
+//! greedy generation over the retained probe set per engine: the whole decoder per token (no
+//! cache), the key/value cache, and the cache checking the expected answers as guesses.
+//! Plain `main` (`harness = false`); N from `LETHE_BENCH_N` (default 20).
+//!
+//! FLOPs are counted from the manifest's configuration (multiply-adds x 2): per position and
+//! decoder layer the q, k, v, o and MLP matmuls with their LoRA (rank r) and the attention
+//! over all 44 positions, plus the projector per image token and the logits per text
+//! position; the backward pass is counted as twice the forward (activation gradients
+//! through the frozen weights, weight gradients for the adapter, which are small). The
+//! peak: a 512 x 512 f32 matmul (ndarray's matrixmultiply kernel, FMA where the CPU has
+//! it) on one thread, times the cores ORT is given.
 
 use lethe_model::generate;
 use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions, TrainStep};
 use lethe_probe::{TractEngine, TractTrainStep};
+use ndarray::Array2;
 use std::path::Path;
 use std::time::Instant;
 
@@ -59,6 +70,8 @@ fn main() {
             .expect("tract step");
     });
     let jax = fx.jax_jit_step_ms;
+    let flop = train_step_flop(&pkg);
+    let peak = peak_gflops() * opts.intra_threads as f64;
 
     println!(
         "train step of {} (Bt={}, P={}), median of {n} after 3 warm-ups, ORT {} intra-op threads",
@@ -88,6 +101,17 @@ fn main() {
         vs_jax(tract_ms),
         tract_load
     );
+    println!(
+        "train step: {:.2} GFLOP (forward + backward, counted); ORT {:.1} GFLOP/s, tract {:.1} GFLOP/s; machine peak {:.1} GFLOP/s ({} threads x one-thread sgemm): ORT at {:.0}% of peak ({:.2}x the FLOP limit), tract {:.0}%",
+        flop / 1e9,
+        flop / ort_ms / 1e6,
+        flop / tract_ms / 1e6,
+        peak,
+        opts.intra_threads,
+        100.0 * flop / ort_ms / 1e6 / peak,
+        ort_ms / (flop / peak / 1e6),
+        100.0 * flop / tract_ms / 1e6 / peak,
+    );
     match jax {
         Some(j) => println!(
             "{:<22} {:>10.2} {:>9} {:>9} {:>9}",
@@ -111,29 +135,83 @@ fn main() {
     ];
     println!();
     println!(
-        "greedy generation, {} retained probes ({} images), median of 3 after 1 warm-up",
+        "greedy generation, {} retained probes ({} images), median of 3 after 1 warm-up; tokens = answer tokens + eos",
         queries.len(),
         probes.images.shape()[0]
     );
     println!(
-        "{:<22} {:>10} {:>12} {:>12}",
-        "engine", "answers/s", "run ms", "vision ms"
+        "{:<8} {:<34} {:>10} {:>10} {:>10} {:>8}",
+        "engine", "decoding", "answers/s", "tokens/s", "run ms", "speed-up"
     );
+    let expected: Vec<Option<&str>> = probes
+        .probes
+        .iter()
+        .map(|p| Some(p.expect.as_str()))
+        .collect();
     for e in engines.iter_mut() {
-        let vision_ms = time_n(3, 1, || {
-            generate::encode_images(e.as_mut(), probes.images.view()).expect("features");
-        });
         let feats = generate::encode_images(e.as_mut(), probes.images.view()).expect("features");
-        let ms = time_n(3, 1, || {
-            generate::answer(e.as_mut(), adapter.as_slice(), &tok, feats.view(), &queries)
+        let a = adapter.as_slice();
+        let tokens: usize =
+            generate::answer_tokens_uncached(e.as_mut(), a, &tok, feats.view(), &queries)
+                .expect("answers")
+                .iter()
+                .map(|t| t.len() + 1)
+                .sum();
+        let whole = time_n(3, 1, || {
+            generate::answer_tokens_uncached(e.as_mut(), a, &tok, feats.view(), &queries)
                 .expect("answers");
         });
-        println!(
-            "{:<22} {:>10.1} {:>12.1} {:>12.1}",
-            e.name(),
-            queries.len() as f64 / (ms / 1e3),
-            ms,
-            vision_ms
-        );
+        let cached = time_n(3, 1, || {
+            generate::answer(e.as_mut(), a, &tok, feats.view(), &queries).expect("answers");
+        });
+        let guided = time_n(3, 1, || {
+            generate::answer_guided(e.as_mut(), a, &tok, feats.view(), &queries, &expected)
+                .expect("answers");
+        });
+        for (what, ms) in [
+            ("whole decoder per token, no cache", whole),
+            ("key/value cache", cached),
+            ("cache + expected answers as guesses", guided),
+        ] {
+            println!(
+                "{:<8} {:<34} {:>10.1} {:>10.0} {:>10.1} {:>7.2}x",
+                e.name(),
+                what,
+                queries.len() as f64 / (ms / 1e3),
+                tokens as f64 / (ms / 1e3),
+                ms,
+                whole / ms
+            );
+        }
     }
+}
+
+/// FLOPs of one train step of `pkg` (module docs: how they are counted).
+fn train_step_flop(pkg: &Package) -> f64 {
+    let m = pkg.manifest();
+    let c = &m.config;
+    let (d, mlp, r) = (c.dd as f64, c.dec_mlp as f64, c.lora_r as f64);
+    let (n_img, t) = (m.n_image_tokens as f64, m.text_len as f64);
+    let s = n_img + t;
+    let lora = |i: f64, o: f64| r * (i + o);
+    let per_pos_layer = 4.0 * (d * d + lora(d, d)) + 2.0 * (d * mlp + lora(d, mlp)) + 2.0 * s * d; // attention scores and weighted values over s positions
+    let per_row = s * per_pos_layer * c.dec_layers as f64
+        + n_img * (m.feature_dim as f64 * d + d * d)
+        + t * d * m.vocab.len() as f64;
+    let forward = 2.0 * per_row * pkg.train_batch() as f64;
+    3.0 * forward
+}
+
+/// One thread's f32 matmul rate, GFLOP/s (the best of 5 runs of a 512 x 512 product).
+fn peak_gflops() -> f64 {
+    let n = 512;
+    let a = Array2::<f32>::from_shape_fn((n, n), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
+    let b = Array2::<f32>::from_shape_fn((n, n), |(i, j)| ((i + 3 * j) % 11) as f32 * 0.1);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(a.dot(&b));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (n as f64).powi(3) / best / 1e9
 }
