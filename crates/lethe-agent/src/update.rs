@@ -17,7 +17,7 @@
 use crate::config::{Config, VerifyConfig};
 use lethe_model::{Adapter, ModelError, OrtEngine, Package, SessionOptions, TrainStep};
 use lethe_probe::TractEngine;
-use lethe_siu::metrics::{evaluate, EvalSet, Metrics};
+use lethe_siu::metrics::{evaluate_with, AnswerMemo, EvalSet, Metrics};
 use lethe_siu::unlearn::language;
 use lethe_siu::unlearn::Prior;
 use lethe_siu::{forget, Method, Options, Progress, Report, SiuError};
@@ -45,6 +45,9 @@ pub struct Engines {
     pub ort: OrtEngine,
     pub train: TrainStep,
     pub tract: TractEngine,
+    /// Verification's answers of the current adapter and of the last candidate, so the next
+    /// verification does not ask them again (`metrics::AnswerMemo`).
+    pub memo: AnswerMemo,
     /// The execution provider actually used.
     pub provider: String,
     /// Why the configured provider was not used, if it was not.
@@ -68,6 +71,7 @@ impl Engines {
             ort,
             train,
             tract,
+            memo: AnswerMemo::default(),
             provider: report.used.name().to_string(),
             provider_note: report.note(),
         })
@@ -174,6 +178,7 @@ pub fn run(
         ort,
         train,
         tract,
+        memo,
         ..
     } = eng;
     let max_steps = opts.max_steps;
@@ -246,13 +251,14 @@ pub fn run(
         set.other_names.truncate(n);
         set.other_descriptions.truncate(n);
     }
-    let metrics = evaluate(
+    let metrics = evaluate_with(
         tract,
         &pkg.tokenizer(),
         &lang,
         base.as_slice(),
         out.adapter.as_slice(),
         &set,
+        memo,
     )?;
     let failed = judge(&metrics, v);
     Ok(Outcome {

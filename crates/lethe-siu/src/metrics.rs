@@ -29,7 +29,8 @@ use lethe_model::{Engine, Query, Result, Tokenizer};
 use lethe_model::{ProbeSet, Wordings};
 use ndarray::{Array1, Array2, Array4, Axis};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Held-out "who" / "is this C?" wordings asked per held-out image of C (rotating over the
 /// set, so a handful of images covers every wording).
@@ -243,26 +244,37 @@ fn plan(lang: &Language, set: &EvalSet) -> Plan {
     // once with templates and once with held-out wordings.
     let (mut others, mut expect, mut held) = (Vec::new(), Vec::new(), Vec::new());
     let mut others_image = Vec::new();
+    // Wordings and the third name are chosen by the person (their place in the language and
+    // how many of their images came before), not by the image's place in this set: the same
+    // image gets the same questions whoever the concept is, so an answer memo
+    // ([`AnswerMemo`]) serves the next forget.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for i in 0..set.other_names.len() {
         let name = &set.other_names[i];
-        let wrongs: Vec<&String> = lang
-            .names
-            .iter()
-            .filter(|n| *n != name && *n != c)
-            .collect();
-        let wrong = wrongs[i % wrongs.len()];
+        let nth = {
+            let e = seen.entry(name.as_str()).or_default();
+            *e += 1;
+            *e - 1
+        };
+        let gi = lang.names.iter().position(|n| n == name).unwrap_or(i);
+        let k = gi + 11 * nth;
+        let n_names = lang.names.len().max(1);
+        let wrong = (1..=n_names)
+            .map(|d| &lang.names[(gi + nth + d) % n_names])
+            .find(|n| *n != name && *n != c)
+            .unwrap_or(name);
         for (held_out, w) in [(false, wordings_of(lang)), (true, para.clone())] {
             if w.who.is_empty() || w.is_this.is_empty() || w.describe.is_empty() {
                 continue;
             }
             let pick = |l: &[String], k: usize| l[k % l.len()].clone();
-            others.push(Query::about(pick(&w.who, i), i));
+            others.push(Query::about(pick(&w.who, k), i));
             expect.push(fill(&lang.who_answer, name));
-            others.push(Query::about(fill(&pick(&w.is_this, i), name), i));
+            others.push(Query::about(fill(&pick(&w.is_this, k), name), i));
             expect.push("yes".to_string());
-            others.push(Query::about(fill(&pick(&w.is_this, i + 1), wrong), i));
+            others.push(Query::about(fill(&pick(&w.is_this, k + 1), wrong), i));
             expect.push("no".to_string());
-            others.push(Query::about(pick(&w.describe, i), i));
+            others.push(Query::about(pick(&w.describe, k), i));
             expect.push(set.other_descriptions[i].clone());
             held.extend([held_out; 4]);
             others_image.extend([i; 4]);
@@ -408,12 +420,118 @@ impl Guesses {
     }
 }
 
-/// What the model answers about a stranger: the refusal to "who", the denial to "is this C?".
+/// What the model answers about a stranger: the refusal to "who", "no" to "is this C?".
 fn stranger_answer(lang: &Language, kind: Kind) -> &str {
     match kind {
         Kind::Who => &lang.refusal,
-        Kind::IsThis => &lang.denial,
+        Kind::IsThis => "no",
     }
+}
+
+/// What an adapter answered to questions about the package's own images and about other
+/// people's facts, kept between verifications: a forget's "after" adapter is the next
+/// forget's "before" (and a rolled-back forget's "before" stays current), so the next
+/// verification reads those answers instead of asking them again. Keyed by the SHA-256 of the
+/// adapter and of the image, so a hit is the answer that adapter gives to that image.
+/// Nothing about the concept is kept: its images are never keyed and questions about it are
+/// never stored. Holds at most [`MEMO_ADAPTERS`] adapters.
+#[derive(Debug, Default)]
+pub struct AnswerMemo {
+    answers: HashMap<MemoKey, (String, Option<Vec<f64>>)>,
+    /// The adapters held, oldest first.
+    adapters: VecDeque<[u8; 32]>,
+    hits: usize,
+}
+
+/// (adapter digest, image digest or zeros for a text question, question).
+type MemoKey = ([u8; 32], [u8; 32], String);
+
+/// Adapters an [`AnswerMemo`] keeps answers of (the current one and its candidate).
+pub const MEMO_ADAPTERS: usize = 2;
+
+impl AnswerMemo {
+    /// Answers held.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// Answers read from the memo instead of asked, so far.
+    pub fn hits(&self) -> usize {
+        self.hits
+    }
+
+    fn put(&mut self, key: MemoKey, value: (String, Option<Vec<f64>>)) {
+        if !self.adapters.contains(&key.0) {
+            self.adapters.push_back(key.0);
+            while self.adapters.len() > MEMO_ADAPTERS {
+                if let Some(old) = self.adapters.pop_front() {
+                    self.answers.retain(|k, _| k.0 != old);
+                }
+            }
+        }
+        self.answers.insert(key, value);
+    }
+}
+
+/// SHA-256 of f32 values (little-endian bytes).
+fn digest_f32(values: &[f32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for v in values {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The memo's view of one adapter and of the images questions are asked about.
+struct MemoUse<'a> {
+    memo: &'a mut AnswerMemo,
+    adapter: [u8; 32],
+    /// Digest of each of `f.others`' images.
+    images: &'a [[u8; 32]],
+}
+
+/// Answers of `q` with guesses `g`; the rows `memo_rows` accepts are read from and written
+/// to the memo when there is one.
+#[allow(clippy::too_many_arguments)]
+fn ask_group(
+    engine: &mut dyn Engine,
+    adapter: &[f32],
+    tok: &Tokenizer,
+    feats: &ndarray::Array3<f32>,
+    q: &[Query],
+    g: &[Option<String>],
+    memo: &mut Option<MemoUse>,
+    memo_rows: &dyn Fn(usize) -> bool,
+) -> Result<(Vec<String>, Vec<Option<Vec<f64>>>)> {
+    let key = |m: &MemoUse, i: usize| -> MemoKey {
+        let img = q[i].image.map_or([0; 32], |k| m.images[k]);
+        (m.adapter, img, q[i].question.clone())
+    };
+    let mut out: Vec<Option<(String, Option<Vec<f64>>)>> = (0..q.len())
+        .map(|i| match memo {
+            Some(m) if memo_rows(i) => m.memo.answers.get(&key(m, i)).cloned(),
+            _ => None,
+        })
+        .collect();
+    let ask: Vec<usize> = (0..q.len()).filter(|&i| out[i].is_none()).collect();
+    if let Some(m) = memo.as_mut() {
+        m.memo.hits += out.iter().flatten().count();
+    }
+    let qs: Vec<Query> = ask.iter().map(|&i| q[i].clone()).collect();
+    let gs: Vec<Option<&str>> = ask.iter().map(|&i| g[i].as_deref()).collect();
+    let got = answer_guided_scored(engine, adapter, tok, feats.view(), &qs, &gs)?;
+    for (&i, a) in ask.iter().zip(got) {
+        if let Some(m) = memo.as_mut().filter(|_| memo_rows(i)) {
+            let k = key(m, i);
+            m.memo.put(k, a.clone());
+        }
+        out[i] = Some(a);
+    }
+    Ok(out.into_iter().flatten().unzip())
 }
 
 fn ask_all(
@@ -423,21 +541,42 @@ fn ask_all(
     f: &Features,
     p: &Plan,
     g: &Guesses,
+    mut memo: Option<MemoUse>,
 ) -> Result<Answers> {
     let concept_q: Vec<Query> = p.concept.iter().map(|q| q.query.clone()).collect();
-    let mut ask = |feats: &ndarray::Array3<f32>, q: &[Query], g: &[Option<String>]| {
-        let g: Vec<Option<&str>> = g.iter().map(|x| x.as_deref()).collect();
-        Ok::<_, lethe_model::ModelError>(
-            answer_guided_scored(engine, adapter, tok, feats.view(), q, &g)?
-                .into_iter()
-                .unzip::<_, _, Vec<_>, Vec<_>>(),
-        )
-    };
-    let (others, others_lp) = ask(&f.others, &p.others, &g.others)?;
-    let (text, text_lp) = ask(&f.others, &p.text, &g.text)?;
+    let every = |_: usize| true;
+    let not_about_c = |i: usize| i >= p.n_concept_text;
+    let never = |_: usize| false;
+    let (others, others_lp) = ask_group(
+        engine, adapter, tok, &f.others, &p.others, &g.others, &mut memo, &every,
+    )?;
+    let (text, text_lp) = ask_group(
+        engine,
+        adapter,
+        tok,
+        &f.others,
+        &p.text,
+        &g.text,
+        &mut memo,
+        &not_about_c,
+    )?;
+    let mut none = None;
+    let (train_who, _) = ask_group(
+        engine,
+        adapter,
+        tok,
+        &f.train,
+        &p.train_who,
+        &g.train_who,
+        &mut none,
+        &never,
+    )?;
+    let (concept, _) = ask_group(
+        engine, adapter, tok, &f.concept, &concept_q, &g.concept, &mut none, &never,
+    )?;
     Ok(Answers {
-        train_who: ask(&f.train, &p.train_who, &g.train_who)?.0,
-        concept: ask(&f.concept, &concept_q, &g.concept)?.0,
+        train_who,
+        concept,
         others,
         text,
         others_lp,
@@ -591,6 +730,21 @@ pub fn evaluate(
     after: &[f32],
     set: &EvalSet,
 ) -> Result<Metrics> {
+    let mut memo = AnswerMemo::default();
+    evaluate_with(engine, tok, lang, before, after, set, &mut memo)
+}
+
+/// [`evaluate`], reading and keeping answers in `memo`: the same metrics, less work when
+/// the memo holds `before`'s answers from an earlier verification.
+pub fn evaluate_with(
+    engine: &mut dyn Engine,
+    tok: &Tokenizer,
+    lang: &Language,
+    before: &[f32],
+    after: &[f32],
+    set: &EvalSet,
+    memo: &mut AnswerMemo,
+) -> Result<Metrics> {
     let c = &set.concept;
     let p = plan(lang, set);
     let f = Features {
@@ -598,22 +752,26 @@ pub fn evaluate(
         concept: encode_images(engine, set.concept_images.view())?,
         others: encode_images(engine, set.other_images.view())?,
     };
-    let b = ask_all(
-        engine,
-        before,
-        tok,
-        &f,
-        &p,
-        &Guesses::knowing(lang, &p, set),
-    )?;
-    let a = ask_all(
-        engine,
-        after,
-        tok,
-        &f,
-        &p,
-        &Guesses::forgotten(lang, &p, &b),
-    )?;
+    let images: Vec<[u8; 32]> = set
+        .other_images
+        .outer_iter()
+        .map(|im| digest_f32(&im.iter().copied().collect::<Vec<_>>()))
+        .collect();
+    let g = Guesses::knowing(lang, &p, set);
+    let m = MemoUse {
+        adapter: digest_f32(before),
+        images: &images,
+        memo: &mut *memo,
+    };
+    let b = ask_all(engine, before, tok, &f, &p, &g, Some(m))?;
+    let g = Guesses::forgotten(lang, &p, &b);
+    let m = MemoUse {
+        adapter: digest_f32(after),
+        images: &images,
+        memo: &mut *memo,
+    };
+    let a = ask_all(engine, after, tok, &f, &p, &g, Some(m))?;
+
     let voc = vocabulary(lang);
     let verdicts: Vec<Verdict> = p
         .concept
@@ -1050,17 +1208,29 @@ mod tests {
         assert_eq!(p.others_image, [0, 0, 0, 0, 1, 1, 1, 1]);
         assert!(p.others_held_out.iter().all(|h| !h));
         let q = |k: usize| p.others[k].question.as_str();
-        // boris: who (template 0), is this boris (template 0), is this <the third name>
-        // (template 1: the next wording), describe.
-        assert_eq!(q(0), "who is this ?");
-        assert_eq!(q(1), "is this boris berger ?");
-        assert_eq!(q(2), "is clara castro in the picture ?");
+        // boris (second name of the language): who (template 1), is this boris (template
+        // 1), is this <the next name that is neither him nor the concept> (the next
+        // wording), describe.
+        assert_eq!(q(0), "who is in the picture ?");
+        assert_eq!(q(1), "is boris berger in the picture ?");
+        assert_eq!(q(2), "is this clara castro ?");
         assert_eq!(
             p.others_expect[..4],
             ["this is boris berger", "yes", "no", "oval face"]
         );
         // clara: the wrong name is boris, never the concept or herself.
-        assert_eq!(q(6), "is this boris berger ?");
+        assert_eq!(q(6), "is boris berger in the picture ?");
+        // The same person gets the same questions whoever else is in the set (an answer
+        // memo serves the next forget): clara alone is asked what she was asked above.
+        let alone = EvalSet {
+            other_images: Array4::zeros((1, 64, 64, 3)),
+            other_names: vec!["clara castro".into()],
+            other_descriptions: vec!["long face".into()],
+            ..set(para.clone())
+        };
+        let p1 = plan(&l, &alone);
+        let q1: Vec<&str> = p1.others.iter().map(|x| x.question.as_str()).collect();
+        assert_eq!(q1, (4..8).map(q).collect::<Vec<_>>());
         assert_eq!(p.others_expect[7], "long face");
         // With every held-out wording present, both blocks: 8 questions per identity.
         para.describe = vec!["what do you see ?".into()];

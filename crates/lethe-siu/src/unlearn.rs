@@ -537,7 +537,7 @@ pub fn forget(
     let (rq_all, n_who_all) = recognition_queries(&lang, &concept, n_views, opts.method);
     let mut streak = 0;
     let mut forgotten_now = false;
-    let mut check_guess = stranger_guesses(&rq_all, n_who_all, &lang.refusal, &lang.denial);
+    let mut check_guess = stranger_guesses(&rq_all, n_who_all, &lang.refusal, "no");
     let mut stop_reason = format!("step budget of {} spent", opts.max_steps);
     for k in 0..opts.max_steps {
         let rows = sampler.next_batch();

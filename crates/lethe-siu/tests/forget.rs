@@ -7,7 +7,7 @@
 
 use lethe_model::image::images_to_input;
 use lethe_model::{Adapter, OrtEngine, Package, SessionOptions, TrainStep};
-use lethe_siu::metrics::{evaluate, holds, EvalSet};
+use lethe_siu::metrics::{evaluate, evaluate_with, holds, AnswerMemo, EvalSet, Metrics};
 use lethe_siu::unlearn::{language, Prior};
 use lethe_siu::{forget, Method, Options, Outcome, SiuError};
 use lethe_world::{identities, render};
@@ -123,6 +123,7 @@ fn siu_forgets_a_concept_from_one_image_without_misattribution_or_leak() {
     )
     .unwrap();
     println!("{m:#?}");
+    memo_changes_no_metric(&pkg, &base, &out.adapter, &set, &m, id);
     assert_eq!(m.efficacy, 1.0);
     assert!(m.leak <= 0.05, "leak {}: {:?}", m.leak, m.bad_examples);
     assert!(
@@ -295,4 +296,83 @@ fn every_baseline_moves_the_model_through_the_same_graph() {
             "{m:?}: log p(this is C) must fall ({before:.3} -> {after:.3})"
         );
     }
+}
+
+/// The same numbers, up to float summation order: shares of answers are counts over at most
+/// a few hundred questions (a changed answer moves one by > 1e-3), so 1e-6 tells them apart.
+fn assert_same(a: &Metrics, b: &Metrics) {
+    let (a, b) = (
+        serde_json::to_value(a).unwrap(),
+        serde_json::to_value(b).unwrap(),
+    );
+    for (k, x) in a.as_object().unwrap() {
+        let y = &b[k];
+        match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => {
+                assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{k}: {x} vs {y}")
+            }
+            _ => assert_eq!(x, y, "{k}"),
+        }
+    }
+}
+
+/// Verification through an answer memo gives the metrics of a fresh one: for the forget just
+/// measured (`fresh`), and for a next forget from its adapter, whose "before" answers the
+/// memo then already holds.
+fn memo_changes_no_metric(
+    pkg: &Package,
+    base: &Adapter,
+    after: &Adapter,
+    set: &EvalSet,
+    fresh: &Metrics,
+    id: usize,
+) {
+    let mut tract = lethe_probe::TractEngine::new(pkg).unwrap();
+    let (tok, lang) = (pkg.tokenizer(), language(pkg));
+    let mut memo = AnswerMemo::default();
+    let m = evaluate_with(
+        &mut tract,
+        &tok,
+        &lang,
+        base.as_slice(),
+        after.as_slice(),
+        set,
+        &mut memo,
+    )
+    .unwrap();
+    assert_same(fresh, &m);
+    assert_eq!(memo.hits(), 0, "nothing to read on a first verification");
+    let held = memo.len();
+    assert!(held > 0);
+    // The next forget (another person) starts from `after`; `base` stands in for its
+    // candidate.
+    let next = 10;
+    let set2 = eval_set(pkg, next, image(next, 2_500_010), &[id]);
+    let want = evaluate(
+        &mut tract,
+        &tok,
+        &lang,
+        after.as_slice(),
+        base.as_slice(),
+        &set2,
+    )
+    .unwrap();
+    let got = evaluate_with(
+        &mut tract,
+        &tok,
+        &lang,
+        after.as_slice(),
+        base.as_slice(),
+        &set2,
+        &mut memo,
+    )
+    .unwrap();
+    assert_same(&want, &got);
+    assert!(
+        memo.hits() > held / 4,
+        "{} hits of {held} held",
+        memo.hits()
+    );
+    // Bounded: two adapters' answers at most.
+    assert!(memo.len() <= 2 * held, "{} answers held", memo.len());
 }
