@@ -233,7 +233,16 @@ impl GraphDims {
         Ok(b)
     }
 
-    /// An empty cache of `b` rows (no positions).
+    /// A step's outputs for an empty batch (engines need not run the graph for it).
+    pub fn empty_step(&self, past: &KvCache, tokens: &ArrayView2<i32>) -> (Array3<f32>, KvCache) {
+        let (k, s) = (past.positions(), tokens.ncols());
+        (
+            Array3::zeros((0, s, self.vocab)),
+            self.empty_cache(0, k + s),
+        )
+    }
+
+    /// An empty cache of `b` rows and `k` positions.
     pub fn empty_cache(&self, b: usize, k: usize) -> KvCache {
         let kv = self.kv;
         let z = Array4::zeros((b, kv.heads, k, kv.head_dim));
@@ -241,6 +250,23 @@ impl GraphDims {
             layers: vec![(z.clone(), z); kv.layers],
         }
     }
+}
+
+/// The named f32 outputs of an ORT run, in order.
+fn extract(
+    outs: &ort::session::SessionOutputs<'_>,
+    names: &[String],
+    graph: &str,
+) -> Result<Vec<ndarray::ArrayD<f32>>> {
+    names
+        .iter()
+        .map(|n| {
+            Ok(outs[n.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(ModelError::ort(&format!("{graph} output {n}")))?
+                .to_owned())
+        })
+        .collect()
 }
 
 /// Reads a cache from a graph's outputs (`present.N.key`, `present.N.value`, in order).
@@ -396,17 +422,10 @@ impl Engine for OrtEngine {
             .prefix
             .run(inputs)
             .map_err(e("running decoder_prefix.onnx"))?;
-        let arrays = self
-            .prefix_outputs
-            .iter()
-            .map(|n| {
-                Ok(outs[n.as_str()]
-                    .try_extract_array::<f32>()
-                    .map_err(e("decoder_prefix.onnx output"))?
-                    .to_owned())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        cache_from(arrays, "decoder_prefix.onnx")
+        cache_from(
+            extract(&outs, &self.prefix_outputs, "decoder_prefix.onnx")?,
+            "decoder_prefix.onnx",
+        )
     }
 
     fn step(
@@ -421,11 +440,7 @@ impl Engine for OrtEngine {
             .dims
             .check_step(adapter, past, &past_mask, &tokens, &positions)?;
         if b == 0 {
-            let (k, s) = (past.positions(), tokens.ncols());
-            return Ok((
-                Array3::zeros((0, s, self.dims.vocab)),
-                self.dims.empty_cache(0, k + s),
-            ));
+            return Ok(self.dims.empty_step(past, &tokens));
         }
         let e = ModelError::ort;
         let kv: Vec<_> = past
@@ -479,16 +494,7 @@ impl Engine for OrtEngine {
             .step
             .run(inputs)
             .map_err(e("running decoder_step.onnx"))?;
-        let mut arrays = self
-            .step_outputs
-            .iter()
-            .map(|n| {
-                Ok(outs[n.as_str()]
-                    .try_extract_array::<f32>()
-                    .map_err(e("decoder_step.onnx output"))?
-                    .to_owned())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut arrays = extract(&outs, &self.step_outputs, "decoder_step.onnx")?;
         let logits = arrays
             .remove(0)
             .into_dimensionality::<Ix3>()

@@ -145,11 +145,7 @@ impl Engine for TractEngine {
             .dims
             .check_step(adapter, past, &past_mask, &tokens, &positions)?;
         if b == 0 {
-            let (k, s) = (past.positions(), tokens.ncols());
-            return Ok((
-                Array3::zeros((0, s, self.dims.vocab)),
-                self.dims.empty_cache(0, k + s),
-            ));
+            return Ok(self.dims.empty_step(past, &tokens));
         }
         let mut inputs: TVec<TValue> =
             tvec![Tensor::from(ndarray::Array1::from(adapter.to_vec())).into_tvalue()];
