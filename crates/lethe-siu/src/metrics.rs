@@ -368,7 +368,6 @@ struct Features {
 
 /// A guess of every answer of a [`Plan`] (same layout as [`Answers`]), for
 /// [`answer_guided`]: guessing only changes how fast the answers come, never what they are.
-#[derive(Default)]
 struct Guesses {
     train_who: Vec<Option<String>>,
     concept: Vec<Option<String>>,
@@ -434,11 +433,12 @@ fn stranger_answer(lang: &Language, kind: Kind) -> &str {
 /// verification reads those answers instead of asking them again. Keyed by the SHA-256 of the
 /// adapter and of the image, so a hit is the answer that adapter gives to that image.
 /// Nothing about the concept is kept: its images are never keyed and questions about it are
-/// never stored. Holds at most [`MEMO_ADAPTERS`] adapters.
+/// never stored. Holds the [`MEMO_ADAPTERS`] adapters used last and at most
+/// [`MEMO_ANSWERS`] answers.
 #[derive(Debug, Default)]
 pub struct AnswerMemo {
     answers: HashMap<MemoKey, (String, Option<Vec<f64>>)>,
-    /// The adapters held, oldest first.
+    /// The adapters held, least recently used first.
     adapters: VecDeque<[u8; 32]>,
     hits: usize,
 }
@@ -448,6 +448,10 @@ type MemoKey = ([u8; 32], [u8; 32], String);
 
 /// Adapters an [`AnswerMemo`] keeps answers of (the current one and its candidate).
 pub const MEMO_ADAPTERS: usize = 2;
+
+/// Answers an [`AnswerMemo`] holds at most (a verification asks about 500; the questions
+/// about other people vary a little with the concept, so one adapter's set can grow).
+pub const MEMO_ANSWERS: usize = 4096;
 
 impl AnswerMemo {
     /// Answers held.
@@ -464,26 +468,30 @@ impl AnswerMemo {
         self.hits
     }
 
-    fn put(&mut self, key: MemoKey, value: (String, Option<Vec<f64>>)) {
-        if !self.adapters.contains(&key.0) {
-            self.adapters.push_back(key.0);
-            while self.adapters.len() > MEMO_ADAPTERS {
-                if let Some(old) = self.adapters.pop_front() {
-                    self.answers.retain(|k, _| k.0 != old);
-                }
+    /// Marks `adapter` used now; forgets the answers of the adapter used longest ago when
+    /// more than [`MEMO_ADAPTERS`] are held.
+    fn touch(&mut self, adapter: [u8; 32]) {
+        self.adapters.retain(|a| *a != adapter);
+        self.adapters.push_back(adapter);
+        while self.adapters.len() > MEMO_ADAPTERS {
+            if let Some(old) = self.adapters.pop_front() {
+                self.answers.retain(|k, _| k.0 != old);
             }
         }
-        self.answers.insert(key, value);
+    }
+
+    /// Keeps an answer of an adapter [`touch`](Self::touch)ed before, while under the cap.
+    fn put(&mut self, key: MemoKey, value: (String, Option<Vec<f64>>)) {
+        if self.answers.len() < MEMO_ANSWERS {
+            self.answers.insert(key, value);
+        }
     }
 }
 
-/// SHA-256 of f32 values (little-endian bytes).
-fn digest_f32(values: &[f32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for v in values {
-        h.update(v.to_le_bytes());
-    }
-    h.finalize().into()
+/// SHA-256 of f32 values (their little-endian bytes, hashed in one pass).
+fn digest_f32<'a>(values: impl IntoIterator<Item = &'a f32>) -> [u8; 32] {
+    let bytes: Vec<u8> = values.into_iter().flat_map(|v| v.to_le_bytes()).collect();
+    Sha256::digest(&bytes).into()
 }
 
 /// The memo's view of one adapter and of the images questions are asked about.
@@ -511,6 +519,9 @@ fn ask_group(
         let img = q[i].image.map_or([0; 32], |k| m.images[k]);
         (m.adapter, img, q[i].question.clone())
     };
+    if let Some(m) = memo.as_mut() {
+        m.memo.touch(m.adapter);
+    }
     let mut out: Vec<Option<(String, Option<Vec<f64>>)>> = (0..q.len())
         .map(|i| match memo {
             Some(m) if memo_rows(i) => m.memo.answers.get(&key(m, i)).cloned(),
@@ -755,7 +766,7 @@ pub fn evaluate_with(
     let images: Vec<[u8; 32]> = set
         .other_images
         .outer_iter()
-        .map(|im| digest_f32(&im.iter().copied().collect::<Vec<_>>()))
+        .map(|im| digest_f32(im.iter()))
         .collect();
     let g = Guesses::knowing(lang, &p, set);
     let m = MemoUse {
@@ -1074,6 +1085,27 @@ mod tests {
             (0.0, String::new())
         );
     }
+    #[test]
+    fn the_memo_keeps_the_two_adapters_used_last_and_a_bounded_number_of_answers() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let put = |m: &mut AnswerMemo, ad: [u8; 32], q: &str| {
+            m.touch(ad);
+            m.put((ad, [0; 32], q.to_string()), (q.to_string(), None));
+        };
+        let held = |m: &AnswerMemo, ad: [u8; 32]| m.answers.keys().any(|k| k.0 == ad);
+        let mut m = AnswerMemo::default();
+        put(&mut m, a, "x");
+        put(&mut m, b, "x");
+        // A forget rolled back: `a` (still current) is used again, then a new candidate.
+        m.touch(a);
+        put(&mut m, c, "x");
+        assert!(held(&m, a) && held(&m, c) && !held(&m, b), "{m:?}");
+        for i in 0..MEMO_ANSWERS + 10 {
+            put(&mut m, a, &i.to_string());
+        }
+        assert_eq!(m.len(), MEMO_ANSWERS);
+    }
+
     #[test]
     fn a_share_is_the_fraction_of_trues_and_nothing_counts_as_zero() {
         assert_eq!(share([true, false, true, true].into_iter()), 0.75);
