@@ -403,6 +403,11 @@ impl Package {
         })
     }
 
+    /// The retained probes' questions and expected answers, without reading their images.
+    pub fn probe_list(&self) -> Result<Vec<Probe>> {
+        Ok(self.json::<ProbesFile>(&self.manifest.probes.list)?.probes)
+    }
+
     /// The retained probe set.
     pub fn probes(&self) -> Result<ProbeSet> {
         let images = self.images(&self.manifest.probes.images)?;

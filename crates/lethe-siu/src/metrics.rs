@@ -26,7 +26,7 @@ use crate::answers::{self, Verdict, Vocabulary};
 use crate::facets::Language;
 use lethe_model::generate::{answer_guided, answer_guided_scored, encode_images, logprobs, score};
 use lethe_model::{Engine, Query, Result, Tokenizer};
-use lethe_model::{ProbeSet, Wordings};
+use lethe_model::{Probe, ProbeSet, Wordings};
 use ndarray::{Array1, Array2, Array4, Axis};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -58,9 +58,8 @@ pub struct EvalSet {
 }
 
 /// The package's expected answers to its text-only probes (question -> answer).
-pub fn known_text(probes: &ProbeSet) -> BTreeMap<String, String> {
+pub fn known_text(probes: &[Probe]) -> BTreeMap<String, String> {
     probes
-        .probes
         .iter()
         .filter(|p| p.image.is_none())
         .map(|p| (p.question.clone(), p.expect.clone()))
@@ -110,7 +109,7 @@ impl EvalSet {
                 .map(|&i| desc[i].clone().unwrap_or_default())
                 .collect(),
             paraphrases,
-            known_text: known_text(probes),
+            known_text: known_text(&probes.probes),
         }
     }
 }

@@ -450,7 +450,7 @@ pub fn forget(
     }
     let text_q: Vec<String> = text_src.iter().map(|(t, n)| fill(t, n)).collect();
     // Guess each answer as the package's text probes answer its canonical wording.
-    let known = metrics::known_text(&pkg.probes()?);
+    let known = metrics::known_text(&pkg.probe_list()?);
     let canonical = |t: &String, n: &str| {
         let list = if lang.fact.contains(t) {
             &lang.fact

@@ -85,7 +85,7 @@ fn eval_set(pkg: &Package, id: usize, train_image: Array4<f32>, exclude: &[usize
         other_names: others.iter().map(|o| o.name()).collect(),
         other_descriptions: others.iter().map(|o| o.attributes.describe()).collect(),
         paraphrases: pkg.paraphrases().unwrap().eval,
-        known_text: lethe_siu::metrics::known_text(&pkg.probes().unwrap()),
+        known_text: lethe_siu::metrics::known_text(&pkg.probe_list().unwrap()),
     }
 }
 

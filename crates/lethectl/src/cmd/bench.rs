@@ -176,7 +176,7 @@ fn held_out(pkg: &Package, which: &str) -> Result<HeldOut> {
     };
     Ok(HeldOut {
         wordings,
-        known_text: known_text(&pkg.probes()?),
+        known_text: known_text(&pkg.probe_list()?),
     })
 }
 
