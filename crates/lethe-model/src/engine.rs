@@ -453,43 +453,42 @@ impl Engine for OrtEngine {
             tokens.as_standard_layout(),
             positions.as_standard_layout(),
         );
-        let n = self.step_inputs.len();
-        let mut inputs: Vec<(
-            std::borrow::Cow<'_, str>,
-            ort::session::SessionInputValue<'_>,
-        )> = Vec::with_capacity(n);
-        inputs.push((
-            self.step_inputs[0].as_str().into(),
+        // Values in the manifest's input order (checked when the package was opened):
+        // adapter, the cache's keys and values, past_mask, tokens, position_ids.
+        let mut values: Vec<ort::session::SessionInputValue<'_>> = Vec::new();
+        values.push(
             TensorRef::from_array_view(([adapter.len()], adapter))
                 .map_err(e("adapter input"))?
                 .into(),
-        ));
-        for (name, a) in self.step_inputs[1..n - 3].iter().zip(&kv) {
-            inputs.push((
-                name.as_str().into(),
+        );
+        for a in &kv {
+            values.push(
                 TensorRef::from_array_view(a)
                     .map_err(e("cache input"))?
                     .into(),
-            ));
+            );
         }
-        inputs.push((
-            self.step_inputs[n - 3].as_str().into(),
+        values.push(
             TensorRef::from_array_view(&past_mask)
                 .map_err(e("past_mask input"))?
                 .into(),
-        ));
-        inputs.push((
-            self.step_inputs[n - 2].as_str().into(),
+        );
+        values.push(
             TensorRef::from_array_view(&tokens)
                 .map_err(e("tokens input"))?
                 .into(),
-        ));
-        inputs.push((
-            self.step_inputs[n - 1].as_str().into(),
+        );
+        values.push(
             TensorRef::from_array_view(&positions)
                 .map_err(e("position_ids input"))?
                 .into(),
-        ));
+        );
+        let inputs: Vec<(std::borrow::Cow<'_, str>, _)> = self
+            .step_inputs
+            .iter()
+            .map(|n| n.as_str().into())
+            .zip(values)
+            .collect();
         let outs = self
             .step
             .run(inputs)

@@ -216,6 +216,23 @@ impl Package {
                 )));
             }
         }
+        // The cache graphs' interface, which the engines bind by position.
+        let kv = m.kv_cache;
+        let (prefix, step) = (&m.graphs.decoder_prefix, &m.graphs.decoder_step);
+        let (ins, outs) = (step.inputs.len(), step.outputs.len());
+        if prefix.inputs.len() != 2
+            || prefix.outputs.len() != 2 * kv.layers
+            || ins != 2 * kv.layers + 4
+            || outs != 2 * kv.layers + 1
+        {
+            return Err(ModelError::Package(format!(
+                "the cache graphs do not match kv_cache ({} layers): decoder_prefix has {} \
+                 inputs and {} outputs, decoder_step {ins} and {outs}",
+                kv.layers,
+                prefix.inputs.len(),
+                prefix.outputs.len()
+            )));
+        }
         let adapter_bytes = m.files[&m.adapter.file].bytes;
         if m.adapter.dtype != "f32le" || adapter_bytes != 4 * m.adapter.len as u64 {
             return Err(ModelError::Package(format!(

@@ -111,6 +111,22 @@ fn a_format_2_package_is_refused_with_how_to_convert_it() {
 }
 
 #[test]
+fn cache_graphs_that_do_not_match_the_declared_cache_are_refused() {
+    let tmp = TempDir::new("kvspec");
+    copy_package(&tmp.0);
+    let path = tmp.0.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["kv_cache"]["layers"] = 2.into();
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let msg = Package::open(&tmp.0).unwrap_err().to_string();
+    assert!(
+        msg.contains("kv_cache") && msg.contains("decoder_step"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn missing_package_file_is_refused_naming_it() {
     let tmp = TempDir::new("missing");
     copy_package(&tmp.0);
