@@ -1,10 +1,14 @@
 //! Engine-agnostic greedy generation, answer scoring and log-probabilities over any
 //! `&mut dyn Engine`, batched in chunks of `CHUNK` rows. Owns the decoding loop of
 //! models/PACKAGE.md: feed `[bos] q [sep]`, append the argmax at the last real position,
-//! stop at eos or `T` tokens. Invariants: results do not depend on the engine's batch
-//! composition (causal graph, each row's padding never read); log-softmax is computed in f64
-//! here, never in the graph, so ORT and tract are compared on identical arithmetic; argmax
-//! ties go to the lowest id.
+//! stop at eos or `T` tokens. Generation runs on the key/value cache (image positions once
+//! per image, then text only) and checks guessed answers by teacher forcing first
+//! ([`answer_tokens_guided`]); [`answer_tokens_uncached`] is the whole-decoder reference.
+//! Invariants: answers do not depend on the engine's batch composition, on guesses or on
+//! the cache (causal graph, each row's padding masked or never read; tested on every probe,
+//! both engines), and log-probabilities only by float summation order (< 1e-4); log-softmax
+//! is computed in f64 here, never in the graph, so ORT and tract are compared on identical
+//! arithmetic; argmax ties go to the lowest id.
 
 use crate::engine::{Engine, KvCache};
 use crate::error::{ModelError, Result};
@@ -12,9 +16,9 @@ use crate::tokenizer::Tokenizer;
 use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 
 /// Rows per engine call. An engine holds a call's intermediate tensors until the call ends:
-/// with the whole decoder, 64 rows put the agent's peak at 183 MB during a forget and 32
-/// rows at 143 MB; on the key/value cache, 64 rows 207 MB, 32 rows 161 MB, 16 rows 152 MB,
-/// all at the same speed (ARCHITECTURE.md).
+/// with the whole decoder, 64 rows put the agent's peak (VmHWM) at 179 MiB during a forget
+/// and 32 rows at 140 MiB; on the key/value cache, 64 rows 202 MiB, 32 rows 157 MiB, 16
+/// rows 148 MiB, all at the same speed (ARCHITECTURE.md).
 pub const CHUNK: usize = 16;
 
 /// A question, about one image of a features batch or text-only.

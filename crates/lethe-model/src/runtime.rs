@@ -434,7 +434,7 @@ fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Resu
         .with_log_level(LogLevel::Error)
         .map_err(err)?
         // ORT's CPU arena and memory patterns keep the largest allocations of every run
-        // for good: with them the agent's peak during a forget was 357 MB, without 183 MB,
+        // for good: with them the agent's peak during a forget was 349 MiB, without 179 MiB,
         // at the same speed (the graphs are small; malloc is not what a run waits on).
         .with_memory_pattern(false)
         .map_err(err)?;
