@@ -44,6 +44,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    lethe_agent::heap::one_arena();
     let cli = Cli::parse();
     let ov = Overrides {
         device_id: cli.device_id,

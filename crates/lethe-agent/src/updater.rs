@@ -87,7 +87,12 @@ pub type LoadUpdater =
 
 /// The shipped updater: the model package, SIU on ONNX Runtime, verification with tract.
 pub fn load_engines() -> LoadUpdater {
-    Box::new(|cfg: &Config| Ok(Box::new(Engines::load(cfg)?) as Box<dyn Updater>))
+    Box::new(|cfg: &Config| {
+        let engines = Engines::load(cfg)?;
+        // Loading and optimizing the graphs leaves free space in the heap.
+        crate::heap::give_back_free_pages();
+        Ok(Box::new(engines) as Box<dyn Updater>)
+    })
 }
 
 impl Updater for Engines {
@@ -118,7 +123,10 @@ impl Updater for Engines {
         cancel: &AtomicBool,
         on: &mut dyn FnMut(UpdateEvent),
     ) -> Result<Candidate, UpdateFailure> {
-        let out = update::run(self, cfg, job, base, cancel, on)?;
+        let out = update::run(self, cfg, job, base, cancel, on);
+        // The update's buffers are free now; the device idles until the next command.
+        crate::heap::give_back_free_pages();
+        let out = out?;
         Ok(Candidate {
             metrics: out.receipt_metrics(),
             adapter: out.adapter,
@@ -127,7 +135,9 @@ impl Updater for Engines {
     }
 
     fn selfcheck(&mut self, cfg: &Config, adapter: Result<Adapter, StoreError>) -> SelfCheck {
-        selfcheck::run(self, &cfg.model_dir, adapter)
+        let report = selfcheck::run(self, &cfg.model_dir, adapter);
+        crate::heap::give_back_free_pages();
+        report
     }
 }
 

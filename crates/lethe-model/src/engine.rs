@@ -71,6 +71,18 @@ pub trait Engine {
         tokens: ArrayView2<i32>,
         positions: ArrayView2<i32>,
     ) -> Result<(Array3<f32>, KvCache)>;
+    /// [`step`](Self::step) when only the logits are wanted (teacher forcing, checking
+    /// guesses): the same logits, without copying the grown cache out of the engine.
+    fn step_logits(
+        &mut self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: ArrayView2<f32>,
+        tokens: ArrayView2<i32>,
+        positions: ArrayView2<i32>,
+    ) -> Result<Array3<f32>> {
+        Ok(self.step(adapter, past, past_mask, tokens, positions)?.0)
+    }
 }
 
 /// The fixed dimensions of a package's graphs.
@@ -288,7 +300,12 @@ pub fn cache_from(arrays: Vec<ndarray::ArrayD<f32>>, what: &str) -> Result<KvCac
 /// ONNX Runtime sessions for vision.onnx, decoder.onnx and the decoder's prefix and step.
 pub struct OrtEngine {
     vision: Session,
-    decoder: Session,
+    /// decoder.onnx, opened on the first [`Engine::logits`] call: the whole decoder is the
+    /// reference the cache graphs are checked against, not part of generation or scoring
+    /// (`generate::forward`), so an agent never holds its weights.
+    decoder: Option<Session>,
+    decoder_path: std::path::PathBuf,
+    opts: SessionOptions,
     prefix: Session,
     step: Session,
     /// The step graph's input and output names (manifest order).
@@ -309,7 +326,6 @@ impl OrtEngine {
             Ok(s)
         };
         let vision = open(pkg.vision_path())?;
-        let decoder = open(pkg.decoder_path())?;
         let prefix = open(pkg.decoder_prefix_path())?;
         let step = open(pkg.decoder_step_path())?;
         let mut fallbacks = Vec::new();
@@ -321,7 +337,9 @@ impl OrtEngine {
         let g = &pkg.manifest().graphs;
         Ok(OrtEngine {
             vision,
-            decoder,
+            decoder: None,
+            decoder_path: pkg.decoder_path(),
+            opts: opts.clone(),
             prefix,
             step,
             step_inputs: g.decoder_step.inputs.clone(),
@@ -395,10 +413,13 @@ impl Engine for OrtEngine {
             "has_image" => TensorRef::from_array_view(&has_image).map_err(e("has_image input"))?,
             "tokens" => TensorRef::from_array_view(&tokens).map_err(e("tokens input"))?,
         ];
-        let outs = self
-            .decoder
-            .run(inputs)
-            .map_err(e("running decoder.onnx"))?;
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => self
+                .decoder
+                .insert(build_session(&self.decoder_path, &self.opts)?.0),
+        };
+        let outs = decoder.run(inputs).map_err(e("running decoder.onnx"))?;
         let l = outs["logits"]
             .try_extract_array::<f32>()
             .map_err(e("logits output"))?;
@@ -436,11 +457,42 @@ impl Engine for OrtEngine {
         tokens: ArrayView2<i32>,
         positions: ArrayView2<i32>,
     ) -> Result<(Array3<f32>, KvCache)> {
+        let (logits, cache) = self.run_step(adapter, past, past_mask, tokens, positions, true)?;
+        let cache = cache.ok_or_else(|| ModelError::Shape("decoder_step.onnx: no cache".into()))?;
+        Ok((logits, cache))
+    }
+
+    fn step_logits(
+        &mut self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: ArrayView2<f32>,
+        tokens: ArrayView2<i32>,
+        positions: ArrayView2<i32>,
+    ) -> Result<Array3<f32>> {
+        Ok(self
+            .run_step(adapter, past, past_mask, tokens, positions, false)?
+            .0)
+    }
+}
+
+impl OrtEngine {
+    /// decoder_step.onnx; the grown cache is copied out only `with_cache`.
+    fn run_step(
+        &mut self,
+        adapter: &[f32],
+        past: &KvCache,
+        past_mask: ArrayView2<f32>,
+        tokens: ArrayView2<i32>,
+        positions: ArrayView2<i32>,
+        with_cache: bool,
+    ) -> Result<(Array3<f32>, Option<KvCache>)> {
         let b = self
             .dims
             .check_step(adapter, past, &past_mask, &tokens, &positions)?;
         if b == 0 {
-            return Ok(self.dims.empty_step(past, &tokens));
+            let (logits, cache) = self.dims.empty_step(past, &tokens);
+            return Ok((logits, Some(cache)));
         }
         let e = ModelError::ort;
         let kv: Vec<_> = past
@@ -493,11 +545,22 @@ impl Engine for OrtEngine {
             .step
             .run(inputs)
             .map_err(e("running decoder_step.onnx"))?;
-        let mut arrays = extract(&outs, &self.step_outputs, "decoder_step.onnx")?;
+        // The manifest lists logits first, then the grown cache.
+        let wanted = if with_cache {
+            self.step_outputs.len()
+        } else {
+            1
+        };
+        let mut arrays = extract(&outs, &self.step_outputs[..wanted], "decoder_step.onnx")?;
         let logits = arrays
             .remove(0)
             .into_dimensionality::<Ix3>()
             .map_err(|e| ModelError::Shape(format!("decoder_step.onnx logits: {e}")))?;
-        Ok((logits, cache_from(arrays, "decoder_step.onnx")?))
+        let cache = if with_cache {
+            Some(cache_from(arrays, "decoder_step.onnx")?)
+        } else {
+            None
+        };
+        Ok((logits, cache))
     }
 }

@@ -221,9 +221,12 @@ pub fn answer_tokens_guided(
 
     // Teacher-forced check of every usable guess (a guess greedy decoding cannot produce,
     // longer than the room left, is ignored).
-    let guessed: Vec<usize> = (0..rows.len())
+    let mut guessed: Vec<usize> = (0..rows.len())
         .filter(|&r| matches!(&guesses[r], Some(g) if rows[r].prompt_len + g.len() < t_len))
         .collect();
+    // Rows of about the same length share a call, so little of it is padding.
+    let guessed_len = |r: usize| rows[r].prompt_len + guesses[r].as_ref().map_or(0, Vec::len);
+    guessed.sort_by_key(|&r| guessed_len(r));
     for chunk in guessed.chunks(CHUNK) {
         let seqs: Vec<Vec<i32>> = chunk
             .iter()
@@ -232,7 +235,8 @@ pub fn answer_tokens_guided(
                 rows[r].tokens.iter().chain(g).copied().collect()
             })
             .collect();
-        let (logits, _) = prefix.run(engine, adapter, tok, chunk, &seqs)?;
+        let tokens = padded(tok, &seqs);
+        let logits = prefix.logits(engine, adapter, chunk, tokens.view())?;
         for (k, &r) in chunk.iter().enumerate() {
             let g = guesses[r].as_deref().unwrap_or_default();
             let row = &mut rows[r];
@@ -369,6 +373,17 @@ impl ImagePrefix {
         })
     }
 
+    /// The step's inputs for token rows `[n,S]` of the given queries: their cached image
+    /// rows, the mask (the image where the query has one) and text positions 0...
+    fn inputs(&self, queries: &[usize], width: usize) -> (KvCache, Array2<f32>, Array2<i32>) {
+        let slots: Vec<usize> = queries.iter().map(|&q| self.slot[q]).collect();
+        let mask = Array2::from_shape_fn((queries.len(), self.len), |(k, _)| {
+            f32::from(u8::from(self.has_image[queries[k]]))
+        });
+        let positions = Array2::from_shape_fn((queries.len(), width), |(_, j)| j as i32);
+        (self.cache.select(&slots), mask, positions)
+    }
+
     /// One step over whole token sequences of the given queries (right-padded to the
     /// longest; each row reads only its own prefix): logits `[n,S,V]` and the cache.
     fn run(
@@ -379,27 +394,40 @@ impl ImagePrefix {
         queries: &[usize],
         seqs: &[Vec<i32>],
     ) -> Result<(Array3<f32>, KvCache)> {
-        let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let n = queries.len();
-        let mut tokens = Array2::from_elem((n, width), tok.pad());
-        for (k, sq) in seqs.iter().enumerate() {
-            tokens
-                .slice_mut(s![k, ..sq.len()])
-                .assign(&ArrayView1::from(sq));
-        }
-        let positions = Array2::from_shape_fn((n, width), |(_, j)| j as i32);
-        let mask = Array2::from_shape_fn((n, self.len), |(k, _)| {
-            f32::from(u8::from(self.has_image[queries[k]]))
-        });
-        let slots: Vec<usize> = queries.iter().map(|&q| self.slot[q]).collect();
+        let tokens = padded(tok, seqs);
+        let (cache, mask, positions) = self.inputs(queries, tokens.ncols());
         engine.step(
             adapter,
-            &self.cache.select(&slots),
+            &cache,
             mask.view(),
             tokens.view(),
             positions.view(),
         )
     }
+
+    /// The logits of token rows `[n,S]` of the given queries (no cache kept).
+    fn logits(
+        &self,
+        engine: &mut dyn Engine,
+        adapter: &[f32],
+        queries: &[usize],
+        tokens: ArrayView2<i32>,
+    ) -> Result<Array3<f32>> {
+        let (cache, mask, positions) = self.inputs(queries, tokens.ncols());
+        engine.step_logits(adapter, &cache, mask.view(), tokens, positions.view())
+    }
+}
+
+/// Token sequences right-padded to the longest (at least one column).
+fn padded(tok: &Tokenizer, seqs: &[Vec<i32>]) -> Array2<i32> {
+    let width = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut tokens = Array2::from_elem((seqs.len(), width), tok.pad());
+    for (k, sq) in seqs.iter().enumerate() {
+        tokens
+            .slice_mut(s![k, ..sq.len()])
+            .assign(&ArrayView1::from(sq));
+    }
+    tokens
 }
 
 /// One answer being decoded: its prompt, then its answer tokens so far, and their
@@ -486,6 +514,42 @@ pub fn answer_guided_scored(
     )
 }
 
+/// The decoder's logits over whole token sequences `[B,T]`, `[B,T,V]` as
+/// [`Engine::logits`] gives them, computed on the key/value cache graphs: the image
+/// positions by `decoder_prefix` once per image (`images[r]`: the features row token row
+/// `r` is about, `None` for text only), then every text position in one `decoder_step`
+/// per chunk of rows. The same function as decoder.onnx (the parity tests compare them,
+/// within float summation order), without a third decoder graph in memory: teacher
+/// forcing (scores, the train step's reference log-probabilities) runs on the graphs
+/// generation already holds.
+pub fn forward(
+    engine: &mut dyn Engine,
+    adapter: &[f32],
+    features: ArrayView3<f32>,
+    images: &[Option<usize>],
+    tokens: ArrayView2<i32>,
+) -> Result<Array3<f32>> {
+    let b = tokens.nrows();
+    if images.len() != b {
+        return Err(ModelError::Shape(format!(
+            "{} image indices for {b} token rows",
+            images.len()
+        )));
+    }
+    let prefix = ImagePrefix::new(engine, adapter, features, images)?;
+    let mut parts = Vec::new();
+    for start in (0..b).step_by(CHUNK) {
+        let end = (start + CHUNK).min(b);
+        let rows: Vec<usize> = (start..end).collect();
+        parts.push(prefix.logits(engine, adapter, &rows, tokens.slice(s![start..end, ..]))?);
+    }
+    if parts.is_empty() {
+        return prefix.logits(engine, adapter, &[], tokens);
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| ModelError::Shape(e.to_string()))
+}
+
 /// Log-probabilities of each given answer's tokens and eos under the model (teacher forcing):
 /// one `Vec` per query, one value per answer token plus one for eos.
 pub fn score(
@@ -509,65 +573,39 @@ pub fn score(
         .map(|(q, a)| tok.sequence(&q.question, a))
         .collect::<Result<Vec<_>>>()?;
     let images: Vec<Option<usize>> = queries.iter().map(|q| q.image).collect();
-    let (feats, has) = gather_features(features, &images)?;
     let t_len = tok.text_len();
-    let mut out = Vec::with_capacity(seqs.len());
-    for start in (0..seqs.len()).step_by(CHUNK) {
-        let end = (start + CHUNK).min(seqs.len());
-        let mut tokens = Array2::zeros((end - start, t_len));
-        for (r, sq) in seqs[start..end].iter().enumerate() {
-            tokens.row_mut(r).assign(&ArrayView1::from(&sq.inputs));
-        }
-        let logits = engine.logits(
-            adapter,
-            feats.slice(s![start..end, .., ..]),
-            has.slice(s![start..end]),
-            tokens.view(),
-        )?;
-        for (r, sq) in seqs[start..end].iter().enumerate() {
-            let lp = (0..t_len)
+    let tokens = Array2::from_shape_fn((seqs.len(), t_len), |(r, k)| seqs[r].inputs[k]);
+    let logits = forward(engine, adapter, features, &images, tokens.view())?;
+    Ok(seqs
+        .iter()
+        .enumerate()
+        .map(|(r, sq)| {
+            (0..t_len)
                 .filter(|&t| sq.answer_mask[t] > 0.0)
                 .map(|t| {
                     let row = log_softmax(logits.slice(s![r, t, ..]));
                     row[sq.targets[t] as usize]
                 })
-                .collect();
-            out.push(lp);
-        }
-    }
-    Ok(out)
+                .collect()
+        })
+        .collect())
 }
 
-/// Full log-softmax of the decoder's logits, `[B,T,V]`, computed in f64 and stored as f32
-/// (the train step's `ref_logp` input).
+/// Full log-softmax of the decoder's logits, `[B,T,V]` ([`forward`]), computed in f64 and
+/// stored as f32 (the train step's `ref_logp` input).
 pub fn logprobs(
     engine: &mut dyn Engine,
     adapter: &[f32],
     features: ArrayView3<f32>,
-    has_image: ArrayView1<f32>,
+    images: &[Option<usize>],
     tokens: ArrayView2<i32>,
 ) -> Result<Array3<f32>> {
-    let b = tokens.nrows();
-    let mut parts = Vec::new();
-    for start in (0..b).step_by(CHUNK) {
-        let end = (start + CHUNK).min(b);
-        let mut l = engine.logits(
-            adapter,
-            features.slice(s![start..end, .., ..]),
-            has_image.slice(s![start..end]),
-            tokens.slice(s![start..end, ..]),
-        )?;
-        for mut row in l.lanes_mut(Axis(2)) {
-            let lp = log_softmax(row.view());
-            row.iter_mut().zip(lp).for_each(|(x, v)| *x = v as f32);
-        }
-        parts.push(l);
+    let mut l = forward(engine, adapter, features, images, tokens)?;
+    for mut row in l.lanes_mut(Axis(2)) {
+        let lp = log_softmax(row.view());
+        row.iter_mut().zip(lp).for_each(|(x, v)| *x = v as f32);
     }
-    if parts.is_empty() {
-        return engine.logits(adapter, features, has_image, tokens);
-    }
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(0), &views).map_err(|e| ModelError::Shape(e.to_string()))
+    Ok(l)
 }
 
 /// log-softmax of one logit row in f64.

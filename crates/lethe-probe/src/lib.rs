@@ -20,6 +20,44 @@ pub use parity::{guided_parity, probe_parity, ParityReport};
 pub use train::TractTrainStep;
 
 use lethe_model::ModelError;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+/// The threads tract's matrix products and element-wise kernels run on: one pool per engine,
+/// used only while that engine runs a plan. tract splits a product by output panels and a
+/// reduction by rows, never inside one sum, so results are bit for bit those of one thread
+/// (the parity tests compare answers and log-probabilities across engines either way).
+#[derive(Clone)]
+pub(crate) struct Threads {
+    executor: Executor,
+    count: usize,
+}
+
+impl Threads {
+    /// `n` threads (at least 1); one thread runs on the caller alone, with no pool.
+    pub(crate) fn new(n: usize) -> Threads {
+        let count = n.max(1);
+        let executor = if count == 1 {
+            Executor::SingleThread
+        } else {
+            Executor::multithread_with_name(count, "lethe-tract")
+        };
+        Threads { executor, count }
+    }
+
+    /// One thread per core this process may use.
+    pub(crate) fn per_core() -> Threads {
+        Threads::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Runs `f` with tract's kernels on these threads.
+    pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> R {
+        multithread_tract_scope(self.executor.clone(), f)
+    }
+}
 
 /// Wraps a tract error with context.
 pub(crate) fn tract_err(

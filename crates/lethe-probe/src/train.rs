@@ -4,7 +4,7 @@
 //! `TrainStep`, so the two can be compared step for step.
 
 use crate::engine::load_plan;
-use crate::tract_err;
+use crate::{tract_err, Threads};
 use lethe_model::{ModelError, Package, Result, StepLosses, TrainBatch, TrainShape, TrainState};
 use ndarray::{arr0, Array1, Ix1};
 use tract_onnx::prelude::*;
@@ -13,6 +13,7 @@ use tract_onnx::prelude::*;
 pub struct TractTrainStep {
     plan: Arc<TypedRunnableModel>,
     shape: TrainShape,
+    threads: Threads,
 }
 
 impl TractTrainStep {
@@ -36,6 +37,7 @@ impl TractTrainStep {
         Ok(TractTrainStep {
             plan,
             shape: TrainShape::from_package(pkg),
+            threads: Threads::per_core(),
         })
     }
 
@@ -66,9 +68,10 @@ impl TractTrainStep {
             Tensor::from(arr0(w_ce)).into_tvalue(),
             Tensor::from(arr0(w_kl)).into_tvalue(),
         ];
+        let plan = &self.plan;
         let outs = self
-            .plan
-            .run(inputs)
+            .threads
+            .run(|| plan.run(inputs))
             .map_err(tract_err("running train_step.onnx"))?;
         let scalar = |i: usize| -> Result<f32> {
             Ok(*outs[i]

@@ -140,3 +140,97 @@ fn guided_answers_are_the_greedy_answers_on_both_engines_whatever_the_guess() {
         );
     }
 }
+
+/// Teacher forcing runs on the cache graphs (`generate::forward`: decoder_prefix once per
+/// image, then decoder_step over every text position) instead of decoder.onnx, which an
+/// agent no longer loads. It must be the same function: on both engines, against the whole
+/// decoder and the JAX fixture, with text-only rows and a repeated image.
+#[test]
+fn forward_on_the_cache_graphs_is_the_whole_decoder() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let adapter = pkg.adapter().unwrap();
+    let b = &fx.batch;
+    let images: Vec<Option<usize>> = b
+        .has_image
+        .iter()
+        .enumerate()
+        .map(|(r, &h)| (h > 0.0).then_some(r))
+        .collect();
+    assert!(images.iter().any(Option::is_none) && images.iter().any(Option::is_some));
+    let engines: Vec<Box<dyn Engine>> = vec![
+        Box::new(OrtEngine::new(&pkg, &SessionOptions::default()).unwrap()),
+        Box::new(TractEngine::new(&pkg).unwrap()),
+    ];
+    for mut e in engines {
+        let whole = e
+            .logits(
+                adapter.as_slice(),
+                b.features.view(),
+                b.has_image.view(),
+                b.tokens.view(),
+            )
+            .unwrap();
+        let cached = lethe_model::generate::forward(
+            e.as_mut(),
+            adapter.as_slice(),
+            b.features.view(),
+            &images,
+            b.tokens.view(),
+        )
+        .unwrap();
+        let d = max_abs_diff(&cached, &whole);
+        let dj = max_abs_diff(&cached, &fx.expect_logits);
+        println!(
+            "{}: cache graphs vs decoder.onnx {d:.3e}, vs JAX {dj:.3e}",
+            e.name()
+        );
+        assert!(d <= 1e-4, "{}: {d}", e.name());
+        assert!(dj <= 1e-3, "{}: {dj}", e.name());
+        // Rows that share an image share one prefix row: the first row twice gives the
+        // same logits twice.
+        let twice = [images[0], images[0]];
+        let tk = b.tokens.select(ndarray::Axis(0), &[0, 0]);
+        let two = lethe_model::generate::forward(
+            e.as_mut(),
+            adapter.as_slice(),
+            b.features.view(),
+            &twice,
+            tk.view(),
+        )
+        .unwrap();
+        assert_eq!(
+            two.slice(ndarray::s![0, .., ..]),
+            two.slice(ndarray::s![1, .., ..])
+        );
+    }
+}
+
+/// tract's kernels split work between threads by output panels and rows, never inside a
+/// sum: verification on two threads gives bit for bit the logits of one.
+#[test]
+fn tract_on_two_threads_computes_what_one_thread_does() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let adapter = pkg.adapter().unwrap();
+    let b = &fx.batch;
+    let images: Vec<Option<usize>> = (0..b.tokens.nrows()).map(Some).collect();
+    let mut run = |threads: usize| {
+        let mut e = TractEngine::with_threads(&pkg, threads).unwrap();
+        assert_eq!(e.threads(), threads);
+        lethe_model::generate::forward(
+            &mut e,
+            adapter.as_slice(),
+            b.features.view(),
+            &images,
+            b.tokens.view(),
+        )
+        .unwrap()
+    };
+    let one = run(1);
+    let two = run(2);
+    assert!(one
+        .iter()
+        .zip(&two)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}

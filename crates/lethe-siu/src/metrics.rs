@@ -27,7 +27,7 @@ use crate::facets::Language;
 use lethe_model::generate::{answer_guided, answer_guided_scored, encode_images, logprobs, score};
 use lethe_model::{Engine, Query, Result, Tokenizer};
 use lethe_model::{Probe, ProbeSet, Wordings};
-use ndarray::{Array1, Array2, Array4, Axis};
+use ndarray::{Array2, Array4, Axis};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -433,13 +433,18 @@ fn stranger_answer(lang: &Language, kind: Kind) -> &str {
 /// adapter and of the image, so a hit is the answer that adapter gives to that image.
 /// Nothing about the concept is kept: its images are never keyed and questions about it are
 /// never stored. Holds the [`MEMO_ADAPTERS`] adapters used last and at most
-/// [`MEMO_ANSWERS`] answers.
+/// [`MEMO_ANSWERS`] answers, and the vision features of the last set of those images. One
+/// memo serves one engine (features and answers are that engine's).
 #[derive(Debug, Default)]
 pub struct AnswerMemo {
     answers: HashMap<MemoKey, (String, Option<Vec<f64>>)>,
     /// The adapters held, least recently used first.
     adapters: VecDeque<[u8; 32]>,
     hits: usize,
+    /// The vision features of the last set of other people's images (the package's own
+    /// probe images, never the concept's), keyed by the digest of their digests: the
+    /// vision graph is frozen, so they are the same for every adapter.
+    others_features: Option<([u8; 32], ndarray::Array3<f32>)>,
 }
 
 /// (adapter digest, image digest or zeros for a text question, question).
@@ -757,16 +762,22 @@ pub fn evaluate_with(
 ) -> Result<Metrics> {
     let c = &set.concept;
     let p = plan(lang, set);
-    let f = Features {
-        train: encode_images(engine, set.train_image.view())?,
-        concept: encode_images(engine, set.concept_images.view())?,
-        others: encode_images(engine, set.other_images.view())?,
-    };
     let images: Vec<[u8; 32]> = set
         .other_images
         .outer_iter()
         .map(|im| digest_f32(im.iter()))
         .collect();
+    let others_key: [u8; 32] = Sha256::digest(images.concat()).into();
+    let others = match memo.others_features.take() {
+        Some((k, f)) if k == others_key => f,
+        _ => encode_images(engine, set.other_images.view())?,
+    };
+    memo.others_features = Some((others_key, others.clone()));
+    let f = Features {
+        train: encode_images(engine, set.train_image.view())?,
+        concept: encode_images(engine, set.concept_images.view())?,
+        others,
+    };
     let g = Guesses::knowing(lang, &p, set);
     let m = MemoUse {
         adapter: digest_f32(before),
@@ -985,9 +996,9 @@ fn c_dis(
         .collect::<Result<Vec<_>>>()?;
     let t_len = tok.text_len();
     let tokens = Array2::from_shape_fn((n, t_len), |(r, k)| seqs[r].inputs[k]);
-    let has = Array1::ones(n);
-    let lb = logprobs(engine, before, cf.view(), has.view(), tokens.view())?;
-    let la = logprobs(engine, after, cf.view(), has.view(), tokens.view())?;
+    let images: Vec<Option<usize>> = (0..n).map(Some).collect();
+    let lb = logprobs(engine, before, cf.view(), &images, tokens.view())?;
+    let la = logprobs(engine, after, cf.view(), &images, tokens.view())?;
     let (mut sum, mut cnt) = (0.0f64, 0usize);
     for (r, sq) in seqs.iter().enumerate() {
         for t in 0..t_len {

@@ -504,13 +504,7 @@ pub fn forget(
     let (all_f, all_h) = gather_features(feats.view(), &views_of)?;
     let t_len = tok.text_len();
     let all_tokens = Array2::from_shape_fn((toks.len(), t_len), |(r, c)| toks[r].tokens[c]);
-    let ref_lp = logprobs(
-        engine,
-        anchor,
-        all_f.view(),
-        all_h.view(),
-        all_tokens.view(),
-    )?;
+    let ref_lp = logprobs(engine, anchor, feats.view(), &views_of, all_tokens.view())?;
     // K_V: the concept's name tokens and, for SIU, every name forgotten before.
     let mut masked = tok.encode(&concept)?;
     if opts.method == Method::Siu {
