@@ -114,6 +114,38 @@ def sds(shape, dt=jnp.float32):
     return jax.ShapeDtypeStruct(shape, dt)
 
 
+def einsums_as_matmuls(m):
+    """jax2onnx writes every dense layer and its gradients as Einsum. ONNX Runtime's Einsum
+    transposes and copies around a generic contraction; the same products as MatMul run on
+    its fused GEMM path (measured on this package: train step 21.6 -> 18.5 ms, decoder step
+    13.8 -> 9.3 ms, 2 threads; outputs equal within 1e-5). The three contractions jax2onnx
+    emits are rewritten exactly; any other equation stops the export."""
+    from onnx import helper
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "Einsum":
+            nodes.append(n)
+            continue
+        eq = next(a.s.decode() for a in n.attribute if a.name == "equation")
+        x, w = n.input
+        out = n.output[0]
+        if eq == "abc,cd->abd":  # activations [a,b,c] @ weight [c,d]
+            nodes.append(helper.make_node("MatMul", [x, w], [out], name=n.name + "/matmul"))
+        elif eq == "abc,dc->abd":  # activations [a,b,c] @ weight[d,c]^T (gradient wrt input)
+            nodes.append(helper.make_node("Transpose", [w], [out + "/wT"], perm=[1, 0], name=n.name + "/transpose"))
+            nodes.append(helper.make_node("MatMul", [x, out + "/wT"], [out], name=n.name + "/matmul"))
+        elif eq == "abc,abd->cd":  # sum over a, b of x[a,b,c] y[a,b,d] (weight gradient)
+            nodes.append(helper.make_node("Flatten", [x], [out + "/x2"], axis=2, name=n.name + "/flatten_x"))
+            nodes.append(helper.make_node("Flatten", [w], [out + "/y2"], axis=2, name=n.name + "/flatten_y"))
+            nodes.append(helper.make_node("Transpose", [out + "/x2"], [out + "/x2T"], perm=[1, 0], name=n.name + "/transpose"))
+            nodes.append(helper.make_node("MatMul", [out + "/x2T", out + "/y2"], [out], name=n.name + "/matmul"))
+        else:
+            raise SystemExit(f"export: no MatMul form for Einsum {eq!r} ({n.name})")
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
 def export(fn, specs, names, outs, path, grown_outputs=()):
     """grown_outputs: outputs whose axis 2 is a sum of symbolic dims (K + S). jax2onnx writes
     such a dim as its first term (K), which tract then refuses to unify with K + S: that
@@ -121,6 +153,7 @@ def export(fn, specs, names, outs, path, grown_outputs=()):
     t = time.time()
     m = to_onnx(fn, specs, model_name=os.path.basename(path)[:-5], opset=18, input_names=names, output_names=outs)
     m.ir_version = min(m.ir_version, 10)
+    m = einsums_as_matmuls(m)
     if grown_outputs:
         del m.graph.value_info[:]
         for o in m.graph.output:

@@ -438,6 +438,12 @@ fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Resu
         // at the same speed (the graphs are small; malloc is not what a run waits on).
         .with_memory_pattern(false)
         .map_err(err)?;
+    // Worker threads sleep as soon as a run ends instead of spinning for more work. The
+    // agent holds several sessions (vision, prefix, step, train step) next to tract's
+    // threads on the same two cores: a session's spinning workers took the cores from the
+    // next session's run (the update, 1.11 s with spinning, 0.62 s without; the train step
+    // in the benchmark moved between 22 and 40 ms from one process to the next).
+    builder = builder.with_intra_op_spinning(false).map_err(err)?;
     let mut eps: Vec<_> = register
         .iter()
         .filter_map(|p| dispatch(*p, &opts.gpu))

@@ -25,18 +25,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time_n(n: usize, warm: usize, mut f: impl FnMut()) -> f64 {
+/// Milliseconds of each of `n` calls of `f` after `warm` unmeasured ones.
+fn samples(n: usize, warm: usize, mut f: impl FnMut()) -> Vec<f64> {
     for _ in 0..warm {
         f();
     }
-    median(
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+fn time_n(n: usize, warm: usize, f: impl FnMut()) -> f64 {
+    median(samples(n, warm, f))
+}
+
+/// "min / quartiles / max" of samples, for the spread of a timing.
+fn spread(mut v: Vec<f64>) -> String {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "min {:.1}, quartiles {:.1} / {:.1} / {:.1}, max {:.1} ms",
+        q(0.0),
+        q(0.25),
+        q(0.5),
+        q(0.75),
+        q(1.0)
     )
 }
 
@@ -57,18 +74,19 @@ fn main() {
     let mut tract_step = TractTrainStep::new(&pkg).expect("tract train step");
     let tract_load = t.elapsed().as_secs_f64();
 
-    let ort_ms = time_n(n, 3, || {
+    let ort_samples = samples(n, 3, || {
         let mut s = fx.state.clone();
         ort_step
             .run(&mut s, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
             .expect("ORT step");
     });
-    let tract_ms = time_n(n, 3, || {
+    let tract_samples = samples(n, 3, || {
         let mut s = fx.state.clone();
         tract_step
             .run(&mut s, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
             .expect("tract step");
     });
+    let (ort_ms, tract_ms) = (median(ort_samples.clone()), median(tract_samples.clone()));
     let jax = fx.jax_jit_step_ms;
     let flop = train_step_flop(&pkg);
     let peak = peak_gflops() * opts.intra_threads as f64;
@@ -112,6 +130,8 @@ fn main() {
         ort_ms / (flop / peak / 1e6),
         100.0 * flop / tract_ms / 1e6 / peak,
     );
+    println!("ORT step: {}", spread(ort_samples));
+    println!("tract step: {}", spread(tract_samples));
     match jax {
         Some(j) => println!(
             "{:<22} {:>10.2} {:>9} {:>9} {:>9}",

@@ -20,7 +20,7 @@ use lethe_model::generate::{answer_guided, encode_images, gather_features, logpr
 use lethe_model::{
     Adapter, Engine, ModelError, Package, Query, StepLosses, Tokenizer, TrainBatch, TrainState,
 };
-use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView4, Axis};
+use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Axis};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -499,12 +499,13 @@ pub fn forget(
         .map(|s| masks::tokenise(s, &tok))
         .collect::<Result<_, _>>()?;
 
-    // Reference log-probs of the anchor model, once.
+    // Reference log-probs of the anchor model, computed for a row the first time a batch
+    // draws it.
     let views_of: Vec<Option<usize>> = toks.iter().map(|t| t.view).collect();
     let (all_f, all_h) = gather_features(feats.view(), &views_of)?;
     let t_len = tok.text_len();
     let all_tokens = Array2::from_shape_fn((toks.len(), t_len), |(r, c)| toks[r].tokens[c]);
-    let ref_lp = logprobs(engine, anchor, feats.view(), &views_of, all_tokens.view())?;
+    let mut ref_lp = RefLogprobs::new(toks.len(), t_len, tok.vocab_size());
     // K_V: the concept's name tokens and, for SIU, every name forgotten before.
     let mut masked = tok.encode(&concept)?;
     if opts.method == Method::Siu {
@@ -535,7 +536,8 @@ pub fn forget(
     let mut stop_reason = format!("step budget of {} spent", opts.max_steps);
     for k in 0..opts.max_steps {
         let rows = sampler.next_batch();
-        let batch = make_batch(&toks, &rows, &all_f, &all_h, &ref_lp, &vmask);
+        ref_lp.fill(engine, anchor, feats.view(), &views_of, &all_tokens, &rows)?;
+        let batch = make_batch(&toks, &rows, &all_f, &all_h, &ref_lp.lp, &vmask);
         let lr = opts.lr_at(k);
         let ts = Instant::now();
         let losses = step(&mut state, &batch, lr, opts.w_ce, opts.w_kl)?;
@@ -754,6 +756,58 @@ impl Sampler {
             }
         }
         rows
+    }
+}
+
+/// The anchor model's log-probabilities of the training rows (the KL term's reference),
+/// each computed the first time a batch draws its row: a forget stops after 10-14 steps of
+/// 8 rows, so about half of the ~200 facet rows are never drawn and never scored. A row's
+/// values do not depend on when, or with which other rows, it was scored.
+struct RefLogprobs {
+    /// `[rows, T, V]`; a row is meaningful once `have[row]`.
+    lp: Array3<f32>,
+    have: Vec<bool>,
+}
+
+impl RefLogprobs {
+    fn new(rows: usize, t_len: usize, vocab: usize) -> RefLogprobs {
+        RefLogprobs {
+            lp: Array3::zeros((rows, t_len, vocab)),
+            have: vec![false; rows],
+        }
+    }
+
+    /// Scores the rows of `rows` not scored yet, in one batch.
+    fn fill(
+        &mut self,
+        engine: &mut dyn Engine,
+        anchor: &[f32],
+        feats: ArrayView3<f32>,
+        views_of: &[Option<usize>],
+        tokens: &Array2<i32>,
+        rows: &[usize],
+    ) -> Result<(), SiuError> {
+        let mut missing: Vec<usize> = rows.iter().copied().filter(|&r| !self.have[r]).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let images: Vec<Option<usize>> = missing.iter().map(|&r| views_of[r]).collect();
+        let lp = logprobs(
+            engine,
+            anchor,
+            feats,
+            &images,
+            tokens.select(Axis(0), &missing).view(),
+        )?;
+        for (k, &r) in missing.iter().enumerate() {
+            self.lp
+                .slice_mut(s![r, .., ..])
+                .assign(&lp.slice(s![k, .., ..]));
+            self.have[r] = true;
+        }
+        Ok(())
     }
 }
 
