@@ -215,7 +215,7 @@ fn tract_on_two_threads_computes_what_one_thread_does() {
     let adapter = pkg.adapter().unwrap();
     let b = &fx.batch;
     let images: Vec<Option<usize>> = (0..b.tokens.nrows()).map(Some).collect();
-    let mut run = |threads: usize| {
+    let run = |threads: usize| {
         let mut e = TractEngine::with_threads(&pkg, threads).unwrap();
         assert_eq!(e.threads(), threads);
         lethe_model::generate::forward(
