@@ -26,6 +26,10 @@ pub const ORT_LIB_NAME: &str = "libonnxruntime.so.1.31.1";
 /// Environment variable naming the library to load (set it on a Jetson).
 pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
+/// Intra-op threads of ONNX Runtime's one process-wide pool, which every session uses (a
+/// Jetson-class CPU shares its cores with the camera's own work).
+pub const ORT_THREADS: usize = 2;
+
 /// An ONNX Runtime execution provider Lethe can ask for. On a Jetson the train step runs on
 /// TensorRT or CUDA; here (PyPI's CPU library) only `Cpu` is in the library, and a session
 /// asked for a GPU provider falls back along [`Provider::chain_from`] to the CPU.
@@ -102,8 +106,6 @@ pub struct GpuOptions {
 /// How ONNX Runtime sessions are built.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
-    /// Intra-op threads per session (default 2: a Jetson-class CPU shares its cores).
-    pub intra_threads: usize,
     /// The preferred execution provider; sessions fall back along its chain.
     pub provider: Provider,
     /// GPU provider options.
@@ -113,7 +115,6 @@ pub struct SessionOptions {
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
-            intra_threads: 2,
             provider: Provider::Cpu,
             gpu: GpuOptions::default(),
         }
@@ -121,12 +122,6 @@ impl Default for SessionOptions {
 }
 
 impl SessionOptions {
-    /// Sets the number of intra-op threads.
-    pub fn intra_threads(&mut self, n: usize) -> &mut Self {
-        self.intra_threads = n.max(1);
-        self
-    }
-
     /// Sets the preferred execution provider.
     pub fn provider(&mut self, p: Provider) -> &mut Self {
         self.provider = p;
@@ -367,16 +362,25 @@ fn init_environment() -> std::result::Result<Environment, String> {
             path.display()
         )
     })?;
-    builder
+    // One intra-op pool for every session, not one per session. The agent holds five
+    // sessions (vision, prefix, step, train step) that run in turn on two cores; with a
+    // pool each, the workers of one session spun on the cores the next session's run
+    // needed (the update took 1.11 s; 0.62 s with spinning off, 0.54 s with one spinning
+    // pool; the train step alone 27.6 ms without spinning, 18-25 ms with the one pool).
+    let pool = ort::environment::GlobalThreadPoolOptions::default()
+        .with_intra_threads(ORT_THREADS)
+        .and_then(|p| p.with_spin_control(true))
+        .map_err(|e| format!("ONNX Runtime thread pool: {e}"))?;
+    let builder = builder
         .with_name("lethe")
         .with_telemetry(false)
-        .build()
-        .map_err(|e| {
-            format!(
-                "cannot initialise ONNX Runtime from {}: {e}. {hint}",
-                path.display()
-            )
-        })
+        .with_global_thread_pool(pool);
+    builder.build().map_err(|e| {
+        format!(
+            "cannot initialise ONNX Runtime from {}: {e}. {hint}",
+            path.display()
+        )
+    })
 }
 
 /// Builds a session for one graph file, trying the providers of `opts.provider`'s chain in
@@ -428,8 +432,6 @@ fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Resu
         // `All` (ORT_ENABLE_ALL, 99) exists in every ONNX Runtime; `Level3` is 1.22+ only.
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?
-        .with_intra_threads(opts.intra_threads.max(1))
-        .map_err(err)?
         // Warnings (e.g. unused initializers of JAX-exported graphs) are noise on a CLI.
         .with_log_level(LogLevel::Error)
         .map_err(err)?
@@ -438,12 +440,6 @@ fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Resu
         // at the same speed (the graphs are small; malloc is not what a run waits on).
         .with_memory_pattern(false)
         .map_err(err)?;
-    // Worker threads sleep as soon as a run ends instead of spinning for more work. The
-    // agent holds several sessions (vision, prefix, step, train step) next to tract's
-    // threads on the same two cores: a session's spinning workers took the cores from the
-    // next session's run (the update, 1.11 s with spinning, 0.62 s without; the train step
-    // in the benchmark moved between 22 and 40 ms from one process to the next).
-    builder = builder.with_intra_op_spinning(false).map_err(err)?;
     let mut eps: Vec<_> = register
         .iter()
         .filter_map(|p| dispatch(*p, &opts.gpu))

@@ -89,14 +89,14 @@ fn main() {
     let (ort_ms, tract_ms) = (median(ort_samples.clone()), median(tract_samples.clone()));
     let jax = fx.jax_jit_step_ms;
     let flop = train_step_flop(&pkg);
-    let peak = peak_gflops() * opts.intra_threads as f64;
+    let peak = peak_gflops() * lethe_model::runtime::ORT_THREADS as f64;
 
     println!(
         "train step of {} (Bt={}, P={}), median of {n} after 3 warm-ups, ORT {} intra-op threads",
         pkg.manifest().model_id,
         pkg.train_batch(),
         pkg.adapter_len(),
-        opts.intra_threads
+        lethe_model::runtime::ORT_THREADS
     );
     println!(
         "{:<22} {:>10} {:>9} {:>9} {:>9}",
@@ -125,7 +125,7 @@ fn main() {
         flop / ort_ms / 1e6,
         flop / tract_ms / 1e6,
         peak,
-        opts.intra_threads,
+        lethe_model::runtime::ORT_THREADS,
         100.0 * flop / ort_ms / 1e6 / peak,
         ort_ms / (flop / peak / 1e6),
         100.0 * flop / tract_ms / 1e6 / peak,
