@@ -457,9 +457,11 @@ impl Engine for OrtEngine {
         tokens: ArrayView2<i32>,
         positions: ArrayView2<i32>,
     ) -> Result<(Array3<f32>, KvCache)> {
-        let (logits, cache) = self.run_step(adapter, past, past_mask, tokens, positions, true)?;
-        let cache = cache.ok_or_else(|| ModelError::Shape("decoder_step.onnx: no cache".into()))?;
-        Ok((logits, cache))
+        let (logits, rest) = self.run_step(adapter, past, past_mask, tokens, positions, true)?;
+        match rest {
+            Some(arrays) => Ok((logits, cache_from(arrays, "decoder_step.onnx")?)),
+            None => Ok(self.dims.empty_step(past, &tokens)),
+        }
     }
 
     fn step_logits(
@@ -477,7 +479,8 @@ impl Engine for OrtEngine {
 }
 
 impl OrtEngine {
-    /// decoder_step.onnx; the grown cache is copied out only `with_cache`.
+    /// decoder_step.onnx: the logits, and the grown cache's arrays when `with_cache`
+    /// (`None` for an empty batch, which is not run).
     fn run_step(
         &mut self,
         adapter: &[f32],
@@ -486,13 +489,12 @@ impl OrtEngine {
         tokens: ArrayView2<i32>,
         positions: ArrayView2<i32>,
         with_cache: bool,
-    ) -> Result<(Array3<f32>, Option<KvCache>)> {
+    ) -> Result<(Array3<f32>, Option<Vec<ndarray::ArrayD<f32>>>)> {
         let b = self
             .dims
             .check_step(adapter, past, &past_mask, &tokens, &positions)?;
         if b == 0 {
-            let (logits, cache) = self.dims.empty_step(past, &tokens);
-            return Ok((logits, Some(cache)));
+            return Ok((self.dims.empty_step(past, &tokens).0, None));
         }
         let e = ModelError::ort;
         let kv: Vec<_> = past
@@ -556,11 +558,6 @@ impl OrtEngine {
             .remove(0)
             .into_dimensionality::<Ix3>()
             .map_err(|e| ModelError::Shape(format!("decoder_step.onnx logits: {e}")))?;
-        let cache = if with_cache {
-            Some(cache_from(arrays, "decoder_step.onnx")?)
-        } else {
-            None
-        };
-        Ok((logits, cache))
+        Ok((logits, Some(arrays)))
     }
 }
