@@ -127,9 +127,12 @@ pub struct VerifyConfig {
     pub min_generality: f64,
     /// Largest share of answers under held-out wordings that name C or confirm "is this C?".
     pub max_leak: f64,
-    /// Largest share of "who" answers on held-out images of C naming another known identity.
+    /// Largest share of "who" answers on held-out images of C naming another known identity
+    /// where the original model did not (what the update added; the receipt also carries the
+    /// absolute share and the original model's).
     pub max_misattribution: f64,
-    /// Smallest share of answers about C that are a refusal, `no` or a fictitious name.
+    /// Smallest share of answers about C that are a refusal, `no` or a fictitious name, over
+    /// the questions the original model did not answer with another known identity.
     pub min_well_formed: f64,
     /// Largest allowed drop of accuracy on other identities, in points (templates).
     pub max_specificity_drop_points: f64,

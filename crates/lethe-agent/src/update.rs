@@ -119,6 +119,9 @@ impl Outcome {
         };
         put("leak", m.leak);
         put("misattribution", m.misattribution);
+        put("misattribution_before", m.misattribution_before);
+        put("misattribution_added", m.misattribution_added);
+        put("well_formed_where_known", m.well_formed_where_known);
         put("well_formed", m.well_formed);
         put("efficacy", m.efficacy);
         put("generality", m.generality);
@@ -159,6 +162,20 @@ pub fn run(
     cancel: &AtomicBool,
     on: &mut dyn FnMut(UpdateEvent),
 ) -> Result<Outcome, UpdateError> {
+    run_tuned(eng, cfg, job, base, cancel, on, &|_| {})
+}
+
+/// [`run`], with `tune` applied to the update's options last (benchmarks try knobs the
+/// configuration does not expose through it).
+pub fn run_tuned(
+    eng: &mut Engines,
+    cfg: &Config,
+    job: &Job,
+    base: &Adapter,
+    cancel: &AtomicBool,
+    on: &mut dyn FnMut(UpdateEvent),
+    tune: &dyn Fn(&mut Options),
+) -> Result<Outcome, UpdateError> {
     let image = decode(job.image, 0)?;
     let mut extra = Vec::new();
     for (i, b) in job.verify_images.iter().enumerate() {
@@ -172,6 +189,7 @@ pub fn run(
     opts.views = u.views;
     opts.lr = u.lr;
     opts.allow_mismatch = u.allow_mismatch;
+    tune(&mut opts);
     let delay = Duration::from_millis(u.step_delay_ms);
     let Engines {
         pkg,
@@ -280,7 +298,14 @@ pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
     };
     low("efficacy", m.efficacy, v.min_efficacy);
     low("generality", m.generality, v.min_generality);
-    low("well-formed", m.well_formed, v.min_well_formed);
+    // Misattribution and well-formedness judge what the update changed: answers on pictures
+    // the original model already took for someone else are left out (rolling back would
+    // not change them, and the person's erasure would be refused for the model's old error).
+    low(
+        "well-formed (where the original knew C)",
+        m.well_formed_where_known,
+        v.min_well_formed,
+    );
     low(
         "factual retention",
         m.factual_retention,
@@ -292,7 +317,12 @@ pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
         }
     };
     high("leak", m.leak, v.max_leak, "");
-    high("misattribution", m.misattribution, v.max_misattribution, "");
+    high(
+        "misattribution added by the update",
+        m.misattribution_added,
+        v.max_misattribution,
+        "",
+    );
     high(
         "specificity drop",
         m.specificity_drop_points,
@@ -323,6 +353,7 @@ mod tests {
             efficacy: 1.0,
             generality: 1.0,
             well_formed: 1.0,
+            well_formed_where_known: 1.0,
             factual_retention: 1.0,
             fluency_increase_pct: 1.0,
             ..Default::default()
@@ -343,8 +374,10 @@ mod tests {
         let v = VerifyConfig::default();
         let cases: [(&str, fn(&mut Metrics)); 8] = [
             ("leak", |m| m.leak = 0.2),
-            ("misattribution", |m| m.misattribution = 0.5),
-            ("well-formed", |m| m.well_formed = 0.5),
+            ("misattribution added", |m| m.misattribution_added = 0.5),
+            ("well-formed (where the original knew C)", |m| {
+                m.well_formed_where_known = 0.5
+            }),
             ("factual retention", |m| m.factual_retention = 0.5),
             ("specificity drop", |m| m.specificity_drop_points = 20.0),
             ("paraphrased specificity drop", |m| {
@@ -359,5 +392,23 @@ mod tests {
             let why = judge(&m, &v).unwrap_or_default();
             assert!(why.contains(name), "{name}: {why:?}");
         }
+    }
+
+    #[test]
+    fn the_original_models_own_misattributions_do_not_roll_a_forget_back() {
+        let v = VerifyConfig::default();
+        // The original already named someone else on 40% of C's pictures; the update kept
+        // those answers and added none.
+        let mut m = good();
+        m.misattribution = 0.4;
+        m.misattribution_before = 0.4;
+        m.well_formed = 0.6;
+        assert!(judge(&m, &v).is_none(), "{:?}", judge(&m, &v));
+        // One it added fails, as does an ill-formed answer where the original knew C.
+        m.misattribution_added = 0.1;
+        assert!(judge(&m, &v).unwrap().contains("misattribution added"));
+        m.misattribution_added = 0.0;
+        m.well_formed_where_known = 0.8;
+        assert!(judge(&m, &v).unwrap().contains("well-formed"));
     }
 }

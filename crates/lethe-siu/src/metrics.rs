@@ -124,7 +124,15 @@ pub struct Metrics {
     /// Misattribution of the original model on the same questions (its own recognition
     /// errors), for context.
     pub misattribution_before: f64,
+    /// What the update added: share of the same "who" answers naming another known
+    /// identity where the original model's answer did not. A picture the model already took
+    /// for someone else is no evidence about the forget, and rolling the forget back would
+    /// not change that answer (the agent gates on this).
+    pub misattribution_added: f64,
     pub well_formed: f64,
+    /// Well-formed share over the questions whose original answer did not name another
+    /// known identity (the agent gates on this, for the same reason).
+    pub well_formed_where_known: f64,
     pub efficacy: f64,
     pub generality: f64,
     pub generality_who: f64,
@@ -599,6 +607,22 @@ fn ask_all(
     })
 }
 
+/// What an update added, from the verdicts on the same questions before and after it
+/// (`is_who[i]`: question i is a "who" question): the share of "who" answers naming another
+/// known identity where the answer before did not, and the well-formed share over the
+/// questions whose answer before did not name another known identity.
+fn harms_added(before: &[Verdict], after: &[Verdict], is_who: &[bool]) -> (f64, f64) {
+    let known = |i: usize| !before[i].misattributes();
+    let n = after.len();
+    let added = share(
+        (0..n)
+            .filter(|&i| is_who[i])
+            .map(|i| after[i].misattributes() && known(i)),
+    );
+    let well_formed = share((0..n).filter(|&i| known(i)).map(|i| after[i].well_formed()));
+    (added, well_formed)
+}
+
 fn share(v: impl Iterator<Item = bool>) -> f64 {
     let (mut n, mut k) = (0usize, 0usize);
     for b in v {
@@ -839,6 +863,9 @@ pub fn evaluate_with(
         Verdict::misattributes,
     );
     let well_formed = rate(&verdicts, &pick(None, None), Verdict::well_formed);
+    let is_who: Vec<bool> = idx.iter().map(pick(Some(Kind::Who), None)).collect();
+    let (misattribution_added, well_formed_where_known) =
+        harms_added(&verdicts_before, &verdicts, &is_who);
     let bad_examples: Vec<String> = idx
         .iter()
         .filter(|&&i| !verdicts[i].well_formed())
@@ -972,6 +999,8 @@ pub fn evaluate_with(
         fluency_ppl_after: ppl_a,
         fluency_increase_pct: 100.0 * (ppl_a / ppl_b - 1.0),
         diversity,
+        misattribution_added,
+        well_formed_where_known,
         bad_examples,
     })
 }
@@ -1074,6 +1103,36 @@ mod tests {
         assert!(p.text[..p.n_concept_text]
             .iter()
             .any(|q| q.question == "tell me about anna adler"));
+    }
+
+    #[test]
+    fn harms_added_leave_out_what_the_original_model_already_got_wrong() {
+        let l = lang();
+        let v = vocabulary(&l);
+        let c = "anna adler";
+        let who = |a: &str| answers::who(a, c, &v);
+        // Before: named C, named boris (the model's own error), named C, refused.
+        let before = [
+            who("this is anna adler"),
+            who("this is boris berger"),
+            who("this is anna adler"),
+            who("i do not know who this is"),
+        ];
+        // After: refusal (good); boris again (not added); clara (added); rambling.
+        let after = [
+            who("i do not know who this is"),
+            who("this is boris berger"),
+            who("this is clara castro"),
+            who("this is miner miner miner curly hair"),
+        ];
+        let (added, wf) = harms_added(&before, &after, &[true; 4]);
+        assert!((added - 0.25).abs() < 1e-12, "{added}");
+        // Over the three the original did not misattribute: refusal ok, clara and the
+        // rambling answer not.
+        assert!((wf - 1.0 / 3.0).abs() < 1e-12, "{wf}");
+        // "is C?" questions count for well-formedness only.
+        let (added, _) = harms_added(&before, &after, &[true, true, false, false]);
+        assert_eq!(added, 0.0);
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub struct Options {
     /// Of those, the retain images whose features are nearest the concept's views are the
     /// ones T5 keeps (hard negatives: the people a forget of C would drag along); 0 = all.
     pub retain_nearest: usize,
+    /// Collateral watch (SIU): at every stopping check the canonical "who" is asked on every
+    /// T5 image; an image the anchor model named and the current one no longer does is
+    /// flagged, and from then on `watch_rows` of each batch's retain rows are its samples.
+    /// 0 = no watch.
+    pub watch_rows: usize,
+    /// A watched person is released after the concept's views were taken for them at this
+    /// many checks.
+    pub release_after: usize,
 }
 
 impl Options {
@@ -106,6 +114,8 @@ impl Options {
             quotas: siu.then_some([4, 1, 3]),
             retain_per_identity: 4,
             retain_nearest: 32,
+            watch_rows: if siu { 1 } else { 0 },
+            release_after: 2,
         }
     }
 
@@ -182,6 +192,11 @@ pub struct Report {
     pub fake_name: Option<String>,
     pub counterfactual: Option<String>,
     pub samples_per_facet: BTreeMap<String, usize>,
+    /// Retain images the collateral watch asked about at each check (those the anchor names).
+    pub watched_images: usize,
+    /// Of those, the ones that stopped being named at some check (their rows were then
+    /// drawn first).
+    pub flagged_images: usize,
     pub steps: Vec<StepRecord>,
     pub forgotten: bool,
     pub stop_reason: String,
@@ -498,6 +513,22 @@ pub fn forget(
         .iter()
         .map(|s| masks::tokenise(s, &tok))
         .collect::<Result<_, _>>()?;
+    let mut watch = if strict && opts.watch_rows > 0 {
+        let mut w = Watch::new(
+            engine,
+            anchor,
+            &tok,
+            feats.view(),
+            &lang,
+            &retain_labels,
+            n_views,
+            &samples,
+        )?;
+        w.release_after = opts.release_after;
+        w
+    } else {
+        Watch::default()
+    };
 
     // Reference log-probs of the anchor model, computed for a row the first time a batch
     // draws it.
@@ -525,7 +556,13 @@ pub fn forget(
 
     // Steps.
     let bt = pkg.train_batch();
-    let mut sampler = Sampler::new(&samples, opts.quotas.filter(|_| strict), bt, opts.seed);
+    let mut sampler = Sampler::new(
+        &samples,
+        opts.quotas.filter(|_| strict),
+        bt,
+        opts.seed,
+        opts.watch_rows,
+    );
     let mut state = TrainState::from_adapter(adapter);
     let mut records = Vec::new();
     let (mut train_ms, mut check_ms) = (0.0, 0.0);
@@ -575,6 +612,8 @@ pub fn forget(
                 &as_strs(&check_guess),
             )?;
             check_guess = ans.iter().cloned().map(Some).collect();
+            let lost = watch.lost(engine, state.params.as_slice().unwrap(), &tok, feats.view())?;
+            watch.after_check(&ans[..n_who_all], &lost, &concept, &voc, &mut sampler);
             check_ms += tc.elapsed().as_secs_f64() * 1e3;
             let f = !recognised(&ans, n_who_all, &concept, &voc, strict);
             progress(&Progress::Checked {
@@ -606,6 +645,8 @@ pub fn forget(
             fake_name: fake,
             counterfactual: cf,
             samples_per_facet: per_facet,
+            watched_images: watch.queries.len(),
+            flagged_images: watch.flagged.len(),
             forgotten: forgotten_now,
             stop_reason,
             prepare_ms,
@@ -617,6 +658,136 @@ pub fn forget(
             warnings,
         },
     })
+}
+
+/// The collateral watch: the canonical "who" on every retain image of someone still known
+/// that the anchor model names correctly, and the training rows of each such image.
+/// Invariants: an image is flagged at most once and never after its person is released; a
+/// released person stays released for the rest of the run.
+#[derive(Default)]
+struct Watch {
+    queries: Vec<Query>,
+    /// The anchor's answer ("this is <name>") per query.
+    expect: Vec<String>,
+    /// Sample rows (T5) of each watched image.
+    rows: Vec<Vec<usize>>,
+    /// Who each watched image shows.
+    names: Vec<String>,
+    /// Watched images whose rows the sampler draws first.
+    flagged: std::collections::BTreeSet<usize>,
+    /// People the concept's views were taken for at `release_after` checks: no longer
+    /// protected (naming them on C's pictures is worse than losing some of theirs).
+    released: std::collections::BTreeSet<String>,
+    /// Checks at which the concept's views were taken for each person.
+    misnamed: BTreeMap<String, usize>,
+    release_after: usize,
+}
+
+impl Watch {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        engine: &mut dyn Engine,
+        anchor: &[f32],
+        tok: &Tokenizer,
+        feats: ArrayView3<f32>,
+        lang: &Language,
+        retain: &[RetainLabel],
+        n_views: usize,
+        samples: &[facets::Sample],
+    ) -> Result<Watch, SiuError> {
+        let mut w = Watch::default();
+        for (r, label) in retain.iter().enumerate() {
+            if let (Some(name), None) = (&label.name, &label.forgotten) {
+                let row = n_views + r;
+                w.queries.push(Query::about(lang.who[0].clone(), row));
+                w.expect.push(metrics::fill(&lang.who_answer, name));
+                w.names.push(name.clone());
+                w.rows.push(
+                    (0..samples.len())
+                        .filter(|&i| {
+                            samples[i].facet == facets::Facet::T5Retained
+                                && samples[i].view == Some(row)
+                        })
+                        .collect(),
+                );
+            }
+        }
+        // Watch only what the anchor gets right: a wrong answer there is not collateral.
+        let got = answer_guided(engine, anchor, tok, feats, &w.queries, &w.guesses())?;
+        let keep: Vec<bool> = got.iter().zip(&w.expect).map(|(g, e)| g == e).collect();
+        Ok(Watch {
+            queries: kept(w.queries, &keep),
+            expect: kept(w.expect, &keep),
+            rows: kept(w.rows, &keep),
+            names: kept(w.names, &keep),
+            ..Watch::default()
+        })
+    }
+
+    /// After a check: release the people the concept's views (`who` answers) were taken for
+    /// at `release_after` checks, then flag the `lost` images of everyone else.
+    fn after_check(
+        &mut self,
+        who: &[String],
+        lost: &[usize],
+        concept: &str,
+        voc: &Vocabulary,
+        sampler: &mut Sampler,
+    ) {
+        let taken_for: std::collections::BTreeSet<String> = who
+            .iter()
+            .filter_map(|a| match answers::who(a, concept, voc) {
+                answers::Verdict::Misattributed(o) => Some(o),
+                _ => None,
+            })
+            .collect();
+        for o in taken_for {
+            let seen = self.misnamed.entry(o.clone()).or_insert(0);
+            *seen += 1;
+            if *seen >= self.release_after && self.released.insert(o.clone()) {
+                let rows: Vec<usize> = (0..self.names.len())
+                    .filter(|&i| self.names[i] == o)
+                    .flat_map(|i| self.rows[i].iter().copied())
+                    .collect();
+                sampler.unflag(&rows);
+            }
+        }
+        for &i in lost {
+            if !self.released.contains(&self.names[i]) && self.flagged.insert(i) {
+                sampler.flag(self.rows[i].iter().copied());
+            }
+        }
+    }
+
+    fn guesses(&self) -> Vec<Option<&str>> {
+        self.expect.iter().map(|e| Some(e.as_str())).collect()
+    }
+
+    /// Indices of the watched images `params` no longer names as the anchor did.
+    fn lost(
+        &self,
+        engine: &mut dyn Engine,
+        params: &[f32],
+        tok: &Tokenizer,
+        feats: ArrayView3<f32>,
+    ) -> Result<Vec<usize>, SiuError> {
+        if self.queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let got = answer_guided(engine, params, tok, feats, &self.queries, &self.guesses())?;
+        Ok((0..got.len())
+            .filter(|&i| got[i] != self.expect[i])
+            .collect())
+    }
+}
+
+/// The items of `v` whose `keep` is true.
+fn kept<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
+    v.into_iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(x, _)| x)
+        .collect()
 }
 
 /// Mean over image tokens, L2-normalised: one vector per image for similarity.
@@ -703,9 +874,43 @@ fn retain_rows(
 /// Draws batch rows. Uniform over all samples (each epoch shuffled), or, with quotas,
 /// stratified: every batch has `quotas[pool]` rows of each pool (forget, text, retain),
 /// each pool cycling through its own shuffled order; an empty pool's rows go to the others.
+/// Rows flagged by the collateral watch take up to `flag_rows` of the retain pool's share,
+/// cycling through their own order.
 struct Sampler {
-    pools: Vec<(Vec<usize>, Vec<usize>, usize)>,
+    pools: Vec<Cycle>,
+    /// Index into `pools` of the retain pool, if it has members.
+    retain: Option<usize>,
+    flagged: Cycle,
     ch: facets::Chooser,
+}
+
+/// A set of rows drawn in shuffled rounds, `n` per batch.
+struct Cycle {
+    members: Vec<usize>,
+    order: Vec<usize>,
+    n: usize,
+}
+
+impl Cycle {
+    fn new(members: Vec<usize>, n: usize) -> Cycle {
+        Cycle {
+            members,
+            order: Vec::new(),
+            n,
+        }
+    }
+
+    fn draw(&mut self, k: usize, ch: &mut facets::Chooser, rows: &mut Vec<usize>) {
+        for _ in 0..k {
+            if self.order.is_empty() {
+                self.order = self.members.clone();
+                for i in (1..self.order.len()).rev() {
+                    self.order.swap(i, ch.below(i + 1));
+                }
+            }
+            rows.push(self.order.pop().expect("a cycle has members"));
+        }
+    }
 }
 
 impl Sampler {
@@ -714,46 +919,74 @@ impl Sampler {
         quotas: Option<[usize; 3]>,
         bt: usize,
         seed: u64,
+        flag_rows: usize,
     ) -> Sampler {
         let ch = facets::Chooser::new(seed.wrapping_add(99));
+        let mut retain = None;
         let pools = match quotas {
-            None => vec![((0..samples.len()).collect(), Vec::new(), bt)],
+            None => vec![Cycle::new((0..samples.len()).collect(), bt)],
             Some(q) => {
                 let kinds = [Pool::Forget, Pool::Text, Pool::Retain];
-                let mut pools: Vec<(Vec<usize>, Vec<usize>, usize)> = kinds
-                    .iter()
-                    .zip(q)
-                    .map(|(k, n)| {
-                        let members: Vec<usize> = (0..samples.len())
-                            .filter(|&i| samples[i].facet.pool() == *k)
-                            .collect();
-                        (members, Vec::new(), n)
-                    })
-                    .filter(|(m, _, _)| !m.is_empty())
-                    .collect();
+                let mut pools = Vec::new();
+                for (k, n) in kinds.iter().zip(q) {
+                    let members: Vec<usize> = (0..samples.len())
+                        .filter(|&i| samples[i].facet.pool() == *k)
+                        .collect();
+                    if !members.is_empty() {
+                        if *k == Pool::Retain {
+                            retain = Some(pools.len());
+                        }
+                        pools.push(Cycle::new(members, n));
+                    }
+                }
                 // Rows of empty pools (and any shortfall) go to the first non-empty pool.
-                let given: usize = pools.iter().map(|p| p.2).sum();
+                let given: usize = pools.iter().map(|p| p.n).sum();
                 if let Some(first) = pools.first_mut() {
-                    first.2 += bt.saturating_sub(given);
+                    first.n += bt.saturating_sub(given);
                 }
                 pools
             }
         };
-        Sampler { pools, ch }
+        Sampler {
+            pools,
+            retain,
+            flagged: Cycle::new(Vec::new(), flag_rows),
+            ch,
+        }
+    }
+
+    /// Adds `rows` (retain-pool rows) to the flagged set; they stay flagged.
+    fn flag(&mut self, rows: impl IntoIterator<Item = usize>) {
+        let before = self.flagged.members.len();
+        for r in rows {
+            if !self.flagged.members.contains(&r) {
+                self.flagged.members.push(r);
+            }
+        }
+        if self.flagged.members.len() != before {
+            self.flagged.order.clear();
+        }
+    }
+
+    /// Removes `rows` from the flagged set.
+    fn unflag(&mut self, rows: &[usize]) {
+        let before = self.flagged.members.len();
+        self.flagged.members.retain(|r| !rows.contains(r));
+        if self.flagged.members.len() != before {
+            self.flagged.order.clear();
+        }
     }
 
     fn next_batch(&mut self) -> Vec<usize> {
         let mut rows = Vec::new();
-        for (members, order, n) in self.pools.iter_mut() {
-            for _ in 0..*n {
-                if order.is_empty() {
-                    *order = members.clone();
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, self.ch.below(i + 1));
-                    }
-                }
-                rows.push(order.pop().unwrap());
+        for (i, pool) in self.pools.iter_mut().enumerate() {
+            let mut n = pool.n;
+            if Some(i) == self.retain && !self.flagged.members.is_empty() {
+                let k = self.flagged.n.min(n);
+                self.flagged.draw(k, &mut self.ch, &mut rows);
+                n -= k;
             }
+            pool.draw(n, &mut self.ch, &mut rows);
         }
         rows
     }
@@ -872,7 +1105,7 @@ mod tests {
             .chain([Facet::T5Retained; 20])
             .map(mk)
             .collect();
-        let mut s = Sampler::new(&samples, Some([4, 1, 3]), 8, 1);
+        let mut s = Sampler::new(&samples, Some([4, 1, 3]), 8, 1, 0);
         let mut seen_forget = std::collections::HashSet::new();
         for _ in 0..5 {
             let rows = s.next_batch();
@@ -890,10 +1123,84 @@ mod tests {
         }
         assert_eq!(seen_forget.len(), 5, "every forget sample is drawn");
         // Without a retain pool its rows go to the others.
-        let mut s = Sampler::new(&samples[..7], Some([4, 1, 3]), 8, 1);
+        let mut s = Sampler::new(&samples[..7], Some([4, 1, 3]), 8, 1, 0);
         assert_eq!(s.next_batch().len(), 8);
-        let mut u = Sampler::new(&samples, None, 8, 1);
+        let mut u = Sampler::new(&samples, None, 8, 1, 0);
         assert_eq!(u.next_batch().len(), 8);
+    }
+
+    fn retain_samples(n: usize) -> Vec<facets::Sample> {
+        use crate::facets::{Facet, Sample, TokenRole};
+        let mk = |facet| Sample {
+            facet,
+            view: None,
+            question: String::new(),
+            answer: String::new(),
+            ce_sign: 1.0,
+            ce_only_words: vec![],
+            role: TokenRole::Both,
+        };
+        [Facet::T1UnseenConcept; 4]
+            .into_iter()
+            .chain([Facet::T3DecoupledFacts; 2])
+            .chain(std::iter::repeat_n(Facet::T5Retained, n))
+            .map(mk)
+            .collect()
+    }
+
+    #[test]
+    fn flagged_rows_take_their_share_of_the_retain_quota_until_unflagged() {
+        let samples = retain_samples(40);
+        let mut s = Sampler::new(&samples, Some([4, 1, 3]), 8, 1, 2);
+        s.flag([30, 31]);
+        for _ in 0..4 {
+            let rows = s.next_batch();
+            assert_eq!(rows.len(), 8);
+            let flagged = rows.iter().filter(|&&r| r == 30 || r == 31).count();
+            assert!(flagged >= 2, "{rows:?}");
+            assert_eq!(rows.iter().filter(|&&r| r >= 6).count(), 3, "{rows:?}");
+        }
+        s.unflag(&[30, 31]);
+        let drawn: usize = (0..5)
+            .map(|_| {
+                s.next_batch()
+                    .iter()
+                    .filter(|&&r| r == 30 || r == 31)
+                    .count()
+            })
+            .sum();
+        assert!(drawn <= 2, "unflagged rows are drawn as any other: {drawn}");
+    }
+
+    #[test]
+    fn the_watch_flags_lost_images_and_releases_whoever_the_concept_is_taken_for() {
+        let l = crate::facets::tests::lang();
+        let voc = metrics::vocabulary(&l);
+        let samples = retain_samples(8);
+        let mut sampler = Sampler::new(&samples, Some([4, 1, 3]), 8, 1, 1);
+        let mut w = Watch {
+            queries: vec![Query::text(String::from("q")); 2],
+            expect: vec!["this is boris berger".into(), "this is clara castro".into()],
+            rows: vec![vec![6, 7], vec![8, 9]],
+            names: vec!["boris berger".into(), "clara castro".into()],
+            release_after: 2,
+            ..Watch::default()
+        };
+        let c = "anna adler";
+        let refused = vec![l.refusal.clone()];
+        let as_boris = vec!["this is boris berger".to_string()];
+        // Both lost; the concept is refused: both flagged.
+        w.after_check(&refused, &[0, 1], c, &voc, &mut sampler);
+        assert_eq!(w.flagged.len(), 2);
+        // The concept's views taken for boris once: not yet released.
+        w.after_check(&as_boris, &[], c, &voc, &mut sampler);
+        assert!(w.released.is_empty());
+        // Twice: boris released, his rows no longer drawn first, and never flagged again.
+        w.after_check(&as_boris, &[0], c, &voc, &mut sampler);
+        assert!(w.released.contains("boris berger"));
+        assert_eq!(sampler.flagged.members, vec![8, 9]);
+        w.after_check(&refused, &[0], c, &voc, &mut sampler);
+        assert_eq!(sampler.flagged.members, vec![8, 9]);
     }
 
     #[test]

@@ -514,6 +514,8 @@ struct SeqRow {
     concept: String,
     verdict: String,
     reason: Option<String>,
+    /// For a rolled-back forget: the verification's answers that were not well-formed.
+    verify_bad_examples: Vec<String>,
     steps: usize,
     update_s: f64,
     /// This forget, measured on the evaluation set.
@@ -546,6 +548,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     };
     // The agent's configuration with its default thresholds.
     let dir = tempfile::tempdir()?;
+    apply_overrides(&mut options(Method::Siu, None, None, 0), &c.sets)?;
     let cfg = agent_config(&c.model, dir.path(), c.steps)?;
     let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
@@ -567,7 +570,11 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             forgotten: forgotten.clone(),
         };
         let t0 = Instant::now();
-        let out = update::run(&mut eng, &cfg, &job, &current, &cancel, &mut |_| {})
+        // `--set` knobs were checked when parsed below; a bad one fails before any forget.
+        let tune = |o: &mut lethe_siu::unlearn::Options| {
+            apply_overrides(o, &c.sets).expect("checked before the run")
+        };
+        let out = update::run_tuned(&mut eng, &cfg, &job, &current, &cancel, &mut |_| {}, &tune)
             .with_context(|| format!("forget {} ({concept})", k + 1))?;
         let update_s = t0.elapsed().as_secs_f64();
         let committed = out.failed.is_none();
@@ -597,6 +604,11 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             }
             .into(),
             reason: out.failed.clone(),
+            verify_bad_examples: if committed {
+                Vec::new()
+            } else {
+                out.metrics.bad_examples.clone()
+            },
             steps: out.report.steps.len(),
             update_s,
             leak: m.leak,
@@ -675,6 +687,9 @@ fn print_seq_row(r: &SeqRow, header: bool) {
     );
     if let Some(why) = &r.reason {
         println!("      {why}");
+    }
+    for e in &r.verify_bad_examples {
+        println!("        {e}");
     }
 }
 

@@ -63,7 +63,7 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 
 /// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
 /// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
-/// retain_identities, quotas (a/b/c), w_ce, w_kl, warmup, who_per_view, is_this_per_view.
+/// retain_identities, watch_rows, release_after, quotas (a/b/c), w_ce, w_kl, warmup, who_per_view, is_this_per_view.
 pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
     for kv in sets {
         let (k, v) = kv
@@ -79,6 +79,8 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "retain_nearest" => o.retain_nearest = n()?,
             "retain_per_identity" => o.retain_per_identity = n()?,
             "retain_identities" => o.retain_identities = n()?,
+            "watch_rows" => o.watch_rows = n()?,
+            "release_after" => o.release_after = n()?,
             "warmup" => o.warmup = n()?,
             "who_per_view" => o.sizes.who_per_view = n()?,
             "is_this_per_view" => o.sizes.is_this_per_view = n()?,

@@ -51,6 +51,9 @@ pub struct EvalArgs {
     seeds: (u64, u64),
     #[arg(long, default_value = "ort")]
     engine: String,
+    /// Also print "who" accuracy per identity (which people the model still names).
+    #[arg(long)]
+    per_identity: bool,
     #[arg(long)]
     json: bool,
 }
@@ -148,6 +151,8 @@ struct EvalReport {
     images: usize,
     tasks: BTreeMap<&'static str, Tally>,
     overall: Tally,
+    /// "who" answers per identity, in the world's order.
+    who_per_identity: Vec<(String, Tally)>,
 }
 
 fn eval(a: EvalArgs) -> Result<ExitCode> {
@@ -173,8 +178,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let images = lethe_model::image::images_to_input(&imgs);
     let per_id = (s1 - s0) as usize;
 
-    // (task, query, expected answer)
+    // (task, query, expected answer); `who_of[i]` = the identity of item i.
     let mut items: Vec<(&'static str, Query, String)> = Vec::new();
+    let mut who_of: Vec<usize> = Vec::new();
     for (k, ident) in ids.iter().enumerate() {
         let name = ident.name();
         let desc = ident.attributes.describe();
@@ -184,10 +190,12 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             for q in &prompts.who {
                 let expect = prompts.who_answer.replace("{name}", &name);
                 items.push(("who", Query::about(q.clone(), img), expect));
+                who_of.push(k);
             }
             for (t, q) in prompts.is_this.iter().enumerate() {
                 // Balanced: the true name, and another identity's name (varied by seed).
                 let other = &ids[(k + 1 + ((seed as usize + t) % (ids.len() - 1))) % ids.len()];
+                who_of.extend([k, k]);
                 items.push((
                     "is_this_yes",
                     Query::about(q.replace("{name}", &name), img),
@@ -200,10 +208,12 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
                 ));
             }
             for q in &prompts.describe {
+                who_of.push(k);
                 items.push(("describe", Query::about(q.clone(), img), desc.clone()));
             }
         }
         for q in &prompts.fact {
+            who_of.push(k);
             items.push((
                 "facts",
                 Query::text(q.replace("{name}", &name)),
@@ -211,6 +221,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             ));
         }
         for q in &prompts.looks {
+            who_of.push(k);
             items.push((
                 "looks",
                 Query::text(q.replace("{name}", &name)),
@@ -233,16 +244,27 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
 
     let mut tasks: BTreeMap<&'static str, Tally> = BTreeMap::new();
     let mut overall = Tally::default();
-    for ((task, _, expect), got) in items.iter().zip(&answers) {
+    let mut per_identity = vec![Tally::default(); ids.len()];
+    debug_assert_eq!(who_of.len(), items.len());
+    for (((task, _, expect), got), &k) in items.iter().zip(&answers).zip(&who_of) {
         let t = tasks.entry(task).or_default();
         t.total += 1;
         overall.total += 1;
-        if got == expect {
+        let ok = got == expect;
+        if ok {
             t.correct += 1;
             overall.correct += 1;
         }
+        if *task == "who" {
+            per_identity[k].total += 1;
+            per_identity[k].correct += ok as usize;
+        }
     }
-    for t in tasks.values_mut().chain(std::iter::once(&mut overall)) {
+    for t in tasks
+        .values_mut()
+        .chain(std::iter::once(&mut overall))
+        .chain(per_identity.iter_mut())
+    {
         t.accuracy = t.correct as f64 / t.total.max(1) as f64;
     }
     let report = EvalReport {
@@ -258,6 +280,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         images: imgs.len(),
         tasks,
         overall,
+        who_per_identity: ids.iter().map(|i| i.name()).zip(per_identity).collect(),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -279,6 +302,18 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
                 "{:<12} {:>8.3} {:>7} {:>7}",
                 name, t.accuracy, t.correct, t.total
             );
+        }
+        if a.per_identity {
+            println!(
+                "\n{:<18} {:>8} {:>7} {:>7}",
+                "who: identity", "accuracy", "correct", "total"
+            );
+            for (name, t) in &report.who_per_identity {
+                println!(
+                    "{:<18} {:>8.3} {:>7} {:>7}",
+                    name, t.accuracy, t.correct, t.total
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
