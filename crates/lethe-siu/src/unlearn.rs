@@ -16,7 +16,7 @@ use crate::facets::{self, Language, OriginalAnswers, Pool, RetainLabel, Sizes};
 use crate::masks::{self, TokSample};
 use crate::metrics;
 use crate::Method;
-use lethe_model::generate::{answer_guided, encode_images, gather_features, logprobs};
+use lethe_model::generate::{answer_guided, encode_images, gather_features, logprobs, score};
 use lethe_model::{
     Adapter, Engine, ModelError, Package, Query, StepLosses, Tokenizer, TrainBatch, TrainState,
 };
@@ -77,11 +77,15 @@ pub struct Options {
     /// Collateral watch (SIU): at every stopping check the canonical "who" is asked on every
     /// T5 image; an image the anchor model named and the current one no longer does is
     /// flagged, and from then on `watch_rows` of each batch's retain rows are its samples.
-    /// 0 = no watch (the default; `--set watch_rows=1` turns it on for benchmarks).
+    /// 0 = no watch.
     pub watch_rows: usize,
     /// A watched person is released after the concept's views were taken for them at this
     /// many checks.
     pub release_after: usize,
+    /// People left out of the watch: the `watch_skip` names the anchor finds likeliest on
+    /// the concept's views (confusers: protecting them brought C back, 15% leak on one
+    /// identity without this; ARCHITECTURE.md).
+    pub watch_skip: usize,
 }
 
 impl Options {
@@ -114,10 +118,9 @@ impl Options {
             quotas: siu.then_some([4, 1, 3]),
             retain_per_identity: 4,
             retain_nearest: 32,
-            // Off: it halves the specificity cost but a forget then leaks where the watch
-            // protects a look-alike (ARCHITECTURE.md, the collateral watch).
-            watch_rows: 0,
+            watch_rows: if siu { 1 } else { 0 },
             release_after: 2,
+            watch_skip: 1,
         }
     }
 
@@ -527,6 +530,15 @@ pub fn forget(
             &samples,
         )?;
         w.release_after = opts.release_after;
+        w.skip_confusers(
+            engine,
+            anchor,
+            &tok,
+            feats.view(),
+            &lang,
+            n_views,
+            opts.watch_skip,
+        )?;
         w
     } else {
         Watch::default()
@@ -726,6 +738,54 @@ impl Watch {
         })
     }
 
+    /// Leaves out of the watch the `k` people whose "this is <name>" the anchor finds
+    /// likeliest, on average over the concept's `n_views` views.
+    #[allow(clippy::too_many_arguments)]
+    fn skip_confusers(
+        &mut self,
+        engine: &mut dyn Engine,
+        anchor: &[f32],
+        tok: &Tokenizer,
+        feats: ArrayView3<f32>,
+        lang: &Language,
+        n_views: usize,
+        k: usize,
+    ) -> Result<(), SiuError> {
+        let mut people: Vec<String> = self.names.clone();
+        people.sort();
+        people.dedup();
+        if k == 0 || people.is_empty() {
+            return Ok(());
+        }
+        let (mut q, mut a) = (Vec::new(), Vec::new());
+        for p in &people {
+            for v in 0..n_views {
+                q.push(Query::about(lang.who[0].clone(), v));
+                a.push(metrics::fill(&lang.who_answer, p));
+            }
+        }
+        let lp = score(engine, anchor, tok, feats, &q, &a)?;
+        let logp: Vec<f64> = (0..people.len())
+            .map(|i| {
+                lp[i * n_views..(i + 1) * n_views]
+                    .iter()
+                    .map(|r| r.iter().sum::<f64>())
+                    .sum::<f64>()
+            })
+            .collect();
+        let skip = likeliest(&people, &logp, k);
+        let keep: Vec<bool> = self.names.iter().map(|n| !skip.contains(n)).collect();
+        let w = std::mem::take(self);
+        *self = Watch {
+            queries: kept(w.queries, &keep),
+            expect: kept(w.expect, &keep),
+            rows: kept(w.rows, &keep),
+            names: kept(w.names, &keep),
+            ..w
+        };
+        Ok(())
+    }
+
     /// After a check: release the people the concept's views (`who` answers) were taken for
     /// at `release_after` checks, then flag the `lost` images of everyone else.
     fn after_check(
@@ -781,6 +841,17 @@ impl Watch {
             .filter(|&i| got[i] != self.expect[i])
             .collect())
     }
+}
+
+/// The `k` people with the highest log-probability (ties: the first listed).
+fn likeliest(people: &[String], logp: &[f64], k: usize) -> Vec<String> {
+    let mut order: Vec<usize> = (0..people.len()).collect();
+    order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| people[i].clone())
+        .collect()
 }
 
 /// The items of `v` whose `keep` is true.
@@ -1203,6 +1274,18 @@ mod tests {
         assert_eq!(sampler.flagged.members, vec![8, 9]);
         w.after_check(&refused, &[0], c, &voc, &mut sampler);
         assert_eq!(sampler.flagged.members, vec![8, 9]);
+    }
+
+    #[test]
+    fn the_likeliest_people_are_left_out_of_the_watch() {
+        let p: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
+        assert_eq!(likeliest(&p, &[-9.0, -1.0, -3.0], 1), vec!["b".to_string()]);
+        assert_eq!(
+            likeliest(&p, &[-9.0, -1.0, -3.0], 2),
+            vec!["b".to_string(), "c".into()]
+        );
+        assert_eq!(likeliest(&p, &[-2.0, -2.0, -3.0], 1), vec!["a".to_string()]);
+        assert!(likeliest(&p, &[0.0; 3], 0).is_empty());
     }
 
     #[test]

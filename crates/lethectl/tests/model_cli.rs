@@ -184,6 +184,17 @@ fn eval_on_two_seeds_reports_every_task_with_counts() {
     assert_eq!(v["split"], "held-out");
     let acc = v["overall"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+    // "who" per identity: every identity once, in the world's order, adding up to the task.
+    let per = v["who_per_identity"].as_array().expect("who_per_identity");
+    assert_eq!(per.len(), 24);
+    assert_eq!(per[0][0], "anna adler");
+    let sum = |k: &str| per.iter().map(|e| e[1][k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("total"), total("who"));
+    assert_eq!(
+        sum("correct"),
+        v["tasks"]["who"]["correct"].as_u64().unwrap()
+    );
+    assert!(per.iter().all(|e| e[1]["total"] == 2 * wordings("who")));
 
     let o = lethectl(&[
         "model",
@@ -192,9 +203,12 @@ fn eval_on_two_seeds_reports_every_task_with_counts() {
         &model,
         "--seeds",
         "1000000..1000001",
+        "--per-identity",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("overall"));
+    let out = stdout(&o);
+    assert!(out.contains("overall"));
+    assert!(out.lines().any(|l| l.starts_with("yuri zimmer ")), "{out}");
 }
 
 #[test]

@@ -81,6 +81,7 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "retain_identities" => o.retain_identities = n()?,
             "watch_rows" => o.watch_rows = n()?,
             "release_after" => o.release_after = n()?,
+            "watch_skip" => o.watch_skip = n()?,
             "warmup" => o.warmup = n()?,
             "who_per_view" => o.sizes.who_per_view = n()?,
             "is_this_per_view" => o.sizes.is_this_per_view = n()?,
