@@ -1160,23 +1160,27 @@ mod tests {
         assert!(o.lr_at(9) >= o.lr * 0.1);
     }
 
-    #[test]
-    fn stratified_batches_draw_every_pool_at_its_quota() {
-        use crate::facets::{Facet, Sample, TokenRole};
-        let mk = |facet| Sample {
+    /// A sample of `facet` with no content (the sampler looks at facets only).
+    fn blank(facet: facets::Facet) -> facets::Sample {
+        facets::Sample {
             facet,
             view: None,
             question: String::new(),
             answer: String::new(),
             ce_sign: 1.0,
             ce_only_words: vec![],
-            role: TokenRole::Both,
-        };
+            role: facets::TokenRole::Both,
+        }
+    }
+
+    #[test]
+    fn stratified_batches_draw_every_pool_at_its_quota() {
+        use crate::facets::{Facet, Sample};
         let samples: Vec<Sample> = [Facet::T1UnseenConcept; 5]
             .into_iter()
             .chain([Facet::T3DecoupledFacts; 2])
             .chain([Facet::T5Retained; 20])
-            .map(mk)
+            .map(blank)
             .collect();
         let mut s = Sampler::new(&samples, Some([4, 1, 3]), 8, 1, 0);
         let mut seen_forget = std::collections::HashSet::new();
@@ -1203,21 +1207,12 @@ mod tests {
     }
 
     fn retain_samples(n: usize) -> Vec<facets::Sample> {
-        use crate::facets::{Facet, Sample, TokenRole};
-        let mk = |facet| Sample {
-            facet,
-            view: None,
-            question: String::new(),
-            answer: String::new(),
-            ce_sign: 1.0,
-            ce_only_words: vec![],
-            role: TokenRole::Both,
-        };
+        use crate::facets::Facet;
         [Facet::T1UnseenConcept; 4]
             .into_iter()
             .chain([Facet::T3DecoupledFacts; 2])
             .chain(std::iter::repeat_n(Facet::T5Retained, n))
-            .map(mk)
+            .map(blank)
             .collect()
     }
 
