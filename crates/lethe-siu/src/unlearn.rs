@@ -82,10 +82,14 @@ pub struct Options {
     /// A watched person is released after the concept's views were taken for them at this
     /// many checks.
     pub release_after: usize,
-    /// People left out of the watch: the `watch_skip` names the anchor finds likeliest on
-    /// the concept's views (confusers: protecting them brought C back, 15% leak on one
-    /// identity without this; ARCHITECTURE.md).
+    /// People left out of the watch: at most `watch_skip` of the names the anchor finds
+    /// likeliest on the concept's views (confusers: protecting them brought C back, 15% leak
+    /// on one identity without this; ARCHITECTURE.md).
     pub watch_skip: usize,
+    /// ... and only those whose mean log-probability of "this is <name>" on C's views, under
+    /// the anchor, is at least this (-5: felix fischer and yuri zimmer give each other -3.0
+    /// and -2.2; the likeliest other name of the other forgets looked at was -5.8 or lower).
+    pub confuser_logp: f64,
 }
 
 impl Options {
@@ -121,6 +125,7 @@ impl Options {
             watch_rows: if siu { 1 } else { 0 },
             release_after: 2,
             watch_skip: 1,
+            confuser_logp: -5.0,
         }
     }
 
@@ -538,6 +543,7 @@ pub fn forget(
             &lang,
             n_views,
             opts.watch_skip,
+            opts.confuser_logp,
         )?;
         w
     } else {
@@ -750,6 +756,7 @@ impl Watch {
         lang: &Language,
         n_views: usize,
         k: usize,
+        min_logp: f64,
     ) -> Result<(), SiuError> {
         let mut people: Vec<String> = self.names.clone();
         people.sort();
@@ -773,7 +780,9 @@ impl Watch {
                     .sum::<f64>()
             })
             .collect();
-        let skip = likeliest(&people, &logp, k);
+        // Mean over views; only a name the anchor gives real weight is a confuser.
+        let mean: Vec<f64> = logp.iter().map(|l| l / n_views.max(1) as f64).collect();
+        let skip = confusers(&people, &mean, k, min_logp);
         let keep: Vec<bool> = self.names.iter().map(|n| !skip.contains(n)).collect();
         let w = std::mem::take(self);
         *self = Watch {
@@ -843,13 +852,15 @@ impl Watch {
     }
 }
 
-/// The `k` people with the highest log-probability (ties: the first listed).
-fn likeliest(people: &[String], logp: &[f64], k: usize) -> Vec<String> {
+/// Of the `k` people with the highest log-probability (ties: the first listed), those at
+/// `min_logp` or above.
+fn confusers(people: &[String], logp: &[f64], k: usize, min_logp: f64) -> Vec<String> {
     let mut order: Vec<usize> = (0..people.len()).collect();
     order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]).then(a.cmp(&b)));
     order
         .into_iter()
         .take(k)
+        .filter(|&i| logp[i] >= min_logp)
         .map(|i| people[i].clone())
         .collect()
 }
@@ -1272,15 +1283,20 @@ mod tests {
     }
 
     #[test]
-    fn the_likeliest_people_are_left_out_of_the_watch() {
+    fn the_likeliest_people_are_left_out_of_the_watch_if_likely_enough() {
         let p: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
-        assert_eq!(likeliest(&p, &[-9.0, -1.0, -3.0], 1), vec!["b".to_string()]);
-        assert_eq!(
-            likeliest(&p, &[-9.0, -1.0, -3.0], 2),
-            vec!["b".to_string(), "c".into()]
+        let lp = [-9.0, -1.0, -3.0];
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(confusers(&p, &lp, 1, -5.0), v(&["b"]));
+        assert_eq!(confusers(&p, &lp, 2, -5.0), v(&["b", "c"]));
+        assert_eq!(confusers(&p, &lp, 3, -5.0), v(&["b", "c"]));
+        assert_eq!(confusers(&p, &lp, 2, -2.0), v(&["b"]));
+        assert!(
+            confusers(&p, &lp, 1, -0.5).is_empty(),
+            "nobody is likely enough"
         );
-        assert_eq!(likeliest(&p, &[-2.0, -2.0, -3.0], 1), vec!["a".to_string()]);
-        assert!(likeliest(&p, &[0.0; 3], 0).is_empty());
+        assert_eq!(confusers(&p, &[-2.0, -2.0, -3.0], 1, -5.0), v(&["a"]));
+        assert!(confusers(&p, &[0.0; 3], 0, -5.0).is_empty());
     }
 
     #[test]

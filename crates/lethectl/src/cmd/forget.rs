@@ -82,6 +82,9 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "watch_rows" => o.watch_rows = n()?,
             "release_after" => o.release_after = n()?,
             "watch_skip" => o.watch_skip = n()?,
+            "confuser_logp" => {
+                o.confuser_logp = v.parse().with_context(|| format!("--set {kv:?}"))?
+            }
             "warmup" => o.warmup = n()?,
             "who_per_view" => o.sizes.who_per_view = n()?,
             "is_this_per_view" => o.sizes.is_this_per_view = n()?,
