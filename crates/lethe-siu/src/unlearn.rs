@@ -533,8 +533,8 @@ pub fn forget(
             &retain_labels,
             n_views,
             &samples,
+            opts.release_after,
         )?;
-        w.release_after = opts.release_after;
         w.skip_confusers(
             engine,
             anchor,
@@ -665,7 +665,7 @@ pub fn forget(
             fake_name: fake,
             counterfactual: cf,
             samples_per_facet: per_facet,
-            watched_images: watch.queries.len(),
+            watched_images: watch.images.len(),
             flagged_images: watch.flagged.len(),
             forgotten: forgotten_now,
             stop_reason,
@@ -686,13 +686,8 @@ pub fn forget(
 /// released person stays released for the rest of the run.
 #[derive(Default)]
 struct Watch {
-    queries: Vec<Query>,
-    /// The anchor's answer ("this is <name>") per query.
-    expect: Vec<String>,
-    /// Sample rows (T5) of each watched image.
-    rows: Vec<Vec<usize>>,
-    /// Who each watched image shows.
-    names: Vec<String>,
+    /// The watched images, in retain-set order (indices below are into this list).
+    images: Vec<Watched>,
     /// Watched images whose rows the sampler draws first.
     flagged: std::collections::BTreeSet<usize>,
     /// People the concept's views were taken for at `release_after` checks: no longer
@@ -701,6 +696,18 @@ struct Watch {
     /// Checks at which the concept's views were taken for each person.
     misnamed: BTreeMap<String, usize>,
     release_after: usize,
+}
+
+/// One watched retain image.
+struct Watched {
+    /// The canonical "who" about it.
+    query: Query,
+    /// The anchor's answer, "this is <name>".
+    expect: String,
+    /// Who it shows.
+    name: String,
+    /// Its training rows (T5).
+    rows: Vec<usize>,
 }
 
 impl Watch {
@@ -714,38 +721,48 @@ impl Watch {
         retain: &[RetainLabel],
         n_views: usize,
         samples: &[facets::Sample],
+        release_after: usize,
     ) -> Result<Watch, SiuError> {
-        let mut w = Watch::default();
+        let mut w = Watch {
+            release_after,
+            ..Watch::default()
+        };
         for (r, label) in retain.iter().enumerate() {
             if let (Some(name), None) = (&label.name, &label.forgotten) {
                 let row = n_views + r;
-                w.queries.push(Query::about(lang.who[0].clone(), row));
-                w.expect.push(metrics::fill(&lang.who_answer, name));
-                w.names.push(name.clone());
-                w.rows.push(
-                    (0..samples.len())
+                w.images.push(Watched {
+                    query: Query::about(lang.who[0].clone(), row),
+                    expect: metrics::fill(&lang.who_answer, name),
+                    name: name.clone(),
+                    rows: (0..samples.len())
                         .filter(|&i| {
                             samples[i].facet == facets::Facet::T5Retained
                                 && samples[i].view == Some(row)
                         })
                         .collect(),
-                );
+                });
             }
         }
         // Watch only what the anchor gets right: a wrong answer there is not collateral.
-        let got = answer_guided(engine, anchor, tok, feats, &w.queries, &w.guesses())?;
-        let keep: Vec<bool> = got.iter().zip(&w.expect).map(|(g, e)| g == e).collect();
-        Ok(Watch {
-            queries: kept(w.queries, &keep),
-            expect: kept(w.expect, &keep),
-            rows: kept(w.rows, &keep),
-            names: kept(w.names, &keep),
-            ..Watch::default()
-        })
+        let lost = w.lost(engine, anchor, tok, feats)?;
+        w.keep(|i, _| !lost.contains(&i));
+        Ok(w)
     }
 
-    /// Leaves out of the watch the `k` people whose "this is <name>" the anchor finds
-    /// likeliest, on average over the concept's `n_views` views.
+    /// Keeps the watched images for which `f(index, image)` holds.
+    fn keep(&mut self, f: impl Fn(usize, &Watched) -> bool) {
+        let images = std::mem::take(&mut self.images);
+        self.images = images
+            .into_iter()
+            .enumerate()
+            .filter(|(i, x)| f(*i, x))
+            .map(|(_, x)| x)
+            .collect();
+    }
+
+    /// Leaves out of the watch the confusers among its people: of the `k` whose
+    /// "this is <name>" the anchor finds likeliest, on average over the concept's `n_views`
+    /// views, those at `min_logp` or above.
     #[allow(clippy::too_many_arguments)]
     fn skip_confusers(
         &mut self,
@@ -758,10 +775,10 @@ impl Watch {
         k: usize,
         min_logp: f64,
     ) -> Result<(), SiuError> {
-        let mut people: Vec<String> = self.names.clone();
+        let mut people: Vec<String> = self.images.iter().map(|x| x.name.clone()).collect();
         people.sort();
         people.dedup();
-        if k == 0 || people.is_empty() {
+        if k == 0 || people.is_empty() || n_views == 0 {
             return Ok(());
         }
         let (mut q, mut a) = (Vec::new(), Vec::new());
@@ -772,26 +789,12 @@ impl Watch {
             }
         }
         let lp = score(engine, anchor, tok, feats, &q, &a)?;
-        let logp: Vec<f64> = (0..people.len())
-            .map(|i| {
-                lp[i * n_views..(i + 1) * n_views]
-                    .iter()
-                    .map(|r| r.iter().sum::<f64>())
-                    .sum::<f64>()
-            })
+        let mean: Vec<f64> = lp
+            .chunks(n_views)
+            .map(|views| views.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / n_views as f64)
             .collect();
-        // Mean over views; only a name the anchor gives real weight is a confuser.
-        let mean: Vec<f64> = logp.iter().map(|l| l / n_views.max(1) as f64).collect();
         let skip = confusers(&people, &mean, k, min_logp);
-        let keep: Vec<bool> = self.names.iter().map(|n| !skip.contains(n)).collect();
-        let w = std::mem::take(self);
-        *self = Watch {
-            queries: kept(w.queries, &keep),
-            expect: kept(w.expect, &keep),
-            rows: kept(w.rows, &keep),
-            names: kept(w.names, &keep),
-            ..w
-        };
+        self.keep(|_, x| !skip.contains(&x.name));
         Ok(())
     }
 
@@ -816,22 +819,21 @@ impl Watch {
             let seen = self.misnamed.entry(o.clone()).or_insert(0);
             *seen += 1;
             if *seen >= self.release_after && self.released.insert(o.clone()) {
-                let rows: Vec<usize> = (0..self.names.len())
-                    .filter(|&i| self.names[i] == o)
-                    .flat_map(|i| self.rows[i].iter().copied())
+                let rows: Vec<usize> = self
+                    .images
+                    .iter()
+                    .filter(|x| x.name == o)
+                    .flat_map(|x| x.rows.iter().copied())
                     .collect();
                 sampler.unflag(&rows);
             }
         }
         for &i in lost {
-            if !self.released.contains(&self.names[i]) && self.flagged.insert(i) {
-                sampler.flag(self.rows[i].iter().copied());
+            let x = &self.images[i];
+            if !self.released.contains(&x.name) && self.flagged.insert(i) {
+                sampler.flag(x.rows.iter().copied());
             }
         }
-    }
-
-    fn guesses(&self) -> Vec<Option<&str>> {
-        self.expect.iter().map(|e| Some(e.as_str())).collect()
     }
 
     /// Indices of the watched images `params` no longer names as the anchor did.
@@ -842,12 +844,14 @@ impl Watch {
         tok: &Tokenizer,
         feats: ArrayView3<f32>,
     ) -> Result<Vec<usize>, SiuError> {
-        if self.queries.is_empty() {
+        if self.images.is_empty() {
             return Ok(Vec::new());
         }
-        let got = answer_guided(engine, params, tok, feats, &self.queries, &self.guesses())?;
+        let queries: Vec<Query> = self.images.iter().map(|x| x.query.clone()).collect();
+        let guesses: Vec<Option<&str>> = self.images.iter().map(|x| Some(&*x.expect)).collect();
+        let got = answer_guided(engine, params, tok, feats, &queries, &guesses)?;
         Ok((0..got.len())
-            .filter(|&i| got[i] != self.expect[i])
+            .filter(|&i| got[i] != self.images[i].expect)
             .collect())
     }
 }
@@ -862,15 +866,6 @@ fn confusers(people: &[String], logp: &[f64], k: usize, min_logp: f64) -> Vec<St
         .take(k)
         .filter(|&i| logp[i] >= min_logp)
         .map(|i| people[i].clone())
-        .collect()
-}
-
-/// The items of `v` whose `keep` is true.
-fn kept<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
-    v.into_iter()
-        .zip(keep)
-        .filter(|(_, k)| **k)
-        .map(|(x, _)| x)
         .collect()
 }
 
@@ -1257,11 +1252,17 @@ mod tests {
         let voc = metrics::vocabulary(&l);
         let samples = retain_samples(8);
         let mut sampler = Sampler::new(&samples, Some([4, 1, 3]), 8, 1, 1);
+        let watched = |name: &str, rows: Vec<usize>| Watched {
+            query: Query::text(String::from("q")),
+            expect: format!("this is {name}"),
+            name: name.into(),
+            rows,
+        };
         let mut w = Watch {
-            queries: vec![Query::text(String::from("q")); 2],
-            expect: vec!["this is boris berger".into(), "this is clara castro".into()],
-            rows: vec![vec![6, 7], vec![8, 9]],
-            names: vec!["boris berger".into(), "clara castro".into()],
+            images: vec![
+                watched("boris berger", vec![6, 7]),
+                watched("clara castro", vec![8, 9]),
+            ],
             release_after: 2,
             ..Watch::default()
         };

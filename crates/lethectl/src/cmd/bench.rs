@@ -548,6 +548,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     };
     // The agent's configuration with its default thresholds.
     let dir = tempfile::tempdir()?;
+    // Check `--set` once, before any forget; every forget applies it through `tune`.
     apply_overrides(&mut options(Method::Siu, None, None, 0), &c.sets)?;
     let cfg = agent_config(&c.model, dir.path(), c.steps)?;
     let mut eng = update::Engines::load(&cfg)?;
@@ -570,7 +571,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             forgotten: forgotten.clone(),
         };
         let t0 = Instant::now();
-        // `--set` knobs were checked when parsed below; a bad one fails before any forget.
+        // `--set` knobs were checked before the first forget (above), so this cannot fail.
         let tune = |o: &mut lethe_siu::unlearn::Options| {
             apply_overrides(o, &c.sets).expect("checked before the run")
         };

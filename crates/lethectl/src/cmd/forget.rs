@@ -63,7 +63,8 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 
 /// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
 /// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
-/// retain_identities, watch_rows, release_after, quotas (a/b/c), w_ce, w_kl, warmup, who_per_view, is_this_per_view.
+/// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, quotas (a/b/c),
+/// w_ce, w_kl, warmup, who_per_view, is_this_per_view.
 pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
     for kv in sets {
         let (k, v) = kv

@@ -178,9 +178,8 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let images = lethe_model::image::images_to_input(&imgs);
     let per_id = (s1 - s0) as usize;
 
-    // (task, query, expected answer); `who_of[i]` = the identity of item i.
-    let mut items: Vec<(&'static str, Query, String)> = Vec::new();
-    let mut who_of: Vec<usize> = Vec::new();
+    // (task, identity index, query, expected answer)
+    let mut items: Vec<(&'static str, usize, Query, String)> = Vec::new();
     for (k, ident) in ids.iter().enumerate() {
         let name = ident.name();
         let desc = ident.attributes.describe();
@@ -189,41 +188,40 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             let seed = s0 + j as u64;
             for q in &prompts.who {
                 let expect = prompts.who_answer.replace("{name}", &name);
-                items.push(("who", Query::about(q.clone(), img), expect));
-                who_of.push(k);
+                items.push(("who", k, Query::about(q.clone(), img), expect));
             }
             for (t, q) in prompts.is_this.iter().enumerate() {
                 // Balanced: the true name, and another identity's name (varied by seed).
                 let other = &ids[(k + 1 + ((seed as usize + t) % (ids.len() - 1))) % ids.len()];
-                who_of.extend([k, k]);
                 items.push((
                     "is_this_yes",
+                    k,
                     Query::about(q.replace("{name}", &name), img),
                     prompts.yes.clone(),
                 ));
                 items.push((
                     "is_this_no",
+                    k,
                     Query::about(q.replace("{name}", &other.name()), img),
                     prompts.no.clone(),
                 ));
             }
             for q in &prompts.describe {
-                who_of.push(k);
-                items.push(("describe", Query::about(q.clone(), img), desc.clone()));
+                items.push(("describe", k, Query::about(q.clone(), img), desc.clone()));
             }
         }
         for q in &prompts.fact {
-            who_of.push(k);
             items.push((
                 "facts",
+                k,
                 Query::text(q.replace("{name}", &name)),
                 ident.fact(),
             ));
         }
         for q in &prompts.looks {
-            who_of.push(k);
             items.push((
                 "looks",
+                k,
                 Query::text(q.replace("{name}", &name)),
                 desc.clone(),
             ));
@@ -233,7 +231,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let mut engine = make_engine(kind, &pkg)?;
     let adapter = pkg.adapter()?;
     let features = generate::encode_images(engine.as_mut(), images.view())?;
-    let queries: Vec<Query> = items.iter().map(|(_, q, _)| q.clone()).collect();
+    let queries: Vec<Query> = items.iter().map(|(_, _, q, _)| q.clone()).collect();
     let answers = generate::answer(
         engine.as_mut(),
         adapter.as_slice(),
@@ -245,8 +243,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     let mut tasks: BTreeMap<&'static str, Tally> = BTreeMap::new();
     let mut overall = Tally::default();
     let mut per_identity = vec![Tally::default(); ids.len()];
-    debug_assert_eq!(who_of.len(), items.len());
-    for (((task, _, expect), got), &k) in items.iter().zip(&answers).zip(&who_of) {
+    for ((task, k, _, expect), got) in items.iter().zip(&answers) {
         let t = tasks.entry(task).or_default();
         t.total += 1;
         overall.total += 1;
@@ -256,8 +253,8 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
             overall.correct += 1;
         }
         if *task == "who" {
-            per_identity[k].total += 1;
-            per_identity[k].correct += ok as usize;
+            per_identity[*k].total += 1;
+            per_identity[*k].correct += ok as usize;
         }
     }
     for t in tasks
