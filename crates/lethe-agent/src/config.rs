@@ -127,6 +127,10 @@ pub struct VerifyConfig {
     pub min_generality: f64,
     /// Largest share of answers under held-out wordings that name C or confirm "is this C?".
     pub max_leak: f64,
+    /// Largest leak allowed of each earlier forget (the concepts the starting adapter has
+    /// forgotten), on the package's probe images of that person under the held-out
+    /// wordings: a forget that would bring back someone forgotten is rolled back.
+    pub max_earlier_leak: f64,
     /// Largest share of "who" answers on held-out images of C naming another known identity
     /// where the original model did not (what the update added; the receipt also carries the
     /// absolute share and the original model's).
@@ -154,6 +158,7 @@ impl Default for VerifyConfig {
             min_efficacy: 1.0,
             min_generality: 0.95,
             max_leak: 0.05,
+            max_earlier_leak: 0.05,
             max_misattribution: 0.05,
             min_well_formed: 0.9,
             max_specificity_drop_points: 5.0,

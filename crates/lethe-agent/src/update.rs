@@ -6,10 +6,15 @@
 //! package's retained probe images of it, the command's verification images and augmented
 //! views of the command's image made with a seed the training did not use (leak,
 //! misattribution, well-formedness under the package's `verify` held-out wordings;
-//! generality); the retained probes of everyone else (specificity, fluency).
+//! generality); the retained probes of everyone else (specificity, fluency); the retained
+//! probes of each person forgotten before (their leak, which must stay at most
+//! `max_earlier_leak`).
 //! The update respects earlier forgets (`Job::forgotten`): their names stay masked, the
-//! package's retain images of them replay their forget, and the KL is anchored to the
-//! package's original adapter, so successive forgets do not drift from it one after another.
+//! package's retain images of them replay their forget (from a pool of their own, lapsed
+//! images first), and the collateral watch protects what the package's original adapter
+//! named. Verification then checks that every earlier forget still holds on the package's
+//! probe images of that person (`verify.max_earlier_leak`): a forget that would bring
+//! someone back is rolled back.
 //! Invariant: nothing here writes a file or touches the adapter store; the caller commits.
 //! Nothing of the person outlives the call: the image, its views and features are dropped
 //! when it returns.
@@ -17,7 +22,7 @@
 use crate::config::{Config, VerifyConfig};
 use lethe_model::{Adapter, ModelError, OrtEngine, Package, SessionOptions, TrainStep};
 use lethe_probe::TractEngine;
-use lethe_siu::metrics::{evaluate_with, AnswerMemo, EvalSet, Metrics};
+use lethe_siu::metrics::{evaluate_with, holds, AnswerMemo, EvalSet, Metrics};
 use lethe_siu::unlearn::language;
 use lethe_siu::unlearn::Prior;
 use lethe_siu::{forget, Method, Options, Progress, Report, SiuError};
@@ -102,6 +107,9 @@ pub struct Outcome {
     pub adapter: Adapter,
     pub report: Report,
     pub metrics: Metrics,
+    /// Each earlier forget (`Job::forgotten`) and the candidate's leak on the package's
+    /// probe images of that person (held-out wordings).
+    pub earlier: Vec<(String, f64)>,
     /// `None` = passed; `Some(why)` = failed the thresholds.
     pub failed: Option<String>,
     pub verify_ms: f64,
@@ -136,6 +144,9 @@ impl Outcome {
         put("factual_retention", m.factual_retention);
         put("fluency_ppl_before", m.fluency_ppl_before);
         put("fluency_ppl_after", m.fluency_ppl_after);
+        if let Some(worst) = self.earlier.iter().map(|e| e.1).reduce(f64::max) {
+            put("earlier_leak", worst);
+        }
         put("steps", self.report.steps.len() as f64);
         put("train_ms", self.report.train_ms);
         put("update_ms", self.report.total_ms);
@@ -202,7 +213,7 @@ pub fn run_tuned(
     let max_steps = opts.max_steps;
     let prior = Prior {
         forgotten: job.forgotten.clone(),
-        anchor: Some(pkg.adapter()?),
+        original: Some(pkg.adapter()?),
     };
     let mut step = |s: &mut _, b: &_, lr, wc, wk| {
         // The safe point: between optimizer steps.
@@ -278,18 +289,39 @@ pub fn run_tuned(
         &set,
         memo,
     )?;
-    let failed = judge(&metrics, v);
+    // Every earlier forget still holds: a forget must not bring back someone forgotten.
+    let mut earlier = Vec::new();
+    for name in &job.forgotten {
+        let name = lethe_siu::unlearn::normalise(name);
+        let theirs = EvalSet::from_probes(
+            &lang,
+            &probes,
+            &name,
+            set.train_image.clone(),
+            set.paraphrases.clone(),
+        );
+        let h = holds(
+            tract,
+            &pkg.tokenizer(),
+            &lang,
+            out.adapter.as_slice(),
+            &theirs,
+        )?;
+        earlier.push((name, h.leak));
+    }
+    let failed = judge(&metrics, &earlier, v);
     Ok(Outcome {
         adapter: out.adapter,
         report: out.report,
         metrics,
+        earlier,
         failed,
         verify_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
 
 /// Checks metrics against the thresholds; `Some(reasons)` when any fails.
-pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
+pub fn judge(m: &Metrics, earlier: &[(String, f64)], v: &VerifyConfig) -> Option<String> {
     let mut why = Vec::new();
     let mut low = |name: &str, got: f64, min: f64| {
         if !(got >= min) {
@@ -317,6 +349,14 @@ pub fn judge(m: &Metrics, v: &VerifyConfig) -> Option<String> {
         }
     };
     high("leak", m.leak, v.max_leak, "");
+    for (name, leak) in earlier {
+        high(
+            &format!("leak of the earlier forget of {name}"),
+            *leak,
+            v.max_earlier_leak,
+            "",
+        );
+    }
     high(
         "misattribution added by the update",
         m.misattribution_added,
@@ -364,9 +404,9 @@ mod tests {
     fn thresholds_no_update_can_meet_fail_verification() {
         let m = good();
         let mut v = VerifyConfig::default();
-        assert!(judge(&m, &v).is_none());
+        assert!(judge(&m, &[], &v).is_none());
         v.min_generality = 1.01;
-        assert!(judge(&m, &v).unwrap().contains("generality"));
+        assert!(judge(&m, &[], &v).unwrap().contains("generality"));
     }
 
     #[test]
@@ -389,9 +429,27 @@ mod tests {
         for (name, break_it) in cases {
             let mut m = good();
             break_it(&mut m);
-            let why = judge(&m, &v).unwrap_or_default();
+            let why = judge(&m, &[], &v).unwrap_or_default();
             assert!(why.contains(name), "{name}: {why:?}");
         }
+    }
+
+    #[test]
+    fn a_forget_that_brings_back_an_earlier_one_fails_by_name() {
+        let v = VerifyConfig::default();
+        let holding = [
+            ("anna adler".to_string(), 0.0),
+            ("boris berger".to_string(), 0.05),
+        ];
+        assert!(judge(&good(), &holding, &v).is_none());
+        let lapsed = [
+            ("anna adler".to_string(), 0.0),
+            ("boris berger".to_string(), 0.2),
+        ];
+        let why = judge(&good(), &lapsed, &v).unwrap();
+        assert!(why.contains("earlier forget of boris berger"), "{why}");
+        assert!(!why.contains("anna adler"), "{why}");
+        assert!(judge(&good(), &[("x".into(), f64::NAN)], &v).is_some());
     }
 
     #[test]
@@ -403,12 +461,12 @@ mod tests {
         m.misattribution = 0.4;
         m.misattribution_before = 0.4;
         m.well_formed = 0.6;
-        assert!(judge(&m, &v).is_none(), "{:?}", judge(&m, &v));
+        assert!(judge(&m, &[], &v).is_none(), "{:?}", judge(&m, &[], &v));
         // One it added fails, as does an ill-formed answer where the original knew C.
         m.misattribution_added = 0.1;
-        assert!(judge(&m, &v).unwrap().contains("misattribution added"));
+        assert!(judge(&m, &[], &v).unwrap().contains("misattribution added"));
         m.misattribution_added = 0.0;
         m.well_formed_where_known = 0.8;
-        assert!(judge(&m, &v).unwrap().contains("well-formed"));
+        assert!(judge(&m, &[], &v).unwrap().contains("well-formed"));
     }
 }

@@ -208,8 +208,12 @@ impl TractEngine {
         self.run_rows(&self.step, tokens.nrows(), keep, "decoder_step.onnx", |r| {
             let mut inputs: TVec<TValue> = tvec![adapter_tensor(adapter)];
             for (k, v) in &past.layers {
-                inputs.push(Tensor::from(k.slice(s![r.clone(), .., .., ..]).to_owned()).into_tvalue());
-                inputs.push(Tensor::from(v.slice(s![r.clone(), .., .., ..]).to_owned()).into_tvalue());
+                inputs.push(
+                    Tensor::from(k.slice(s![r.clone(), .., .., ..]).to_owned()).into_tvalue(),
+                );
+                inputs.push(
+                    Tensor::from(v.slice(s![r.clone(), .., .., ..]).to_owned()).into_tvalue(),
+                );
             }
             inputs.push(Tensor::from(past_mask.slice(s![r.clone(), ..]).to_owned()).into_tvalue());
             inputs.push(Tensor::from(tokens.slice(s![r.clone(), ..]).to_owned()).into_tvalue());

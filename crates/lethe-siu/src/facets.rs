@@ -49,7 +49,8 @@ pub enum Facet {
     /// Retain-set images (T5).
     T5Retained,
     /// Retain-set images of someone an earlier forget took away: that forget replayed,
-    /// drawn with the forget samples (so every batch revisits it).
+    /// from a pool of its own (so every batch revisits an earlier forget without taking the
+    /// concept's own rows).
     T6Replayed,
 }
 
@@ -57,23 +58,24 @@ impl Facet {
     /// Which pool of a stratified batch a facet's samples are drawn from.
     pub fn pool(self) -> Pool {
         match self {
-            Facet::T1UnseenConcept
-            | Facet::T2NewDescription
-            | Facet::T6Replayed
-            | Facet::Forget
-            | Facet::Refusal => Pool::Forget,
+            Facet::T1UnseenConcept | Facet::T2NewDescription | Facet::Forget | Facet::Refusal => {
+                Pool::Forget
+            }
             Facet::T3DecoupledFacts | Facet::T4NonTarget => Pool::Text,
             Facet::T5Retained => Pool::Retain,
+            Facet::T6Replayed => Pool::Replay,
         }
     }
 }
 
-/// The pools of a stratified batch: what to forget, text to keep, images to keep.
+/// The pools of a stratified batch: what to forget, text to keep, images to keep, earlier
+/// forgets to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pool {
     Forget,
     Text,
     Retain,
+    Replay,
 }
 
 /// One training sample before tokenisation.
@@ -571,6 +573,7 @@ pub(crate) mod tests {
         assert!(s.iter().any(|x| x.facet == Facet::T4NonTarget));
         assert_eq!(Facet::T5Retained.pool(), Pool::Retain);
         assert_eq!(Facet::T1UnseenConcept.pool(), Pool::Forget);
+        assert_eq!(Facet::T6Replayed.pool(), Pool::Replay);
     }
 
     #[test]

@@ -713,6 +713,10 @@ pub fn vocabulary(lang: &Language) -> Vocabulary<'_> {
 #[derive(Debug, Clone, Copy, Serialize, Default)]
 pub struct Holds {
     pub leak: f64,
+    /// The leak among the "who" answers (naming the concept) and among the is-this answers
+    /// ("yes"), held-out wordings.
+    pub leak_who: f64,
+    pub leak_is_this: f64,
     pub misattribution: f64,
     pub well_formed: f64,
 }
@@ -744,6 +748,16 @@ pub fn holds(
         .collect();
     Ok(Holds {
         leak: share(v.iter().filter(|x| x.1).map(|x| x.2.leaks())),
+        leak_who: share(
+            v.iter()
+                .filter(|x| x.1 && x.0 == Kind::Who)
+                .map(|x| x.2.leaks()),
+        ),
+        leak_is_this: share(
+            v.iter()
+                .filter(|x| x.1 && x.0 == Kind::IsThis)
+                .map(|x| x.2.leaks()),
+        ),
         misattribution: share(
             v.iter()
                 .filter(|x| x.0 == Kind::Who)

@@ -164,7 +164,7 @@ fn a_second_forget_keeps_the_first_forgotten() {
     .unwrap();
     let prior = Prior {
         forgotten: vec![identities()[a].name()],
-        anchor: Some(pkg.adapter().unwrap()),
+        original: Some(pkg.adapter().unwrap()),
     };
     let second = run_from(
         &pkg,
@@ -176,6 +176,10 @@ fn a_second_forget_keeps_the_first_forgotten() {
     )
     .unwrap();
     assert!(second.report.forgotten, "{}", second.report.stop_reason);
+    // The first forget replayed from its own pool: the package's 4 retain images of a,
+    // each asked about at every check.
+    assert_eq!(second.report.replayed_images, 4);
+    assert_eq!(first.report.replayed_images, 0);
     let mut tract = lethe_probe::TractEngine::new(&pkg).unwrap();
     let lang = language(&pkg);
     for id in [a, b] {
@@ -234,6 +238,18 @@ fn an_image_that_does_not_show_the_concept_is_refused() {
     .unwrap_err();
     assert!(matches!(err, SiuError::NotRecognised { .. }), "{err}");
     assert!(err.to_string().contains("does not recognise"), "{err}");
+}
+
+#[test]
+fn quotas_beyond_the_train_steps_batch_are_refused_before_any_step() {
+    let pkg = package();
+    let mut o = Options::new(Method::Siu);
+    o.quotas = Some([5, 1, 3, 1]);
+    let err = run(&pkg, &image(3, 2_500_003), &identities()[3].name(), &o).unwrap_err();
+    assert!(
+        matches!(&err, SiuError::BadOptions(m) if m.contains("batch of 8")),
+        "{err}"
+    );
 }
 
 #[test]

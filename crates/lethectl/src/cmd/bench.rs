@@ -528,9 +528,14 @@ struct SeqRow {
     /// Text facts of everyone (the original model's answers kept).
     text_retention: f64,
     ppl_increase_pct: f64,
-    /// Earlier forgets whose leak is at most 1%, and the worst earlier leak.
+    /// Earlier forgets (committed before this one), those whose leak is at most 1%, and the
+    /// worst earlier leak.
+    earlier: usize,
     earlier_held: usize,
     earlier_worst_leak: f64,
+    /// The earlier forgets that do not hold: (concept, leak, among who answers, among
+    /// is-this answers).
+    earlier_lapsed: Vec<(String, f64, f64, f64)>,
 }
 
 fn sequential(a: SequentialArgs) -> Result<ExitCode> {
@@ -575,42 +580,59 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         let tune = |o: &mut lethe_siu::unlearn::Options| {
             apply_overrides(o, &c.sets).expect("checked before the run")
         };
-        let out = update::run_tuned(&mut eng, &cfg, &job, &current, &cancel, &mut |_| {}, &tune)
-            .with_context(|| format!("forget {} ({concept})", k + 1))?;
+        // A command whose image the current model does not name C on is refused, as the
+        // agent refuses it (earlier forgets can take a look-alike's photo to someone else).
+        let (out, refused) =
+            match update::run_tuned(&mut eng, &cfg, &job, &current, &cancel, &mut |_| {}, &tune) {
+                Ok(out) => (Some(out), None),
+                Err(e @ update::UpdateError::Siu(lethe_siu::SiuError::NotRecognised { .. })) => {
+                    (None, Some(format!("refused: {e}")))
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("forget {} ({concept})", k + 1));
+                }
+            };
         let update_s = t0.elapsed().as_secs_f64();
-        let committed = out.failed.is_none();
+        let committed = out.as_ref().is_some_and(|o| o.failed.is_none());
+        let candidate = out.as_ref().map_or(&current, |o| &o.adapter).clone();
         if committed {
-            current = out.adapter.clone();
+            current = candidate.clone();
             forgotten.push(concept.clone());
             forgotten_ids.push(id);
         }
         // This forget, on held-out images and wordings, against the original model; others =
         // identities not yet forgotten.
         let set = eval_set(id, c, &forgotten_ids, &held_out, fs);
-        let m = e.measure(&base, &out.adapter, &set)?;
-        let mut held = 0;
+        let m = e.measure(&base, &candidate, &set)?;
+        let (mut earlier, mut held) = (0, 0);
         let mut worst: f64 = 0.0;
+        let mut lapsed = Vec::new();
         for &prev in forgotten_ids.iter().filter(|&&p| p != id) {
             let h = e.holds(&current, &eval_set(prev, c, &[], &held_out, 0))?;
             worst = worst.max(h.leak);
-            held += (h.leak <= 0.01) as usize;
+            earlier += 1;
+            if h.leak <= 0.01 {
+                held += 1;
+            } else {
+                let name = identities()[prev as usize].name();
+                lapsed.push((name, h.leak, h.leak_who, h.leak_is_this));
+            }
         }
         let row = SeqRow {
             k: k + 1,
             concept,
-            verdict: if committed {
-                "committed"
-            } else {
-                "rolled back"
+            verdict: match (&out, committed) {
+                (None, _) => "refused",
+                (Some(_), true) => "committed",
+                (Some(_), false) => "rolled back",
             }
             .into(),
-            reason: out.failed.clone(),
-            verify_bad_examples: if committed {
-                Vec::new()
-            } else {
-                out.metrics.bad_examples.clone()
+            reason: out.as_ref().map_or(refused, |o| o.failed.clone()),
+            verify_bad_examples: match &out {
+                Some(o) if !committed => o.metrics.bad_examples.clone(),
+                _ => Vec::new(),
             },
-            steps: out.report.steps.len(),
+            steps: out.as_ref().map_or(0, |o| o.report.steps.len()),
             update_s,
             leak: m.leak,
             misattribution: m.misattribution,
@@ -619,8 +641,10 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             remaining_accuracy_before: m.specificity_before,
             text_retention: m.text_retention_others,
             ppl_increase_pct: m.fluency_increase_pct,
+            earlier,
             earlier_held: held,
             earlier_worst_leak: worst,
+            earlier_lapsed: lapsed,
         };
         if !c.json {
             print_seq_row(&row, k == 0);
@@ -643,7 +667,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             last.map_or(0.0, |r| 100.0 * r.text_retention),
             last.map_or(0.0, |r| r.ppl_increase_pct),
             last.map_or(0, |r| r.earlier_held),
-            committed.saturating_sub(1),
+            last.map_or(0, |r| r.earlier),
             last.map_or(0.0, |r| 100.0 * r.earlier_worst_leak),
         );
     }
@@ -683,9 +707,24 @@ fn print_seq_row(r: &SeqRow, header: bool) {
         100.0 * r.text_retention,
         r.ppl_increase_pct,
         r.earlier_held,
-        r.k - 1,
+        r.earlier,
         100.0 * r.earlier_worst_leak
     );
+    if !r.earlier_lapsed.is_empty() {
+        let l: Vec<String> = r
+            .earlier_lapsed
+            .iter()
+            .map(|(n, l, w, i)| {
+                format!(
+                    "{n} {:.1}% (who {:.1}, is-this {:.1})",
+                    100.0 * l,
+                    100.0 * w,
+                    100.0 * i
+                )
+            })
+            .collect();
+        println!("      earlier forgets leaking: {}", l.join(", "));
+    }
     if let Some(why) = &r.reason {
         println!("      {why}");
     }

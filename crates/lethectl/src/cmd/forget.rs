@@ -63,8 +63,10 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 
 /// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
 /// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
-/// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, quotas (a/b/c),
-/// w_ce, w_kl, warmup, who_per_view, is_this_per_view.
+/// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, hold_earlier
+/// (0/1), hold_own (0/1), kl_to_original (0/1),
+/// replay_views, quotas (a/b/c/d: forget/text/retain/replay), w_ce, w_kl, warmup,
+/// who_per_view, is_this_per_view.
 pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
     for kv in sets {
         let (k, v) = kv
@@ -83,6 +85,10 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "watch_rows" => o.watch_rows = n()?,
             "release_after" => o.release_after = n()?,
             "watch_skip" => o.watch_skip = n()?,
+            "hold_earlier" => o.hold_earlier = n()? != 0,
+            "replay_views" => o.replay_views = n()?,
+            "hold_own" => o.hold_own = n()? != 0,
+            "kl_to_original" => o.kl_to_original = n()? != 0,
             "confuser_logp" => {
                 o.confuser_logp = v.parse().with_context(|| format!("--set {kv:?}"))?
             }
@@ -96,9 +102,12 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
                     .split('/')
                     .map(|x| x.parse())
                     .collect::<Result<_, _>>()
-                    .with_context(|| format!("--set {kv:?}: expected a/b/c"))?;
-                anyhow::ensure!(q.len() == 3, "--set {kv:?}: expected three numbers a/b/c");
-                o.quotas = Some([q[0], q[1], q[2]]);
+                    .with_context(|| format!("--set {kv:?}: expected a/b/c/d"))?;
+                anyhow::ensure!(
+                    q.len() == 4,
+                    "--set {kv:?}: expected four numbers a/b/c/d (forget/text/retain/replay)"
+                );
+                o.quotas = Some([q[0], q[1], q[2], q[3]]);
             }
             _ => anyhow::bail!("--set {kv:?}: unknown knob {k:?}"),
         }
@@ -156,7 +165,7 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
     let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
     let prior = Prior {
         forgotten: pkg.manifest().forgotten.clone(),
-        anchor: None,
+        original: None,
     };
     let out = forget(
         &pkg,
