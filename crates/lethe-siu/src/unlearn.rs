@@ -103,7 +103,7 @@ pub struct Options {
     pub hold_earlier: bool,
     /// Generalisation in the stopping rule (SIU, on): a check counts only while the
     /// canonical "who" is refused on each of the package's own retain images of the concept
-    /// that the anchor names (other photos of the person, never trained on). Along 20-forget
+    /// that the starting adapter names (other photos of the person, never trained on). Along 20-forget
     /// runs, 69 of 80 forgets committed with it, 63 without (ARCHITECTURE.md).
     pub hold_own: bool,
     /// Anchor the KL to the prior's original adapter instead of the one the forget starts
@@ -650,31 +650,15 @@ pub fn forget(
     };
     let lapsed = replays.lost(engine, a0, &tok, feats.view())?;
     replays.flag(&lapsed, &mut sampler);
-    let mut own = Watch::default();
-    for r in own_at..own_at + n_own {
-        own.images.push(Watched {
-            query: Query::about(lang.who[0].clone(), r),
-            expect: lang.refusal.clone(),
-            name: concept.clone(),
-            rows: Vec::new(),
-        });
-    }
-    // Only the photos the anchor names the concept on: any other answer there is not the
-    // concept's to forget.
-    let named = metrics::fill(&lang.who_answer, &concept);
-    let anchor_says: Vec<Option<&str>> = own.images.iter().map(|_| Some(named.as_str())).collect();
-    let anchor_answers = answer_guided(
+    let own = Watch::own(
         engine,
-        anchor,
+        a0,
         &tok,
         feats.view(),
-        &own.images
-            .iter()
-            .map(|x| x.query.clone())
-            .collect::<Vec<_>>(),
-        &anchor_says,
+        &lang,
+        &concept,
+        own_at..own_at + n_own,
     )?;
-    own.keep(|i, _| anchor_answers[i] == named);
     let mut state = TrainState::from_adapter(adapter);
     let mut records = Vec::new();
     let (mut train_ms, mut check_ms) = (0.0, 0.0);
@@ -729,9 +713,9 @@ pub fn forget(
             let lapsed =
                 replays.lost(engine, state.params.as_slice().unwrap(), &tok, feats.view())?;
             replays.flag(&lapsed, &mut sampler);
-            check_ms += tc.elapsed().as_secs_f64() * 1e3;
             let still_named =
                 own.lost(engine, state.params.as_slice().unwrap(), &tok, feats.view())?;
+            check_ms += tc.elapsed().as_secs_f64() * 1e3;
             let f = !recognised(&ans, n_who_all, &concept, &voc, strict)
                 && (!opts.hold_earlier || lapsed.is_empty())
                 && still_named.is_empty();
@@ -888,6 +872,35 @@ impl Watch {
             });
         }
         w
+    }
+
+    /// The concept's own photos (features rows `rows`, never trained on), expected to be
+    /// refused: those the adapter the forget starts from (`start`) names the concept on.
+    /// Any other answer there is not the concept's to forget.
+    fn own(
+        engine: &mut dyn Engine,
+        start: &[f32],
+        tok: &Tokenizer,
+        feats: ArrayView3<f32>,
+        lang: &Language,
+        concept: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Watch, SiuError> {
+        let mut w = Watch::default();
+        for r in rows {
+            w.images.push(Watched {
+                query: Query::about(lang.who[0].clone(), r),
+                expect: lang.refusal.clone(),
+                name: concept.to_string(),
+                rows: Vec::new(),
+            });
+        }
+        let named = metrics::fill(&lang.who_answer, concept);
+        let queries: Vec<Query> = w.images.iter().map(|x| x.query.clone()).collect();
+        let guesses: Vec<Option<&str>> = queries.iter().map(|_| Some(named.as_str())).collect();
+        let says = answer_guided(engine, start, tok, feats, &queries, &guesses)?;
+        w.keep(|i, _| says[i] == named);
+        Ok(w)
     }
 
     /// Keeps the watched images for which `f(index, image)` holds.
