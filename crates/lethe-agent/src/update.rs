@@ -291,6 +291,7 @@ pub fn run_tuned(
     )?;
     // Every earlier forget still holds: a forget must not bring back someone forgotten.
     let mut earlier = Vec::new();
+    let tok = pkg.tokenizer();
     for name in &job.forgotten {
         let name = lethe_siu::unlearn::normalise(name);
         let theirs = EvalSet::from_probes(
@@ -300,13 +301,7 @@ pub fn run_tuned(
             set.train_image.clone(),
             set.paraphrases.clone(),
         );
-        let h = holds(
-            tract,
-            &pkg.tokenizer(),
-            &lang,
-            out.adapter.as_slice(),
-            &theirs,
-        )?;
+        let h = holds(tract, &tok, &lang, out.adapter.as_slice(), &theirs)?;
         earlier.push((name, h.leak));
     }
     let failed = judge(&metrics, &earlier, v);

@@ -18,7 +18,8 @@ use crate::metrics;
 use crate::Method;
 use lethe_model::generate::{answer_guided, encode_images, gather_features, logprobs, score};
 use lethe_model::{
-    Adapter, Engine, ModelError, Package, Query, StepLosses, Tokenizer, TrainBatch, TrainState,
+    Adapter, Engine, ModelError, Package, Query, RetainSet, StepLosses, Tokenizer, TrainBatch,
+    TrainState,
 };
 use ndarray::{s, Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Axis};
 use serde::Serialize;
@@ -445,9 +446,11 @@ pub fn forget(
     );
     let n_views = view_imgs.len();
     let view_feats = encode_images(engine, stack(&view_imgs).view())?;
-    let (retain_labels, retain_feats) = if opts.method == Method::Siu {
+    // The package's retain set, read once: T5/T6 rows and the concept's own photos.
+    let retain_set = if strict { Some(pkg.retain()?) } else { None };
+    let (retain_labels, retain_feats) = if let Some(set) = &retain_set {
         retain_rows(
-            pkg,
+            set,
             engine,
             &concept,
             &forgotten,
@@ -467,9 +470,9 @@ pub fn forget(
     };
     // The package's own photos of the concept, asked about (never trained on) when
     // `hold_own`: their rows follow every training row's.
-    let own_feats = match strict && opts.hold_own {
-        true => own_images(pkg, engine, &concept, opts.retain_per_identity)?,
-        false => None,
+    let own_feats = match (&retain_set, opts.hold_own) {
+        (Some(set), true) => own_images(set, engine, &concept, opts.retain_per_identity)?,
+        _ => None,
     };
     let n_own = own_feats.as_ref().map_or(0, |f| f.shape()[0]);
     let own_at = feats.shape()[0];
@@ -1031,12 +1034,11 @@ fn confusers(people: &[String], logp: &[f64], k: usize, min_logp: f64) -> Vec<St
 /// Features of at most `per_identity` of the retain set's images of `concept` (the first
 /// listed), or `None` if it has none.
 fn own_images(
-    pkg: &Package,
+    set: &RetainSet,
     engine: &mut dyn Engine,
     concept: &str,
     per_identity: usize,
 ) -> Result<Option<Array3<f32>>, SiuError> {
-    let set = pkg.retain()?;
     let idx: Vec<usize> = set
         .entries
         .iter()
@@ -1071,7 +1073,7 @@ fn pooled(feats: &Array3<f32>) -> Array2<f32> {
 /// Invariant: the replayed rows come last, image by image, `replay_views` rows per image
 /// with the image itself first ([`Watch::replays`] relies on it).
 fn retain_rows(
-    pkg: &Package,
+    set: &RetainSet,
     engine: &mut dyn Engine,
     concept: &str,
     forgotten: &[String],
@@ -1081,7 +1083,6 @@ fn retain_rows(
     seed: u64,
     views: &Array3<f32>,
 ) -> Result<(Vec<RetainLabel>, Option<Array3<f32>>), SiuError> {
-    let set = pkg.retain()?;
     let mut count: BTreeMap<Option<String>, usize> = BTreeMap::new();
     let mut keep = Vec::new();
     let mut replay = Vec::new();
