@@ -36,6 +36,7 @@ world = V.load_world(args.lethectl)
 VIS = {k[4:]: jnp.asarray(z[k]) for k in z.files if k.startswith("vis.")}
 DEC = {k[4:]: jnp.asarray(z[k]) for k in z.files if k.startswith("dec.")}
 AD = {k[3:]: jnp.asarray(z[k]) for k in z.files if k.startswith("ad.")}
+DEC_TRAIN = {k: jnp.asarray(v) for k, v in M.train_weights(DEC).items()}
 T, NV, BT = M.CFG["text_len"], len(vocab), args.train_batch
 LAYOUT = M.adapter_layout()
 P = sum(int(np.prod(s)) for _, s in LAYOUT)
@@ -73,7 +74,7 @@ def step_fn(adapter, *rest):
 
 def loss_fn(parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl):
     ad = {n: t for (n, _), t in zip(LAYOUT, parts)}
-    logq = M.log_softmax(M.decode(DEC, ad, features, has_image, tokens))
+    logq = M.log_softmax(M.decode_train(DEC_TRAIN, ad, features, has_image, tokens))
     onehot = targets[..., None] == jnp.arange(NV)[None, None, :]
     nll = -jnp.where(onehot, logq, 0.0).sum(-1)                        # [B,T]
     ce = (ce_weight * nll).sum() / jnp.maximum(jnp.abs(ce_weight).sum(), 1.0)
@@ -93,10 +94,11 @@ def train_step(params, adam_m, adam_v, step, lr, features, has_image, tokens, ta
     g = jnp.concatenate([x.reshape(-1) for x in grads]) * jnp.minimum(CLIP / (gnorm + 1e-6), 1.0)
     t = step + 1.0
     m2 = B1 * adam_m + (1 - B1) * g
-    v2 = B2 * adam_v + (1 - B2) * g * g
-    mhat = m2 / (1 - jnp.power(B1, t))
-    vhat = v2 / (1 - jnp.power(B2, t))
-    p2 = params - lr * (mhat / (jnp.sqrt(vhat) + EPS))
+    v2 = B2 * adam_v + (1 - B2) * (g * g)
+    # Adam with its bias corrections folded into scalars (fewer passes over the P-long vectors):
+    # lr * mhat / (sqrt(vhat) + eps) = (lr / c1) * m2 / (sqrt(v2) / sqrt(c2) + eps)
+    c1, c2 = 1 - jnp.power(B1, t), 1 - jnp.power(B2, t)
+    p2 = params - (lr / c1) * m2 / (jnp.sqrt(v2) * jax.lax.rsqrt(c2) + EPS)
     return loss, ce, kl, gnorm, p2, m2, v2, t
 
 
@@ -146,7 +148,61 @@ def einsums_as_matmuls(m):
     return m
 
 
-def export(fn, specs, names, outs, path, grown_outputs=()):
+BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Where", "And", "Or", "Equal", "Greater",
+                "GreaterOrEqual", "Less", "LessOrEqual"}
+
+
+def drop_broadcast_expands(m):
+    """jax2onnx writes every broadcast_in_dim as an explicit Expand, which materialises a full
+    tensor that the consuming elementwise op would have broadcast by itself. An Expand is
+    dropped when every consumer broadcasts its inputs (ONNX multidirectional broadcasting) and
+    gives the same output shape with the unexpanded input: the outputs are bit for bit the same
+    (checked at export against the graph before the pass). Needs static shapes."""
+    from onnx import shape_inference
+    inferred = shape_inference.infer_shapes(m, data_prop=True)
+    shapes = {i.name: list(i.dims) for i in m.graph.initializer}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+
+    def broadcast(ss):
+        rank, out = max(len(s) for s in ss), []
+        for k in range(rank):
+            big = {s[k - rank + len(s)] for s in ss if k - rank + len(s) >= 0} - {1}
+            if len(big) > 1:
+                return None
+            out.append(big.pop() if big else 1)
+        return out
+
+    consumers = collections.defaultdict(list)
+    for n in m.graph.node:
+        for x in n.input:
+            consumers[x].append(n)
+    graph_outputs = {o.name for o in m.graph.output}
+    dropped = []
+    for n in m.graph.node:
+        x, y = n.input[0], n.output[0]
+        if n.op_type != "Expand" or y in graph_outputs or x not in shapes or not consumers[y]:
+            continue
+
+        def same_without(c):
+            if c.op_type not in BROADCASTING or any(i not in shapes for i in c.input):
+                return False
+            before = broadcast([shapes[i] for i in c.input])
+            after = broadcast([shapes[x] if i == y else shapes[i] for i in c.input])
+            return before is not None and before == after == shapes.get(c.output[0])
+
+        if all(same_without(c) for c in consumers[y]):
+            for c in consumers[y]:
+                c.input[:] = [x if i == y else i for i in c.input]
+            dropped.append(n)
+    for n in dropped:
+        m.graph.node.remove(n)
+    return m, len(dropped)
+
+
+def export(fn, specs, names, outs, path, grown_outputs=(), slim=False):
     """grown_outputs: outputs whose axis 2 is a sum of symbolic dims (K + S). jax2onnx writes
     such a dim as its first term (K), which tract then refuses to unify with K + S: that
     axis, and every intermediate shape annotation, are left for the engines to infer."""
@@ -154,6 +210,9 @@ def export(fn, specs, names, outs, path, grown_outputs=()):
     m = to_onnx(fn, specs, model_name=os.path.basename(path)[:-5], opset=18, input_names=names, output_names=outs)
     m.ir_version = min(m.ir_version, 10)
     m = einsums_as_matmuls(m)
+    if slim:
+        m, n_dropped = drop_broadcast_expands(m)
+        print(f"{path}: {n_dropped} broadcasting Expand nodes dropped", flush=True)
     if grown_outputs:
         del m.graph.value_info[:]
         for o in m.graph.output:
@@ -184,7 +243,8 @@ ops["decoder_step"] = export(step_fn, [sds((P,))] + [kv_spec] * (2 * KV_LAYERS)
 train_specs = [sds((P,)), sds((P,)), sds((P,)), sds(()), sds(()), sds((BT, M.NIMG, M.FEAT)), sds((BT,)),
                sds((BT, T), jnp.int32), sds((BT, T), jnp.int32), sds((BT, T)), sds((BT, T)), sds((NV,)),
                sds((BT, T, NV)), sds(()), sds(())]
-ops["train_step"] = export(train_step, train_specs, TRAIN_IN, TRAIN_OUT, f"{args.out}/train_step.onnx")
+ops["train_step"] = export(train_step, train_specs, TRAIN_IN, TRAIN_OUT, f"{args.out}/train_step.onnx",
+                             slim=True)
 
 adapter0 = np.asarray(M.flatten(AD), np.float32)
 adapter0.astype("<f4").tofile(f"{args.out}/adapter.bin")
@@ -282,6 +342,10 @@ np.save(f"{args.out}/fixtures/expect_adam_m.npy", np.asarray(state[1]))
 np.save(f"{args.out}/fixtures/expect_adam_v.npy", np.asarray(state[2]))
 probe_logits = np.asarray(decoder_fn(jnp.asarray(adapter0), feats, has, tokens), np.float32)
 np.save(f"{args.out}/fixtures/expect_logits.npy", probe_logits)
+train_logits = np.asarray(M.decode_train(DEC_TRAIN, M.unflatten(jnp.asarray(adapter0)), feats, has, tokens), np.float32)
+gap = float(np.abs(train_logits - probe_logits).max())
+assert gap < 1e-4, f"decode_train differs from decode by {gap}"
+print(f"decode_train vs decode: max logit difference {gap:.2e}", flush=True)
 fin = [jnp.asarray(inputs[k]) for k in TRAIN_IN]
 for _ in range(3):
     jax.block_until_ready(jstep(*fin))

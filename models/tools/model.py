@@ -176,6 +176,76 @@ def decode(dec, ad, feats, has_image, tokens):
     return h @ dec["tok"].T
 
 
+
+# ---------------------------------------------------------------- the training formulation
+# decode() as train_step.onnx computes it: the same function (logits equal to decode's within
+# float rounding; export.py checks it), arranged so that its gradient graph has fewer, larger
+# operations. On 2 CPU cores the step is bound by the number of small ops, not by FLOPs:
+#  - q, k and v share one frozen [D, 3D] product, and their LoRA A factors one [D, 3R] product
+#    (one matmul forward and one for the input gradient instead of three, and no sums);
+#  - the LoRA scale is applied to B ([R, out]) rather than to every [B, S, out] output, and the
+#    attention scale 1/sqrt(hd) is folded into the frozen q weights and q's LoRA scale;
+#  - the mask is an additive bias built once per call, not a Where per layer (masked scores
+#    get -1e9 added; their softmax weight is exactly 0 either way; rows with nothing visible,
+#    the image rows of a text-only question, reach no loss term);
+#  - layer norm multiplies by rsqrt(var + eps) and squares by a product: no Pow or Div over
+#    [B, S, D] in the gradient.
+def train_weights(dec):
+    """Frozen decoder weights rearranged for decode_train (computed once, in numpy)."""
+    out = {k: np.asarray(v) for k, v in dec.items()}
+    c = 1.0 / math.sqrt(CFG["dd"] // CFG["heads"])
+    for l in range(CFG["dec_layers"]):
+        p = f"dec{l}_"
+        out[p + "qkv_w"] = np.concatenate([out[p + "q_w"] * c, out[p + "k_w"], out[p + "v_w"]], 1)
+        out[p + "qkv_b"] = np.concatenate([out[p + "q_b"] * c, out[p + "k_b"], out[p + "v_b"]], 0)
+    out["tok_t"] = np.ascontiguousarray(out["tok"].T)
+    return out
+
+
+def _layer_norm_train(x, g, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    return xc * jax.lax.rsqrt((xc * xc).mean(-1, keepdims=True) + eps) * g + b
+
+
+def _attend_train(h, P, prefix, bias, lora):
+    B, S, D = h.shape
+    H, s = CFG["heads"], CFG["lora_scale"]
+    hd = D // H
+
+    def proj(t, x):
+        y = x @ P[prefix + t + "_w"] + P[prefix + t + "_b"]
+        return y + (x @ lora[prefix + t + "_lora_a"]) @ (lora[prefix + t + "_lora_b"] * s)
+
+    a = _layer_norm_train(h, P[prefix + "ln1_g"], P[prefix + "ln1_b"])
+    base = jnp.split(a @ P[prefix + "qkv_w"] + P[prefix + "qkv_b"], 3, axis=-1)
+    low = jnp.split(a @ jnp.concatenate([lora[prefix + t + "_lora_a"] for t in "qkv"], 1), 3, axis=-1)
+    scale = {"q": s / math.sqrt(hd), "k": s, "v": s}
+    q, k, v = ((y + u @ (lora[prefix + t + "_lora_b"] * scale[t])).reshape(B, S, H, hd).transpose(0, 2, 1, 3)
+               for t, y, u in zip("qkv", base, low))
+    w = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) + bias, axis=-1)
+    o = (w @ v).transpose(0, 2, 1, 3).reshape(B, S, D)
+    h = h + proj("o", o)
+    a = _layer_norm_train(h, P[prefix + "ln2_g"], P[prefix + "ln2_b"])
+    return h + proj("down", gelu(proj("up", a)))
+
+
+def decode_train(tw, ad, feats, has_image, tokens):
+    """decode() with train_weights(dec) as tw: the formulation train_step.onnx is exported from."""
+    B, T = tokens.shape
+    img = gelu(feats @ ad["proj1_w"] + ad["proj1_b"]) @ ad["proj2_w"] + ad["proj2_b"]
+    txt = jnp.take(tw["tok"], tokens, axis=0)
+    h = jnp.concatenate([img, txt], 1) + tw["pos"][: NIMG + T]
+    S = NIMG + T
+    causal = np.tril(np.ones((S, S), dtype=bool))
+    key_is_text = (np.arange(S) >= NIMG)[None, :]
+    visible = key_is_text | (has_image[:, None] > 0.5)                  # [B,S]
+    bias = jnp.where(causal[None, None] & visible[:, None, None, :], 0.0, -1e9).astype(h.dtype)
+    for l in range(CFG["dec_layers"]):
+        h = _attend_train(h, tw, f"dec{l}_", bias, ad)
+    h = _layer_norm_train(h[:, NIMG:], tw["lnf_g"], tw["lnf_b"])
+    return h @ tw["tok_t"]
+
 # ---------------------------------------------------------------- incremental decoding
 # The same decoder split in two, for generation with a key/value cache (the layout ONNX Runtime
 # GenAI and Optimum use: past_key_values.N.key/value in, present.N.key/value out, [B,H,K,hd]):
