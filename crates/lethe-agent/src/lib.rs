@@ -28,7 +28,6 @@ pub mod agent;
 pub mod channel;
 pub mod config;
 pub mod fsutil;
-pub mod heap;
 pub mod journal;
 pub mod log;
 pub mod mqtt;

@@ -44,7 +44,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    lethe_agent::heap::one_arena();
+    lethe_model::heap::one_arena();
+    lethe_model::heap::keep_step_buffers();
     let cli = Cli::parse();
     let ov = Overrides {
         device_id: cli.device_id,

@@ -90,7 +90,7 @@ pub fn load_engines() -> LoadUpdater {
     Box::new(|cfg: &Config| {
         let engines = Engines::load(cfg)?;
         // Loading and optimizing the graphs leaves free space in the heap.
-        crate::heap::give_back_free_pages();
+        lethe_model::heap::give_back_free_pages();
         Ok(Box::new(engines) as Box<dyn Updater>)
     })
 }
@@ -125,7 +125,7 @@ impl Updater for Engines {
     ) -> Result<Candidate, UpdateFailure> {
         let out = update::run(self, cfg, job, base, cancel, on);
         // The update's buffers are free now; the device idles until the next command.
-        crate::heap::give_back_free_pages();
+        lethe_model::heap::give_back_free_pages();
         let out = out?;
         Ok(Candidate {
             metrics: out.receipt_metrics(),
@@ -136,7 +136,7 @@ impl Updater for Engines {
 
     fn selfcheck(&mut self, cfg: &Config, adapter: Result<Adapter, StoreError>) -> SelfCheck {
         let report = selfcheck::run(self, &cfg.model_dir, adapter);
-        crate::heap::give_back_free_pages();
+        lethe_model::heap::give_back_free_pages();
         report
     }
 }

@@ -6,7 +6,7 @@
 use crate::error::{ModelError, Result};
 use crate::manifest::KvCacheSpec;
 use crate::package::Package;
-use crate::runtime::{build_session, Allocation, ProviderReport, SessionOptions};
+use crate::runtime::{build_session, ProviderReport, SessionOptions};
 use ndarray::{Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis, Ix3, Ix4};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -321,7 +321,7 @@ impl OrtEngine {
     pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<OrtEngine> {
         let mut reports = Vec::new();
         let mut open = |path: std::path::PathBuf| -> Result<Session> {
-            let (s, r) = build_session(&path, opts, Allocation::Malloc)?;
+            let (s, r) = build_session(&path, opts)?;
             reports.push(r);
             Ok(s)
         };
@@ -417,7 +417,7 @@ impl Engine for OrtEngine {
             Some(d) => d,
             None => self
                 .decoder
-                .insert(build_session(&self.decoder_path, &self.opts, Allocation::Malloc)?.0),
+                .insert(build_session(&self.decoder_path, &self.opts)?.0),
         };
         let outs = decoder.run(inputs).map_err(e("running decoder.onnx"))?;
         let l = outs["logits"]

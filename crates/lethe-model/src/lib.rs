@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod fixtures;
 pub mod generate;
+pub mod heap;
 pub mod image;
 pub mod manifest;
 pub mod npy;

@@ -383,21 +383,6 @@ fn init_environment() -> std::result::Result<Environment, String> {
     })
 }
 
-/// How a session's intermediate tensors are allocated on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Allocation {
-    /// ORT's CPU arena: the buffers of one run are kept for the next. For a graph whose
-    /// every run has the same shapes (the train step), where the arena stays at one run's
-    /// size: its ~1000 intermediates otherwise go through malloc, and the large ones
-    /// through fresh, page-faulting mmaps, every step (measured: 23 -> 19 ms a step,
-    /// +3.4 MiB resident).
-    Arena,
-    /// Plain malloc, memory returned after each run. For graphs whose shapes vary from run
-    /// to run (batches of answers of every length), where an arena grows to the largest
-    /// run of every shape and keeps it.
-    Malloc,
-}
-
 /// Builds a session for one graph file, trying the providers of `opts.provider`'s chain in
 /// order until one builds (a GPU provider that fails to register or to build the session is
 /// noted and passed over; the CPU attempt is last). Returns the session and which provider
@@ -405,7 +390,6 @@ pub(crate) enum Allocation {
 pub(crate) fn build_session(
     path: &Path,
     opts: &SessionOptions,
-    alloc: Allocation,
 ) -> Result<(Session, ProviderReport)> {
     let (attempts, mut fallbacks) = if opts.provider == Provider::Cpu {
         plan_attempts(Provider::Cpu, &[])
@@ -414,7 +398,7 @@ pub(crate) fn build_session(
     };
     let mut last_err = None;
     for a in attempts {
-        match build_with(path, opts, &a.register, alloc) {
+        match build_with(path, opts, &a.register) {
             Ok(session) => {
                 return Ok((
                     session,
@@ -433,12 +417,7 @@ pub(crate) fn build_session(
     Err(last_err.expect("the plan ends with the CPU attempt"))
 }
 
-fn build_with(
-    path: &Path,
-    opts: &SessionOptions,
-    register: &[Provider],
-    alloc: Allocation,
-) -> Result<Session> {
+fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Result<Session> {
     let env = environment()?;
     let file = path.display().to_string();
     let err = |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::OrtSession {
@@ -456,20 +435,16 @@ fn build_with(
         // Warnings (e.g. unused initializers of JAX-exported graphs) are noise on a CLI.
         .with_log_level(LogLevel::Error)
         .map_err(err)?
-        // Memory patterns keep the largest allocations of every run shape for good: with
-        // them and the arena on every session the agent's peak during a forget was
-        // 349 MiB, without 179 MiB. See `Allocation` for the arena.
+        // ORT's CPU arena and memory patterns keep the largest allocations of every run
+        // for good: with them the agent's peak during a forget was 349 MiB, without 179 MiB,
+        // at the same speed (the graphs are small; malloc is not what a run waits on).
         .with_memory_pattern(false)
         .map_err(err)?;
     let mut eps: Vec<_> = register
         .iter()
         .filter_map(|p| dispatch(*p, &opts.gpu))
         .collect();
-    eps.push(
-        ort::ep::CPU::default()
-            .with_arena_allocator(alloc == Allocation::Arena)
-            .build(),
-    );
+    eps.push(ort::ep::CPU::default().with_arena_allocator(false).build());
     if !eps.is_empty() {
         builder = builder.with_execution_providers(eps).map_err(err)?;
     }

@@ -7,7 +7,7 @@
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::package::Package;
-use crate::runtime::{build_session, Allocation, ProviderReport, SessionOptions};
+use crate::runtime::{build_session, ProviderReport, SessionOptions};
 use ndarray::{arr0, Array1, Array2, Array3, Ix1};
 use ort::session::Session;
 use ort::value::{Tensor, TensorRef};
@@ -143,7 +143,7 @@ pub struct TrainStep {
 impl TrainStep {
     /// Opens train_step.onnx and checks its interface against the manifest.
     pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
-        let (session, provider) = build_session(&pkg.train_step_path(), opts, Allocation::Arena)?;
+        let (session, provider) = build_session(&pkg.train_step_path(), opts)?;
         let spec = &pkg.manifest().graphs.train_step;
         let ins: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();

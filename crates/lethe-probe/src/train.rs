@@ -37,7 +37,10 @@ impl TractTrainStep {
         Ok(TractTrainStep {
             plan,
             shape: TrainShape::from_package(pkg),
-            threads: Threads::per_core(),
+            // One thread: tract's multithreaded products made the step slower, 41 -> 47-51 ms
+            // on 2 cores, whatever the size threshold above which a product is shared
+            // (a step is ~250 products, most of them small, each a hand-off to the pool).
+            threads: Threads::new(1),
         })
     }
 

@@ -85,6 +85,9 @@ fn quiet_on_broken_pipe() {
 
 fn main() -> ExitCode {
     quiet_on_broken_pipe();
+    // lethectl runs the same updates as the agent (forget, the benchmarks): same heap policy
+    // for the train step's buffers (lethe_model::heap).
+    lethe_model::heap::keep_step_buffers();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::World(c) => cmd::world::run(c),
