@@ -79,6 +79,10 @@ pub struct UpdateConfig {
     pub allow_mismatch: bool,
     /// Slow every optimizer step by this much (tests use it to widen crash windows).
     pub step_delay_ms: u64,
+    /// When a candidate fails verification only by bringing back an earlier forget, run
+    /// the forget once more holding every earlier forget in the stopping rule, and verify
+    /// that candidate instead (update.rs; ARCHITECTURE.md has the measurements).
+    pub retry_earlier: bool,
 }
 
 impl Default for UpdateConfig {
@@ -91,6 +95,7 @@ impl Default for UpdateConfig {
             lr: 1e-3,
             allow_mismatch: false,
             step_delay_ms: 0,
+            retry_earlier: true,
         }
     }
 }

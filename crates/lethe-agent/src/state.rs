@@ -72,6 +72,9 @@ pub enum Event {
         loss: f32,
     },
     Verifying,
+    /// Verification found only that the candidate brings back an earlier forget, and the
+    /// update runs once more (`update.retry_earlier`): back to training, then verifying.
+    Retrying,
     /// Verification passed; the store is about to move `current` to `new_hash`. A revert
     /// names the forgets it undoes (`undone.json` already records them).
     Committing {
@@ -115,6 +118,7 @@ impl Event {
             Event::Preparing => "preparing",
             Event::Training { .. } => "training",
             Event::Verifying => "verifying",
+            Event::Retrying => "retrying",
             Event::Committing { .. } => "committing",
             Event::Committed { .. } => "committed",
             Event::RolledBack { .. } => "rolled_back",
@@ -324,6 +328,10 @@ pub fn apply(
             s.step = Some((*step, *of));
         }
         (P::Preparing | P::Training, Event::Verifying) => s.phase = P::Verifying,
+        (P::Verifying, Event::Retrying) => {
+            s.phase = P::Training;
+            s.step = None;
+        }
         (
             P::Verifying,
             Event::Committing {
@@ -728,6 +736,35 @@ mod tests {
         );
         let err = run(&[Event::Preparing]).unwrap_err();
         assert_eq!((err.from, err.event), ("(none)", "preparing"));
+    }
+
+    #[test]
+    fn a_retry_goes_from_verifying_back_to_training_and_only_from_there() {
+        let training = || Event::Training {
+            step: 1,
+            of: 8,
+            loss: 1.0,
+        };
+        let s = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            training(),
+            Event::Verifying,
+            Event::Retrying,
+            training(),
+            Event::Verifying,
+        ])
+        .unwrap();
+        assert_eq!(s.phase, Phase::Verifying);
+        let err = run(&[
+            Event::Received,
+            accepted(),
+            Event::Preparing,
+            Event::Retrying,
+        ])
+        .unwrap_err();
+        assert_eq!((err.from, err.event), ("preparing", "retrying"));
     }
 
     #[test]

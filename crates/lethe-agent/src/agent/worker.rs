@@ -229,6 +229,11 @@ fn forget_job(
                     "training",
                 ),
                 UpdateEvent::Verifying => (Event::Verifying, serde_json::json!({}), "verifying"),
+                UpdateEvent::Retrying => (
+                    Event::Retrying,
+                    serde_json::json!({"why": "the candidate brought back an earlier forget"}),
+                    "retrying",
+                ),
             };
             if let Err(e) = sh.journal.lock().unwrap().append(env, event) {
                 journal_err.get_or_insert(e);

@@ -5,7 +5,7 @@ use crate::common::*;
 use lethe_model::generate::{answer, encode_images};
 use lethe_model::{Adapter, Package, Query};
 use lethe_probe::TractEngine;
-use lethe_proto::Verdict;
+use lethe_proto::{ActionSpec, Verdict};
 use std::time::{Duration, Instant};
 
 const WHO: u32 = 3;
@@ -271,4 +271,57 @@ async fn a_forget_queued_behind_another_builds_on_its_commit() {
             .any(|x| x["state"] == "rebased" && x["base_hash"] == first.model_hash_after.as_str()),
         "no rebased record in the journal"
     );
+}
+
+/// A forget that would bring back an earlier one is retried once, holding every earlier
+/// forget (`update.retry_earlier`), and the receipt says so. The earlier forget is made weak
+/// on purpose (one optimizer step, leak allowed), so every candidate of the second forget
+/// leaks it on the package's probe images; all other thresholds are open, so the earlier
+/// forget is the only failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_that_brings_back_an_earlier_one_is_retried_then_rolled_back_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let open = "max_leak = 1.0\nmax_misattribution = 1.0\nmin_well_formed = 0.0\n\
+                min_factual_retention = 0.0\nmax_specificity_paraphrased_drop_points = 100.0\n";
+    let f = fixture(
+        &broker,
+        &FAST.replace("[verify]\n", &format!("[verify]\n{open}")),
+    );
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    let mut weak = spec("op-1", 1, WHO);
+    if let ActionSpec::Forget(fs) = &mut weak.action {
+        fs.steps = Some(1);
+    }
+    op.push(sign(&weak, &f.op)).await;
+    let first = op
+        .receipt("op-1", &f.device_pub, Duration::from_secs(600))
+        .await;
+    assert_eq!(first.verdict, Verdict::Committed, "{first:?}");
+    assert_eq!(first.metrics.get("retried"), Some(&0.0), "{first:?}");
+    let after_first = current_hash(&f.state);
+
+    op.push(sign(&spec("op-2", 2, 10), &f.op)).await;
+    let r = op
+        .receipt("op-2", &f.device_pub, Duration::from_secs(600))
+        .await;
+    let why = r.reason.clone().unwrap_or_default();
+    assert_eq!(r.verdict, Verdict::RolledBack, "{r:?}");
+    assert_eq!(r.metrics.get("retried"), Some(&1.0), "{r:?}");
+    let name = concept_name(WHO);
+    assert!(
+        why.contains(&format!("leak of the earlier forget of {name}"))
+            && why.contains("retried holding every earlier forget"),
+        "{why}"
+    );
+    assert_eq!(current_hash(&f.state), after_first);
+    let events = op.events_of("op-2");
+    let at = |state: &str| events.iter().position(|e| e == state);
+    assert!(
+        at("retrying").is_some() && at("rolled_back") > at("retrying"),
+        "{events:?}"
+    );
+    agent.stop();
 }

@@ -96,6 +96,10 @@ pub struct SequentialArgs {
     pub common: Common,
     #[arg(long, default_value = "siu")]
     pub method: Method,
+    /// Do not retry a forget that brings back an earlier one (the agent's
+    /// `update.retry_earlier = false`).
+    #[arg(long)]
+    pub no_retry: bool,
 }
 
 /// Seed of the one training image of identity `id` (held out, used nowhere else).
@@ -513,6 +517,8 @@ struct SeqRow {
     k: usize,
     concept: String,
     verdict: String,
+    /// The first candidate brought back an earlier forget; this row is the retry's.
+    retried: bool,
     reason: Option<String>,
     /// For a rolled-back forget: the verification's answers that were not well-formed.
     verify_bad_examples: Vec<String>,
@@ -555,7 +561,8 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     let dir = tempfile::tempdir()?;
     // Check `--set` once, before any forget; every forget applies it through `tune`.
     apply_overrides(&mut options(Method::Siu, None, None, 0), &c.sets)?;
-    let cfg = agent_config(&c.model, dir.path(), c.steps)?;
+    let mut cfg = agent_config(&c.model, dir.path(), c.steps)?;
+    cfg.update.retry_earlier = !a.no_retry;
     let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
     let mut current = base.clone();
@@ -627,6 +634,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
                 (Some(_), false) => "rolled back",
             }
             .into(),
+            retried: out.as_ref().is_some_and(|o| o.retried),
             reason: out.as_ref().map_or(refused, |o| o.failed.clone()),
             verify_bad_examples: match &out {
                 Some(o) if !committed => o.metrics.bad_examples.clone(),
@@ -652,6 +660,11 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         rows.push(row);
     }
     let committed = rows.iter().filter(|r| r.verdict == "committed").count();
+    let retried = rows.iter().filter(|r| r.retried).count();
+    let retried_committed = rows
+        .iter()
+        .filter(|r| r.retried && r.verdict == "committed")
+        .count();
     if c.json {
         println!(
             "{}",
@@ -660,7 +673,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     } else {
         let last = rows.last();
         println!(
-            "{committed} of {} committed; after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
+            "{committed} of {} committed ({retried} retried after bringing back an earlier forget, {retried_committed} of them committed); after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
             rows.len(),
             last.map_or(0.0, |r| 100.0 * r.remaining_accuracy),
             last.map_or(0.0, |r| 100.0 * r.remaining_accuracy_before),
@@ -724,6 +737,9 @@ fn print_seq_row(r: &SeqRow, header: bool) {
             })
             .collect();
         println!("      earlier forgets leaking: {}", l.join(", "));
+    }
+    if r.retried {
+        println!("      retried: the first candidate brought back an earlier forget");
     }
     if let Some(why) = &r.reason {
         println!("      {why}");
