@@ -159,8 +159,9 @@ def vision(vis, image):
     return merge(encode_tokens(vis, image))
 
 
-def decode(dec, ad, feats, has_image, tokens):
-    """feats [B,16,FEAT], has_image [B] (0/1 float), tokens [B,T] int -> logits [B,T,V]."""
+def _sequence(dec, ad, feats, has_image, tokens):
+    """The decoder's input (image tokens, then text, with positions) [B,S,D] and the keys each
+    position may see [B,1,S,S]."""
     B, T = tokens.shape
     img = gelu(feats @ ad["proj1_w"] + ad["proj1_b"]) @ ad["proj2_w"] + ad["proj2_b"]
     txt = jnp.take(dec["tok"], tokens, axis=0)
@@ -169,7 +170,12 @@ def decode(dec, ad, feats, has_image, tokens):
     causal = jnp.tril(jnp.ones((S, S), dtype=bool))
     key_is_text = (jnp.arange(S) >= NIMG)[None, :]
     visible = key_is_text | (has_image[:, None] > 0.5)          # [B,S]
-    allowed = causal[None, None] & visible[:, None, None, :]     # [B,1,S,S]
+    return h, causal[None, None] & visible[:, None, None, :]
+
+
+def decode(dec, ad, feats, has_image, tokens):
+    """feats [B,16,FEAT], has_image [B] (0/1 float), tokens [B,T] int -> logits [B,T,V]."""
+    h, allowed = _sequence(dec, ad, feats, has_image, tokens)
     for l in range(CFG["dec_layers"]):
         h = _attend(h, dec, f"dec{l}_", allowed, lora=ad)
     h = layer_norm(h[:, NIMG:], dec["lnf_g"], dec["lnf_b"])
@@ -232,15 +238,8 @@ def _attend_train(h, P, prefix, bias, lora):
 
 def decode_train(tw, ad, feats, has_image, tokens):
     """decode() with train_weights(dec) as tw: the formulation train_step.onnx is exported from."""
-    B, T = tokens.shape
-    img = gelu(feats @ ad["proj1_w"] + ad["proj1_b"]) @ ad["proj2_w"] + ad["proj2_b"]
-    txt = jnp.take(tw["tok"], tokens, axis=0)
-    h = jnp.concatenate([img, txt], 1) + tw["pos"][: NIMG + T]
-    S = NIMG + T
-    causal = np.tril(np.ones((S, S), dtype=bool))
-    key_is_text = (np.arange(S) >= NIMG)[None, :]
-    visible = key_is_text | (has_image[:, None] > 0.5)                  # [B,S]
-    bias = jnp.where(causal[None, None] & visible[:, None, None, :], 0.0, -1e9).astype(h.dtype)
+    h, allowed = _sequence(tw, ad, feats, has_image, tokens)
+    bias = jnp.where(allowed, 0.0, -1e9).astype(h.dtype)
     for l in range(CFG["dec_layers"]):
         h = _attend_train(h, tw, f"dec{l}_", bias, ad)
     h = _layer_norm_train(h[:, NIMG:], tw["lnf_g"], tw["lnf_b"])
