@@ -218,14 +218,28 @@ pub fn run_tuned(
     opts.lr = u.lr;
     opts.allow_mismatch = u.allow_mismatch;
     tune(&mut opts);
-    let first = attempt(eng, cfg, job, base, &image, &extra, &opts, cancel, on)?;
+    let prior = Prior {
+        forgotten: job.forgotten.clone(),
+        original: Some(eng.pkg.adapter()?),
+    };
+    let out = train(eng, cfg, job, base, &image, &opts, &prior, cancel, on)?;
+    on(UpdateEvent::Verifying);
+    // The verification sets do not depend on the candidate: built once per job, after the
+    // first candidate (a command refused before training reads none of them).
+    let t0 = Instant::now();
+    let checks = Checks::new(&eng.pkg, cfg, job, &image, extra)?;
+    let mut first = verify(eng, cfg, base, &checks, out)?;
+    // Building the sets counts as verification, as it did when each attempt built them.
+    first.verify_ms = t0.elapsed().as_secs_f64() * 1e3;
     let only_earlier = fails_only_on_earlier(&first.metrics, &first.earlier, &cfg.verify);
     if !(u.retry_earlier && only_earlier && !opts.hold_earlier) {
         return Ok(first);
     }
     opts.hold_earlier = true;
     on(UpdateEvent::Retrying);
-    let mut second = attempt(eng, cfg, job, base, &image, &extra, &opts, cancel, on)?;
+    let out = train(eng, cfg, job, base, &image, &opts, &prior, cancel, on)?;
+    on(UpdateEvent::Verifying);
+    let mut second = verify(eng, cfg, base, &checks, out)?;
     second.retried = true;
     second.verify_ms += first.verify_ms;
     if let Some(why) = &mut second.failed {
@@ -238,34 +252,96 @@ pub fn run_tuned(
     Ok(second)
 }
 
-/// One forget from `base` and the verification of its candidate.
+/// The verification sets of a job: the concept's (the command's image, the package's probe
+/// images of C, the command's verification images and augmented views of its image; everyone
+/// else's probes) and each earlier forget's (the package's probe images of that person).
+struct Checks {
+    lang: lethe_siu::facets::Language,
+    tok: lethe_model::Tokenizer,
+    set: EvalSet,
+    earlier: Vec<(String, EvalSet)>,
+}
+
+impl Checks {
+    fn new(
+        pkg: &Package,
+        cfg: &Config,
+        job: &Job,
+        image: &Array4<f32>,
+        extra: Vec<Array4<f32>>,
+    ) -> Result<Checks, UpdateError> {
+        let lang = language(pkg);
+        let probes = pkg.probes()?;
+        let concept = lethe_siu::unlearn::normalise(job.concept);
+        let mut set = EvalSet::from_probes(
+            &lang,
+            &probes,
+            &concept,
+            image.clone(),
+            pkg.paraphrases()?.verify,
+        );
+        let v = &cfg.verify;
+        let views = lethe_siu::augment::views_at(
+            image.slice(s![0, .., .., ..]),
+            v.augmented_views + 1,
+            cfg.update.seed.wrapping_add(0x5eed),
+            lethe_siu::augment::Strength::Camera,
+        );
+        let mut held = vec![set.concept_images.clone()];
+        held.extend(extra);
+        for view in views.into_iter().skip(1) {
+            held.push(view.insert_axis(Axis(0)));
+        }
+        let refs: Vec<_> = held.iter().map(|a| a.view()).collect();
+        set.concept_images = concatenate(Axis(0), &refs).expect("images share [64,64,3]");
+        if v.max_other_images > 0 && set.other_images.shape()[0] > v.max_other_images {
+            let n = v.max_other_images;
+            set.other_images = set.other_images.slice(s![..n, .., .., ..]).to_owned();
+            set.other_names.truncate(n);
+            set.other_descriptions.truncate(n);
+        }
+        let earlier = job
+            .forgotten
+            .iter()
+            .map(|name| {
+                let name = lethe_siu::unlearn::normalise(name);
+                let theirs = EvalSet::from_probes(
+                    &lang,
+                    &probes,
+                    &name,
+                    set.train_image.clone(),
+                    set.paraphrases.clone(),
+                );
+                (name, theirs)
+            })
+            .collect();
+        Ok(Checks {
+            tok: pkg.tokenizer(),
+            lang,
+            set,
+            earlier,
+        })
+    }
+}
+
+/// One forget from `base`: the candidate, not yet verified.
 #[allow(clippy::too_many_arguments)]
-fn attempt(
+fn train(
     eng: &mut Engines,
     cfg: &Config,
     job: &Job,
     base: &Adapter,
     image: &Array4<f32>,
-    extra: &[Array4<f32>],
     opts: &Options,
+    prior: &Prior,
     cancel: &AtomicBool,
     on: &mut dyn FnMut(UpdateEvent),
-) -> Result<Outcome, UpdateError> {
-    let u = &cfg.update;
-    let delay = Duration::from_millis(u.step_delay_ms);
+) -> Result<lethe_siu::Outcome, UpdateError> {
+    let delay = Duration::from_millis(cfg.update.step_delay_ms);
     let Engines {
-        pkg,
-        ort,
-        train,
-        tract,
-        memo,
-        ..
+        pkg, ort, train, ..
     } = eng;
     let max_steps = opts.max_steps;
-    let prior = Prior {
-        forgotten: job.forgotten.clone(),
-        original: Some(pkg.adapter()?),
-    };
     let mut step = |s: &mut _, b: &_, lr, wc, wk| {
         // The safe point: between optimizer steps.
         if cancel.load(Ordering::SeqCst) {
@@ -284,7 +360,7 @@ fn attempt(
         image.view(),
         job.concept,
         opts,
-        &prior,
+        prior,
         &mut |p| {
             if let Progress::Step { step, losses, .. } = p {
                 on(UpdateEvent::Training {
@@ -298,64 +374,41 @@ fn attempt(
     if cancel.load(Ordering::SeqCst) {
         return Err(UpdateError::Cancelled);
     }
-    let out = result?;
-    on(UpdateEvent::Verifying);
+    Ok(result?)
+}
+
+/// Verification of a candidate against the job's sets and the thresholds.
+fn verify(
+    eng: &mut Engines,
+    cfg: &Config,
+    base: &Adapter,
+    checks: &Checks,
+    out: lethe_siu::Outcome,
+) -> Result<Outcome, UpdateError> {
     let t0 = Instant::now();
-    let lang = language(pkg);
-    let probes = pkg.probes()?;
-    let concept = lethe_siu::unlearn::normalise(job.concept);
-    let mut set = EvalSet::from_probes(
-        &lang,
-        &probes,
-        &concept,
-        image.clone(),
-        pkg.paraphrases()?.verify,
-    );
-    let v = &cfg.verify;
-    let views = lethe_siu::augment::views_at(
-        image.slice(s![0, .., .., ..]),
-        v.augmented_views + 1,
-        u.seed.wrapping_add(0x5eed),
-        lethe_siu::augment::Strength::Camera,
-    );
-    let mut held = vec![set.concept_images.clone()];
-    held.extend(extra.iter().cloned());
-    for view in views.into_iter().skip(1) {
-        held.push(view.insert_axis(Axis(0)));
-    }
-    let refs: Vec<_> = held.iter().map(|a| a.view()).collect();
-    set.concept_images = concatenate(Axis(0), &refs).expect("images share [64,64,3]");
-    if v.max_other_images > 0 && set.other_images.shape()[0] > v.max_other_images {
-        let n = v.max_other_images;
-        set.other_images = set.other_images.slice(s![..n, .., .., ..]).to_owned();
-        set.other_names.truncate(n);
-        set.other_descriptions.truncate(n);
-    }
+    let Engines { tract, memo, .. } = eng;
+    let Checks {
+        lang,
+        tok,
+        set,
+        earlier: theirs,
+    } = checks;
     let metrics = evaluate_with(
         tract,
-        &pkg.tokenizer(),
-        &lang,
+        tok,
+        lang,
         base.as_slice(),
         out.adapter.as_slice(),
-        &set,
+        set,
         memo,
     )?;
     // Every earlier forget still holds: a forget must not bring back someone forgotten.
     let mut earlier = Vec::new();
-    let tok = pkg.tokenizer();
-    for name in &job.forgotten {
-        let name = lethe_siu::unlearn::normalise(name);
-        let theirs = EvalSet::from_probes(
-            &lang,
-            &probes,
-            &name,
-            set.train_image.clone(),
-            set.paraphrases.clone(),
-        );
-        let h = holds(tract, &tok, &lang, out.adapter.as_slice(), &theirs)?;
-        earlier.push((name, h.leak));
+    for (name, their_set) in theirs {
+        let h = holds(tract, tok, lang, out.adapter.as_slice(), their_set)?;
+        earlier.push((name.clone(), h.leak));
     }
-    let failed = judge(&metrics, &earlier, v);
+    let failed = judge(&metrics, &earlier, &cfg.verify);
     Ok(Outcome {
         adapter: out.adapter,
         report: out.report,
