@@ -34,6 +34,39 @@ el = np.load(f"{fx}/expect_losses.npy")
 print("train step: max |loss - jax| %.2e, max |params - jax| %.2e" % (
     np.abs(np.array(losses, np.float32) - el).max(), np.abs(feed["params"] - np.load(f"{fx}/expect_params.npy")).max()))
 
+# The step split over two cores: train_grad.onnx on each half batch, the halves added, then the
+# clip and Adam that train_step does (as lethe-model's DataParallel step does them in Rust).
+if "train_grad" in man["graphs"]:
+    grad, opt = S("train_grad.onnx"), man["graphs"]["train_step"]["optimizer"]
+    hb = man["graphs"]["train_grad"]["batch"]
+    feed = {n: np.load(f"{fx}/in_{n}.npy") for n in names}
+    dens = {"ce_den": np.array(max(np.abs(feed["ce_weight"]).sum(), 1.0), np.float32),
+            "kl_den": np.array(max(feed["kl_mask"].sum(), 1.0), np.float32)}
+    losses = []
+    for s in range(man["fixtures"]["steps"]):
+        outs = []
+        for h in range(2):
+            rows = slice(h * hb, (h + 1) * hb)
+            hf = {n: (feed[n][rows] if feed[n].ndim and feed[n].shape[0] == 2 * hb and n != "params" and n != "vocab_mask"
+                      else feed[n]) for n in man["graphs"]["train_grad"]["inputs"] if n in feed} | dens
+            outs.append(grad.run(None, hf))
+        loss, ce, kl = (outs[0][i] + outs[1][i] for i in range(3))
+        g = outs[0][3] + outs[1][3]
+        gn = np.sqrt(np.sum(g.astype(np.float64) ** 2)).astype(np.float32)
+        g = g * min(opt["clip_global_norm"] / (gn + 1e-6), 1.0)
+        t = feed["step"] + 1
+        m2 = opt["beta1"] * feed["adam_m"] + (1 - opt["beta1"]) * g
+        v2 = opt["beta2"] * feed["adam_v"] + (1 - opt["beta2"]) * g * g
+        c1, c2 = 1 - opt["beta1"] ** t, 1 - opt["beta2"] ** t
+        feed["params"] = (feed["params"] - (feed["lr"] / c1) * m2 / (np.sqrt(v2) / np.sqrt(c2) + opt["eps"])).astype(np.float32)
+        feed["adam_m"], feed["adam_v"], feed["step"] = m2.astype(np.float32), v2.astype(np.float32), np.float32(t)
+        losses.append([loss, ce, kl, gn])
+    dl = np.abs(np.array(losses, np.float32) - el).max()
+    dp = np.abs(feed["params"] - np.load(f"{fx}/expect_params.npy")).max()
+    print("train_grad halves + Adam: max |loss - jax| %.2e, max |params - jax| %.2e" % (dl, dp))
+    tol = man["fixtures"]["tolerance"]
+    assert dl < tol["loss_abs"] and dp < tol["params_abs"], (dl, dp)
+
 # The KV-cache pair: prefix + a 10-token step + one token at a time == the whole decoder.
 pre, inc = S("decoder_prefix.onnx"), S("decoder_step.onnx")
 kvn = man["graphs"]["decoder_step"]["inputs"][1:-3]

@@ -1,8 +1,9 @@
 """Export a trained checkpoint as a Lethe model package (see models/PACKAGE.md).
 
 Writes: vision.onnx, decoder.onnx, decoder_prefix.onnx + decoder_step.onnx (the decoder split for
-incremental decoding with a key/value cache), train_step.onnx (standard ai.onnx ops only; frozen weights
-are initializers), adapter.bin (the initial adapter, flat f32 little-endian), probes/ (the
+incremental decoding with a key/value cache), train_step.onnx (one optimizer step; standard ai.onnx ops
+only; frozen weights are initializers), train_grad.onnx (the gradient of half a train batch, for a
+step split over two cores), adapter.bin (the initial adapter, flat f32 little-endian), probes/ (the
 retained probe set), fixtures/ (inputs and expected outputs of fed-back train steps computed
 by JAX, the eager reference), and manifest.json with shapes, vocabulary, templates and the
 SHA-256 of every file.
@@ -74,24 +75,44 @@ def step_fn(adapter, *rest):
     return (logits,) + tuple(x for pair in present for x in pair)
 
 
-def loss_fn(parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl):
+def batch_loss(parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl,
+               ce_den, kl_den):
+    """The loss of some rows of a batch, each term divided by the WHOLE batch's denominator
+    (ce_den = max(sum |ce_weight|, 1), kl_den = max(sum kl_mask, 1)), so that the losses and
+    gradients of the halves of a batch add up to the whole batch's."""
     ad = {n: t for (n, _), t in zip(LAYOUT, parts)}
     logq = M.log_softmax(M.decode_train(DEC_TRAIN, ad, features, has_image, tokens))
     onehot = targets[..., None] == jnp.arange(NV)[None, None, :]
     nll = -jnp.where(onehot, logq, 0.0).sum(-1)                        # [B,T]
-    ce = (ce_weight * nll).sum() / jnp.maximum(jnp.abs(ce_weight).sum(), 1.0)
+    ce = (ce_weight * nll).sum() / ce_den
     keep = (vocab_mask > 0.5)[None, None, :]
     kl_tok = jnp.where(keep, jnp.exp(ref_logp) * (ref_logp - logq), 0.0).sum(-1)
-    kl = (kl_mask * kl_tok).sum() / jnp.maximum(kl_mask.sum(), 1.0)
+    kl = (kl_mask * kl_tok).sum() / kl_den
     return w_ce * ce + w_kl * kl, (ce, kl)
+
+
+def loss_and_grad(params, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl,
+                  ce_den, kl_den):
+    """(loss, ce, kl) and the flat gradient of the adapter."""
+    (loss, (ce, kl)), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+        M.split_flat(params), features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce,
+        w_kl, ce_den, kl_den)
+    return loss, ce, kl, jnp.concatenate([x.reshape(-1) for x in grads])
+
+
+def train_grad(params, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl,
+               ce_den, kl_den):
+    """train_grad.onnx: the gradient of half a batch, for a step split over two cores (the
+    engine adds the halves, clips and applies Adam, as train_step does)."""
+    return loss_and_grad(params, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp,
+                         w_ce, w_kl, ce_den, kl_den)
 
 
 def train_step(params, adam_m, adam_v, step, lr, features, has_image, tokens, targets, ce_weight,
                kl_mask, vocab_mask, ref_logp, w_ce, w_kl):
-    parts = M.split_flat(params)
-    (loss, (ce, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        parts, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl)
-    flat = jnp.concatenate([x.reshape(-1) for x in grads])
+    loss, ce, kl, flat = loss_and_grad(
+        params, features, has_image, tokens, targets, ce_weight, kl_mask, vocab_mask, ref_logp, w_ce, w_kl,
+        jnp.maximum(jnp.abs(ce_weight).sum(), 1.0), jnp.maximum(kl_mask.sum(), 1.0))
     # The norm in two levels, 64 partial sums then their sum: tract sums a long vector in one
     # sequential pass (see the probe's report), and one sum per tensor cost ~80 small nodes.
     gnorm = jnp.sqrt(jnp.sum(jnp.sum((flat * flat).reshape(GNORM_PARTS, -1), axis=1)))
@@ -109,6 +130,9 @@ def train_step(params, adam_m, adam_v, step, lr, features, has_image, tokens, ta
 TRAIN_IN = ["params", "adam_m", "adam_v", "step", "lr", "features", "has_image", "tokens", "targets",
             "ce_weight", "kl_mask", "vocab_mask", "ref_logp", "w_ce", "w_kl"]
 TRAIN_OUT = ["loss", "ce", "kl", "grad_norm", "params_out", "adam_m_out", "adam_v_out", "step_out"]
+GRAD_IN = ["params", "features", "has_image", "tokens", "targets", "ce_weight", "kl_mask", "vocab_mask", "ref_logp",
+           "w_ce", "w_kl", "ce_den", "kl_den"]
+GRAD_OUT = ["loss", "ce", "kl", "grad"]
 
 
 SCOPE = jax.export.SymbolicScope()
@@ -249,6 +273,11 @@ train_specs = [sds((P,)), sds((P,)), sds((P,)), sds(()), sds(()), sds((BT, M.NIM
                sds((BT, T, NV)), sds(()), sds(())]
 ops["train_step"] = export(train_step, train_specs, TRAIN_IN, TRAIN_OUT, f"{args.out}/train_step.onnx",
                              slim=True)
+assert BT % 2 == 0, "the train batch must split into two halves"
+HB = BT // 2
+grad_specs = [sds((P,)), sds((HB, M.NIMG, M.FEAT)), sds((HB,)), sds((HB, T), jnp.int32), sds((HB, T), jnp.int32),
+              sds((HB, T)), sds((HB, T)), sds((NV,)), sds((HB, T, NV)), sds(()), sds(()), sds(()), sds(())]
+ops["train_grad"] = export(train_grad, grad_specs, GRAD_IN, GRAD_OUT, f"{args.out}/train_grad.onnx", slim=True)
 
 adapter0 = np.asarray(M.flatten(AD), np.float32)
 adapter0.astype("<f4").tofile(f"{args.out}/adapter.bin")
@@ -398,6 +427,8 @@ manifest = {
                          "ops": ops["decoder_step"]},
         "train_step": {"file": "train_step.onnx", "batch": BT, "inputs": TRAIN_IN, "outputs": TRAIN_OUT, "ops": ops["train_step"],
                        "optimizer": {"kind": "adam", "beta1": B1, "beta2": B2, "eps": EPS, "weight_decay": 0.0, "clip_global_norm": CLIP}},
+        "train_grad": {"file": "train_grad.onnx", "batch": HB, "inputs": GRAD_IN, "outputs": GRAD_OUT,
+                       "ops": ops["train_grad"]},
     },
     "kv_cache": {"layers": KV_LAYERS, "heads": KV_HEADS, "head_dim": KV_HEAD_DIM, "prefix_len": M.NIMG},
     "adapter": {"file": "adapter.bin", "len": P, "dtype": "f32le", "layout": offs},

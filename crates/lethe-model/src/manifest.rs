@@ -107,6 +107,10 @@ pub struct Graphs {
     pub decoder_prefix: GraphSpec,
     pub decoder_step: GraphSpec,
     pub train_step: TrainStepSpec,
+    /// The gradient of half a train batch (train_grad.onnx), for a step split over two cores;
+    /// optional: without it every engine runs the whole step in train_step.onnx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_grad: Option<TrainGradSpec>,
 }
 
 /// The key/value cache of the step graph: `layers` pairs of `[B, heads, K, head_dim]`;
@@ -140,6 +144,17 @@ pub struct TrainStepSpec {
     pub ops: Vec<String>,
     #[serde(default)]
     pub optimizer: serde_json::Value,
+}
+
+/// The half-batch gradient graph's file, interface and fixed batch (half of `train_step`'s).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainGradSpec {
+    pub file: String,
+    pub batch: usize,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub ops: Vec<String>,
 }
 
 /// The adapter file and its layout.

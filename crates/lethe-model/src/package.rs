@@ -209,7 +209,8 @@ impl Package {
             &m.retain.images,
             &m.retain.list,
         ];
-        for f in required {
+        let optional = m.graphs.train_grad.iter().map(|g| &g.file);
+        for f in required.into_iter().chain(optional) {
             if !m.files.contains_key(f.as_str()) {
                 return Err(ModelError::Package(format!(
                     "{f} is used but not listed in manifest.files"
@@ -254,6 +255,24 @@ impl Package {
             return Err(ModelError::Package(
                 "text_len or train batch is too small".into(),
             ));
+        }
+        if let Some(g) = &m.graphs.train_grad {
+            if 2 * g.batch != m.graphs.train_step.batch
+                || g.inputs != crate::train::GRAD_INPUTS
+                || g.outputs != crate::train::GRAD_OUTPUTS
+            {
+                return Err(ModelError::Package(format!(
+                    "{} must take half of the train batch ({}) with inputs {:?} and outputs \
+                     {:?}; the manifest says batch {}, inputs {:?}, outputs {:?}",
+                    g.file,
+                    m.graphs.train_step.batch,
+                    crate::train::GRAD_INPUTS,
+                    crate::train::GRAD_OUTPUTS,
+                    g.batch,
+                    g.inputs,
+                    g.outputs
+                )));
+            }
         }
         Ok(())
     }
@@ -328,6 +347,15 @@ impl Package {
     /// train_step.onnx
     pub fn train_step_path(&self) -> PathBuf {
         self.path(&self.manifest.graphs.train_step.file)
+    }
+
+    /// train_grad.onnx, where the package has the half-batch gradient graph.
+    pub fn train_grad_path(&self) -> Option<PathBuf> {
+        self.manifest
+            .graphs
+            .train_grad
+            .as_ref()
+            .map(|g| self.path(&g.file))
     }
 
     /// adapter.bin

@@ -398,7 +398,7 @@ pub(crate) fn build_session(
     };
     let mut last_err = None;
     for a in attempts {
-        match build_with(path, opts, &a.register) {
+        match build_with(path, opts, &a.register, Pool::Shared) {
             Ok(session) => {
                 return Ok((
                     session,
@@ -417,7 +417,27 @@ pub(crate) fn build_session(
     Err(last_err.expect("the plan ends with the CPU attempt"))
 }
 
-fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Result<Session> {
+/// Builds a CPU session that runs on the calling thread alone, outside the process-wide
+/// pool: for the split train step, whose two halves run side by side, one per core.
+pub(crate) fn build_one_thread_cpu_session(path: &Path) -> Result<Session> {
+    build_with(path, &SessionOptions::default(), &[], Pool::OwnOneThread)
+}
+
+/// Which threads a session's nodes run on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    /// The process-wide pool of `ORT_THREADS`.
+    Shared,
+    /// The calling thread only.
+    OwnOneThread,
+}
+
+fn build_with(
+    path: &Path,
+    opts: &SessionOptions,
+    register: &[Provider],
+    pool: Pool,
+) -> Result<Session> {
     let env = environment()?;
     let file = path.display().to_string();
     let err = |e: ort::Error<ort::session::builder::SessionBuilder>| ModelError::OrtSession {
@@ -440,6 +460,13 @@ fn build_with(path: &Path, opts: &SessionOptions, register: &[Provider]) -> Resu
         // at the same speed (the graphs are small; malloc is not what a run waits on).
         .with_memory_pattern(false)
         .map_err(err)?;
+    if pool == Pool::OwnOneThread {
+        builder = builder
+            .with_independent_thread_pool()
+            .map_err(err)?
+            .with_intra_threads(1)
+            .map_err(err)?;
+    }
     let mut eps: Vec<_> = register
         .iter()
         .filter_map(|p| dispatch(*p, &opts.gpu))

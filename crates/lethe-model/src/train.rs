@@ -1,14 +1,27 @@
-//! One optimizer step of the adapter as a plain ONNX inference graph (train_step.onnx, see
-//! models/PACKAGE.md "Train-step graph") run by ONNX Runtime. Owns the step's state, batch
-//! and loss types, shared with tract's `TractTrainStep` in lethe-probe, and the shape checks
-//! of every input against the manifest. Invariants: inputs are fed by name in the manifest's
-//! order and checked before running; `TrainState` is only replaced after a step succeeded.
+//! One optimizer step of the adapter, run by ONNX Runtime from the package's graphs (see
+//! models/PACKAGE.md "Train-step graph"). Two ways, the same step:
+//! - **whole**: train_step.onnx takes the batch, the state and the learning rate and returns
+//!   the next state (one call; what a GPU runs);
+//! - **split**: on the CPU, where the package has train_grad.onnx, each of the two cores
+//!   computes the gradient of half the batch in its own one-thread session, and [`Adam`]
+//!   adds the halves, clips them to the global norm and takes the step here. ONNX Runtime's
+//!   two-thread pool spends most of a step handing ~1,000 small nodes between its threads;
+//!   two independent halves keep each core busy (docs/bench: 1.4x faster on a 2-core VM).
+//!
+//! Owns the step's state, batch and loss types, shared with tract's `TractTrainStep` in
+//! lethe-probe, the shape checks of every input against the manifest, and the Adam update of
+//! the split step. Invariants: inputs are fed by name in the manifest's order and checked
+//! before running; `TrainState` is only replaced after a step succeeded; the split step is
+//! the whole step's function (the halves' losses are divided by the whole batch's
+//! denominators, so they add up), checked against the same JAX fixtures.
 
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::package::Package;
-use crate::runtime::{build_session, ProviderReport, SessionOptions};
-use ndarray::{arr0, Array1, Array2, Array3, Ix1};
+use crate::runtime::{
+    build_one_thread_cpu_session, build_session, Provider, ProviderReport, SessionOptions,
+};
+use ndarray::{arr0, s, Array1, Array2, Array3, Ix1};
 use ort::session::Session;
 use ort::value::{Tensor, TensorRef};
 
@@ -59,6 +72,158 @@ pub struct TrainBatch {
     pub vocab_mask: Array1<f32>,
     /// `[Bt,T,V]` reference log-probs.
     pub ref_logp: Array3<f32>,
+}
+
+impl TrainBatch {
+    /// The denominators of the loss terms over the whole batch, as train_step.onnx takes
+    /// them: `max(Σ|ce_weight|, 1)` and `max(Σ kl_mask, 1)`.
+    pub fn loss_denominators(&self) -> (f32, f32) {
+        (
+            self.ce_weight.iter().map(|w| w.abs()).sum::<f32>().max(1.0),
+            self.kl_mask.sum().max(1.0),
+        )
+    }
+
+    /// Rows `[start, start + n)` of the batch (the vocabulary mask is shared).
+    pub fn rows(&self, start: usize, n: usize) -> TrainBatch {
+        let r = start..start + n;
+        TrainBatch {
+            features: self.features.slice(s![r.clone(), .., ..]).to_owned(),
+            has_image: self.has_image.slice(s![r.clone()]).to_owned(),
+            tokens: self.tokens.slice(s![r.clone(), ..]).to_owned(),
+            targets: self.targets.slice(s![r.clone(), ..]).to_owned(),
+            ce_weight: self.ce_weight.slice(s![r.clone(), ..]).to_owned(),
+            kl_mask: self.kl_mask.slice(s![r.clone(), ..]).to_owned(),
+            vocab_mask: self.vocab_mask.clone(),
+            ref_logp: self.ref_logp.slice(s![r, .., ..]).to_owned(),
+        }
+    }
+
+    /// The two halves of a batch of `2 * half` rows.
+    pub fn halves(&self, half: usize) -> [TrainBatch; 2] {
+        [self.rows(0, half), self.rows(half, half)]
+    }
+}
+
+/// Inputs of train_grad.onnx, in order (the manifest must list these).
+pub const GRAD_INPUTS: [&str; 13] = [
+    "params",
+    "features",
+    "has_image",
+    "tokens",
+    "targets",
+    "ce_weight",
+    "kl_mask",
+    "vocab_mask",
+    "ref_logp",
+    "w_ce",
+    "w_kl",
+    "ce_den",
+    "kl_den",
+];
+/// Outputs of train_grad.onnx, in order.
+pub const GRAD_OUTPUTS: [&str; 4] = ["loss", "ce", "kl", "grad"];
+
+/// What train_grad.onnx returns for some rows of a batch: their share of the losses (divided
+/// by the whole batch's denominators) and of the gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartGrad {
+    pub loss: f32,
+    pub ce: f32,
+    pub kl: f32,
+    pub grad: Array1<f32>,
+}
+
+/// Adam with the gradient clipped to a global norm, as train_step.onnx applies it (the
+/// manifest's `graphs.train_step.optimizer`), for the split step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adam {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub clip_global_norm: f32,
+}
+
+impl Adam {
+    /// The package's optimizer; anything but Adam without weight decay is refused (the split
+    /// step implements only that).
+    pub fn from_package(pkg: &Package) -> Result<Adam> {
+        let o = &pkg.manifest().graphs.train_step.optimizer;
+        let num = |k: &str| o.get(k).and_then(|v| v.as_f64());
+        let bad = || {
+            ModelError::Package(format!(
+                "the split train step implements Adam without weight decay; the manifest's \
+                 optimizer is {o}"
+            ))
+        };
+        if o.get("kind").and_then(|k| k.as_str()) != Some("adam")
+            || num("weight_decay").unwrap_or(0.0) != 0.0
+        {
+            return Err(bad());
+        }
+        let get = |k: &str| num(k).map(|v| v as f32).ok_or_else(bad);
+        Ok(Adam {
+            beta1: get("beta1")?,
+            beta2: get("beta2")?,
+            eps: get("eps")?,
+            clip_global_norm: get("clip_global_norm")?,
+        })
+    }
+
+    /// Adds the parts' gradients, clips the sum to the global norm and takes one Adam step on
+    /// `state`; returns the losses (the parts' sums) and the norm before clipping. The
+    /// formula is train_step.onnx's: `p -= (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps)` with
+    /// `c1 = 1 - beta1^t`, `c2 = 1 - beta2^t`, `t` the steps done after this one.
+    pub fn step(&self, state: &mut TrainState, parts: &[PartGrad], lr: f32) -> Result<StepLosses> {
+        let n = state.params.len();
+        if let Some(p) = parts.iter().find(|p| p.grad.len() != n) {
+            return Err(ModelError::Shape(format!(
+                "a gradient has {} values, the adapter {n}",
+                p.grad.len()
+            )));
+        }
+        let mut grad = parts
+            .first()
+            .map_or_else(|| Array1::zeros(n), |p| p.grad.clone());
+        for p in parts.iter().skip(1) {
+            grad += &p.grad;
+        }
+        let norm = grad
+            .iter()
+            .map(|&g| f64::from(g) * f64::from(g))
+            .sum::<f64>()
+            .sqrt() as f32;
+        let scale = (self.clip_global_norm / (norm + 1e-6)).min(1.0);
+        let t = state.step + 1.0;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powf(t);
+        let inv_sqrt_c2 = 1.0 / (1.0 - b2.powf(t)).sqrt();
+        let lr_c1 = lr / c1;
+        let (p, m, v) = (
+            state.params.as_slice_mut(),
+            state.adam_m.as_slice_mut(),
+            state.adam_v.as_slice_mut(),
+        );
+        let (Some(p), Some(m), Some(v), Some(g)) = (p, m, v, grad.as_slice()) else {
+            return Err(ModelError::Shape(
+                "the train state is not contiguous".into(),
+            ));
+        };
+        for i in 0..n {
+            let gi = g[i] * scale;
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * (gi * gi);
+            p[i] -= lr_c1 * m[i] / (v[i].sqrt() * inv_sqrt_c2 + self.eps);
+        }
+        state.step = t;
+        let sum = |f: fn(&PartGrad) -> f32| parts.iter().map(f).sum::<f32>();
+        Ok(StepLosses {
+            loss: sum(|p| p.loss),
+            ce: sum(|p| p.ce),
+            kl: sum(|p| p.kl),
+            grad_norm: norm,
+        })
+    }
 }
 
 /// The loss parts of one step (before the update).
@@ -133,44 +298,151 @@ impl TrainShape {
     }
 }
 
-/// ONNX Runtime session of train_step.onnx.
+/// What train_grad.onnx takes besides the rows of the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct GradArgs<'a> {
+    pub params: &'a Array1<f32>,
+    pub w_ce: f32,
+    pub w_kl: f32,
+    /// The whole batch's denominators ([`TrainBatch::loss_denominators`]).
+    pub ce_den: f32,
+    pub kl_den: f32,
+}
+
+/// One half's gradient, computed by an engine (a session or a plan of train_grad.onnx).
+pub type HalfGrad<'h> = dyn FnMut(&TrainBatch, &GradArgs) -> Result<PartGrad> + Send + 'h;
+
+/// The split step, for any engine: the two halves of `batch` on two threads (the second on
+/// a scoped thread, the first on the caller), then [`Adam::step`]. `state` changes only if
+/// both halves succeeded.
+#[allow(clippy::too_many_arguments)]
+pub fn split_step(
+    adam: &Adam,
+    half: usize,
+    state: &mut TrainState,
+    batch: &TrainBatch,
+    lr: f32,
+    w_ce: f32,
+    w_kl: f32,
+    workers: [&mut HalfGrad<'_>; 2],
+) -> Result<StepLosses> {
+    let (ce_den, kl_den) = batch.loss_denominators();
+    let [b0, b1] = batch.halves(half);
+    let args = GradArgs {
+        params: &state.params,
+        w_ce,
+        w_kl,
+        ce_den,
+        kl_den,
+    };
+    let [w0, w1] = workers;
+    let (p0, p1) = std::thread::scope(|sc| {
+        let second = sc.spawn(|| w1(&b1, &args));
+        let first = w0(&b0, &args);
+        (first, second.join())
+    });
+    let p1 = p1.map_err(|_| ModelError::Shape("the second half's gradient panicked".into()))?;
+    adam.step(state, &[p0?, p1?], lr)
+}
+
+/// ONNX Runtime sessions of the train step: train_step.onnx (whole), or two one-thread
+/// sessions of train_grad.onnx (split; the CPU, where the package has it).
 pub struct TrainStep {
-    session: Session,
+    runner: Runner,
     shape: TrainShape,
     provider: ProviderReport,
 }
 
-impl TrainStep {
-    /// Opens train_step.onnx and checks its interface against the manifest.
-    pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
-        let (session, provider) = build_session(&pkg.train_step_path(), opts)?;
-        let spec = &pkg.manifest().graphs.train_step;
-        let ins: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
-        let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if ins != spec.inputs || outs != spec.outputs {
-            return Err(ModelError::Package(format!(
-                "train_step.onnx has inputs {ins:?} and outputs {outs:?}, the manifest says \
-                 {:?} and {:?}",
-                spec.inputs, spec.outputs
-            )));
-        }
-        let shape = TrainShape::from_package(pkg);
-        for o in session.inputs() {
-            if o.name() == "features" {
-                let dims: Option<Vec<i64>> = o
-                    .dtype()
-                    .tensor_shape()
-                    .map(|s| s.iter().copied().collect());
-                if dims.as_ref().and_then(|d| d.first()).copied() != Some(shape.batch as i64) {
-                    return Err(ModelError::Package(format!(
-                        "train_step.onnx features are {dims:?}, manifest batch is {}",
-                        shape.batch
-                    )));
-                }
+enum Runner {
+    Whole(Session),
+    Split {
+        halves: Box<[Session; 2]>,
+        half: usize,
+        adam: Adam,
+    },
+}
+
+/// Checks a session's input and output names against the manifest and its `features`
+/// batch against `batch`.
+fn check_interface(
+    session: &Session,
+    file: &str,
+    inputs: &[String],
+    outputs: &[String],
+    batch: usize,
+) -> Result<()> {
+    let ins: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    if ins != inputs || outs != outputs {
+        return Err(ModelError::Package(format!(
+            "{file} has inputs {ins:?} and outputs {outs:?}, the manifest says {inputs:?} and \
+             {outputs:?}"
+        )));
+    }
+    for o in session.inputs() {
+        if o.name() == "features" {
+            let dims: Option<Vec<i64>> = o
+                .dtype()
+                .tensor_shape()
+                .map(|s| s.iter().copied().collect());
+            if dims.as_ref().and_then(|d| d.first()).copied() != Some(batch as i64) {
+                return Err(ModelError::Package(format!(
+                    "{file} features are {dims:?}, manifest batch is {batch}"
+                )));
             }
         }
+    }
+    Ok(())
+}
+
+impl TrainStep {
+    /// Opens the train step and checks its interface against the manifest: split over two
+    /// one-thread sessions where the provider is the CPU and the package has train_grad.onnx,
+    /// otherwise train_step.onnx on `opts`' provider chain.
+    pub fn new(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
+        let shape = TrainShape::from_package(pkg);
+        let graphs = &pkg.manifest().graphs;
+        if let (Provider::Cpu, Some(path), Some(spec)) = (
+            opts.provider,
+            pkg.train_grad_path(),
+            graphs.train_grad.as_ref(),
+        ) {
+            let adam = Adam::from_package(pkg)?;
+            let open = || -> Result<Session> {
+                let s = build_one_thread_cpu_session(&path)?;
+                check_interface(&s, &spec.file, &spec.inputs, &spec.outputs, spec.batch)?;
+                Ok(s)
+            };
+            return Ok(TrainStep {
+                runner: Runner::Split {
+                    halves: Box::new([open()?, open()?]),
+                    half: spec.batch,
+                    adam,
+                },
+                shape,
+                provider: ProviderReport {
+                    used: Provider::Cpu,
+                    fallbacks: Vec::new(),
+                },
+            });
+        }
+        TrainStep::whole(pkg, opts)
+    }
+
+    /// train_step.onnx on `opts`' provider chain, whatever the package offers.
+    pub fn whole(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
+        let shape = TrainShape::from_package(pkg);
+        let (session, provider) = build_session(&pkg.train_step_path(), opts)?;
+        let spec = &pkg.manifest().graphs.train_step;
+        check_interface(
+            &session,
+            &spec.file,
+            &spec.inputs,
+            &spec.outputs,
+            shape.batch,
+        )?;
         Ok(TrainStep {
-            session,
+            runner: Runner::Whole(session),
             shape,
             provider,
         })
@@ -186,6 +458,11 @@ impl TrainStep {
         self.shape
     }
 
+    /// Whether the step is split over two one-thread train_grad.onnx sessions.
+    pub fn is_split(&self) -> bool {
+        matches!(self.runner, Runner::Split { .. })
+    }
+
     /// Runs one step: updates `state` in place and returns the losses computed before the
     /// update.
     pub fn run(
@@ -197,72 +474,237 @@ impl TrainStep {
         w_kl: f32,
     ) -> Result<StepLosses> {
         self.shape.check(state, batch)?;
-        let e = ModelError::ort;
-        let p = state.params.as_standard_layout();
-        let m = state.adam_m.as_standard_layout();
-        let v = state.adam_v.as_standard_layout();
-        let f = batch.features.as_standard_layout();
-        let h = batch.has_image.as_standard_layout();
-        let tk = batch.tokens.as_standard_layout();
-        let tg = batch.targets.as_standard_layout();
-        let cw = batch.ce_weight.as_standard_layout();
-        let km = batch.kl_mask.as_standard_layout();
-        let vm = batch.vocab_mask.as_standard_layout();
-        let rl = batch.ref_logp.as_standard_layout();
-        let inputs = ort::inputs![
-            "params" => TensorRef::from_array_view(&p).map_err(e("params"))?,
-            "adam_m" => TensorRef::from_array_view(&m).map_err(e("adam_m"))?,
-            "adam_v" => TensorRef::from_array_view(&v).map_err(e("adam_v"))?,
-            "step" => Tensor::from_array(arr0(state.step)).map_err(e("step"))?,
-            "lr" => Tensor::from_array(arr0(lr)).map_err(e("lr"))?,
-            "features" => TensorRef::from_array_view(&f).map_err(e("features"))?,
-            "has_image" => TensorRef::from_array_view(&h).map_err(e("has_image"))?,
-            "tokens" => TensorRef::from_array_view(&tk).map_err(e("tokens"))?,
-            "targets" => TensorRef::from_array_view(&tg).map_err(e("targets"))?,
-            "ce_weight" => TensorRef::from_array_view(&cw).map_err(e("ce_weight"))?,
-            "kl_mask" => TensorRef::from_array_view(&km).map_err(e("kl_mask"))?,
-            "vocab_mask" => TensorRef::from_array_view(&vm).map_err(e("vocab_mask"))?,
-            "ref_logp" => TensorRef::from_array_view(&rl).map_err(e("ref_logp"))?,
-            "w_ce" => Tensor::from_array(arr0(w_ce)).map_err(e("w_ce"))?,
-            "w_kl" => Tensor::from_array(arr0(w_kl)).map_err(e("w_kl"))?,
-        ];
-        let outs = self
-            .session
-            .run(inputs)
-            .map_err(e("running train_step.onnx"))?;
-        let scalar = |name: &str| -> Result<f32> {
-            outs[name]
-                .try_extract_scalar::<f32>()
-                .map_err(ModelError::ort(format!("output {name}")))
-        };
-        let losses = StepLosses {
-            loss: scalar("loss")?,
-            ce: scalar("ce")?,
-            kl: scalar("kl")?,
-            grad_norm: scalar("grad_norm")?,
-        };
-        let vector = |name: &str| -> Result<Array1<f32>> {
-            outs[name]
-                .try_extract_array::<f32>()
-                .map_err(ModelError::ort(format!("output {name}")))?
-                .to_owned()
-                .into_dimensionality::<Ix1>()
-                .map_err(|err| ModelError::Shape(format!("output {name}: {err}")))
-        };
-        let next = TrainState {
-            params: vector("params_out")?,
-            adam_m: vector("adam_m_out")?,
-            adam_v: vector("adam_v_out")?,
-            step: scalar("step_out")?,
-        };
-        if next.params.len() != self.shape.params {
-            return Err(ModelError::Shape(format!(
-                "params_out has {} values, expected {}",
-                next.params.len(),
-                self.shape.params
-            )));
+        match &mut self.runner {
+            Runner::Whole(session) => run_whole(session, self.shape, state, batch, lr, w_ce, w_kl),
+            Runner::Split { halves, half, adam } => {
+                let [s0, s1] = &mut **halves;
+                let mut g0 = |b: &TrainBatch, a: &GradArgs| run_grad(s0, b, a);
+                let mut g1 = |b: &TrainBatch, a: &GradArgs| run_grad(s1, b, a);
+                split_step(
+                    adam,
+                    *half,
+                    state,
+                    batch,
+                    lr,
+                    w_ce,
+                    w_kl,
+                    [&mut g0, &mut g1],
+                )
+            }
         }
-        *state = next;
-        Ok(losses)
+    }
+}
+
+/// One half's gradient in a train_grad.onnx session.
+fn run_grad(session: &mut Session, b: &TrainBatch, a: &GradArgs) -> Result<PartGrad> {
+    let e = ModelError::ort;
+    let p = a.params.as_standard_layout();
+    let inputs = ort::inputs![
+        "params" => TensorRef::from_array_view(&p).map_err(e("params"))?,
+        "features" => TensorRef::from_array_view(&b.features).map_err(e("features"))?,
+        "has_image" => TensorRef::from_array_view(&b.has_image).map_err(e("has_image"))?,
+        "tokens" => TensorRef::from_array_view(&b.tokens).map_err(e("tokens"))?,
+        "targets" => TensorRef::from_array_view(&b.targets).map_err(e("targets"))?,
+        "ce_weight" => TensorRef::from_array_view(&b.ce_weight).map_err(e("ce_weight"))?,
+        "kl_mask" => TensorRef::from_array_view(&b.kl_mask).map_err(e("kl_mask"))?,
+        "vocab_mask" => TensorRef::from_array_view(&b.vocab_mask).map_err(e("vocab_mask"))?,
+        "ref_logp" => TensorRef::from_array_view(&b.ref_logp).map_err(e("ref_logp"))?,
+        "w_ce" => Tensor::from_array(arr0(a.w_ce)).map_err(e("w_ce"))?,
+        "w_kl" => Tensor::from_array(arr0(a.w_kl)).map_err(e("w_kl"))?,
+        "ce_den" => Tensor::from_array(arr0(a.ce_den)).map_err(e("ce_den"))?,
+        "kl_den" => Tensor::from_array(arr0(a.kl_den)).map_err(e("kl_den"))?,
+    ];
+    let outs = session.run(inputs).map_err(e("running train_grad.onnx"))?;
+    let scalar = |name: &str| -> Result<f32> {
+        outs[name]
+            .try_extract_scalar::<f32>()
+            .map_err(ModelError::ort(format!("output {name}")))
+    };
+    let grad = outs["grad"]
+        .try_extract_array::<f32>()
+        .map_err(e("output grad"))?
+        .to_owned()
+        .into_dimensionality::<Ix1>()
+        .map_err(|err| ModelError::Shape(format!("output grad: {err}")))?;
+    Ok(PartGrad {
+        loss: scalar("loss")?,
+        ce: scalar("ce")?,
+        kl: scalar("kl")?,
+        grad,
+    })
+}
+
+/// One whole step in a train_step.onnx session.
+fn run_whole(
+    session: &mut Session,
+    shape: TrainShape,
+    state: &mut TrainState,
+    batch: &TrainBatch,
+    lr: f32,
+    w_ce: f32,
+    w_kl: f32,
+) -> Result<StepLosses> {
+    let e = ModelError::ort;
+    let p = state.params.as_standard_layout();
+    let m = state.adam_m.as_standard_layout();
+    let v = state.adam_v.as_standard_layout();
+    let f = batch.features.as_standard_layout();
+    let h = batch.has_image.as_standard_layout();
+    let tk = batch.tokens.as_standard_layout();
+    let tg = batch.targets.as_standard_layout();
+    let cw = batch.ce_weight.as_standard_layout();
+    let km = batch.kl_mask.as_standard_layout();
+    let vm = batch.vocab_mask.as_standard_layout();
+    let rl = batch.ref_logp.as_standard_layout();
+    let inputs = ort::inputs![
+        "params" => TensorRef::from_array_view(&p).map_err(e("params"))?,
+        "adam_m" => TensorRef::from_array_view(&m).map_err(e("adam_m"))?,
+        "adam_v" => TensorRef::from_array_view(&v).map_err(e("adam_v"))?,
+        "step" => Tensor::from_array(arr0(state.step)).map_err(e("step"))?,
+        "lr" => Tensor::from_array(arr0(lr)).map_err(e("lr"))?,
+        "features" => TensorRef::from_array_view(&f).map_err(e("features"))?,
+        "has_image" => TensorRef::from_array_view(&h).map_err(e("has_image"))?,
+        "tokens" => TensorRef::from_array_view(&tk).map_err(e("tokens"))?,
+        "targets" => TensorRef::from_array_view(&tg).map_err(e("targets"))?,
+        "ce_weight" => TensorRef::from_array_view(&cw).map_err(e("ce_weight"))?,
+        "kl_mask" => TensorRef::from_array_view(&km).map_err(e("kl_mask"))?,
+        "vocab_mask" => TensorRef::from_array_view(&vm).map_err(e("vocab_mask"))?,
+        "ref_logp" => TensorRef::from_array_view(&rl).map_err(e("ref_logp"))?,
+        "w_ce" => Tensor::from_array(arr0(w_ce)).map_err(e("w_ce"))?,
+        "w_kl" => Tensor::from_array(arr0(w_kl)).map_err(e("w_kl"))?,
+    ];
+    let outs = session.run(inputs).map_err(e("running train_step.onnx"))?;
+    let scalar = |name: &str| -> Result<f32> {
+        outs[name]
+            .try_extract_scalar::<f32>()
+            .map_err(ModelError::ort(format!("output {name}")))
+    };
+    let losses = StepLosses {
+        loss: scalar("loss")?,
+        ce: scalar("ce")?,
+        kl: scalar("kl")?,
+        grad_norm: scalar("grad_norm")?,
+    };
+    let vector = |name: &str| -> Result<Array1<f32>> {
+        outs[name]
+            .try_extract_array::<f32>()
+            .map_err(ModelError::ort(format!("output {name}")))?
+            .to_owned()
+            .into_dimensionality::<Ix1>()
+            .map_err(|err| ModelError::Shape(format!("output {name}: {err}")))
+    };
+    let next = TrainState {
+        params: vector("params_out")?,
+        adam_m: vector("adam_m_out")?,
+        adam_v: vector("adam_v_out")?,
+        step: scalar("step_out")?,
+    };
+    if next.params.len() != shape.params {
+        return Err(ModelError::Shape(format!(
+            "params_out has {} values, expected {}",
+            next.params.len(),
+            shape.params
+        )));
+    }
+    *state = next;
+    Ok(losses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array;
+
+    fn state(p: &[f32]) -> TrainState {
+        TrainState {
+            params: Array1::from(p.to_vec()),
+            adam_m: Array1::zeros(p.len()),
+            adam_v: Array1::zeros(p.len()),
+            step: 0.0,
+        }
+    }
+
+    fn part(loss: f32, g: &[f32]) -> PartGrad {
+        PartGrad {
+            loss,
+            ce: loss / 2.0,
+            kl: 1.0,
+            grad: Array1::from(g.to_vec()),
+        }
+    }
+
+    const ADAM: Adam = Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        clip_global_norm: 1.0,
+    };
+
+    #[test]
+    fn adam_adds_the_parts_clips_to_the_global_norm_and_steps() {
+        // Parts (0.3, 0) + (0, 0.4): norm 0.5, under the clip. Adam's first step moves each
+        // weight by lr * sign(g) (m / sqrt(v) = g / |g| once the bias is corrected).
+        let mut s = state(&[1.0, 2.0, 3.0]);
+        let l = ADAM
+            .step(
+                &mut s,
+                &[part(1.0, &[0.3, 0.0, 0.0]), part(2.0, &[0.0, 0.4, 0.0])],
+                0.1,
+            )
+            .unwrap();
+        assert_eq!((l.loss, l.ce, l.kl), (3.0, 1.5, 2.0));
+        assert!((l.grad_norm - 0.5).abs() < 1e-6, "{}", l.grad_norm);
+        assert_eq!(s.step, 1.0);
+        for (got, want) in s.params.iter().zip([0.9, 1.9, 3.0]) {
+            assert!((got - want).abs() < 1e-5, "{:?}", s.params);
+        }
+        assert!((s.adam_m[0] - 0.03).abs() < 1e-7, "{:?}", s.adam_m);
+        assert!((s.adam_v[1] - 0.00016).abs() < 1e-8, "{:?}", s.adam_v);
+        // A norm of 10 is clipped to 1: the moments see g / 10.
+        let mut s = state(&[0.0, 0.0]);
+        let l = ADAM.step(&mut s, &[part(0.0, &[6.0, 8.0])], 0.1).unwrap();
+        assert!((l.grad_norm - 10.0).abs() < 1e-5);
+        assert!((s.adam_m[0] - 0.06).abs() < 1e-6 && (s.adam_m[1] - 0.08).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adam_refuses_a_gradient_of_another_length_and_changes_nothing() {
+        let mut s = state(&[1.0, 2.0]);
+        let before = s.clone();
+        let err = ADAM.step(&mut s, &[part(0.0, &[1.0])], 0.1).unwrap_err();
+        assert!(err.to_string().contains("1 values, the adapter 2"), "{err}");
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn halves_of_a_batch_keep_the_rows_and_the_whole_batch_denominators() {
+        let (b, t, v) = (4, 3, 5);
+        let f = |n: usize| (0..n).map(|x| x as f32).collect::<Vec<_>>();
+        let batch = TrainBatch {
+            features: Array::from_shape_vec((b, 2, 2), f(b * 4)).unwrap(),
+            has_image: Array1::from(vec![1.0, 0.0, 1.0, 0.0]),
+            tokens: Array::from_shape_fn((b, t), |(i, j)| (i * t + j) as i32),
+            targets: Array::from_shape_fn((b, t), |(i, j)| (i + j) as i32),
+            ce_weight: Array::from_shape_fn((b, t), |(i, _)| if i == 2 { -0.5 } else { 1.0 }),
+            kl_mask: Array::from_shape_fn((b, t), |(i, _)| (i % 2) as f32),
+            vocab_mask: Array1::ones(v),
+            ref_logp: Array::from_shape_vec((b, t, v), f(b * t * v)).unwrap(),
+        };
+        // |ce_weight|: 3 rows of 1 and one of 0.5, over 3 positions; kl_mask: rows 1 and 3.
+        assert_eq!(batch.loss_denominators(), (10.5, 6.0));
+        let [h0, h1] = batch.halves(2);
+        assert_eq!(h1.tokens.row(0).to_vec(), vec![6, 7, 8]);
+        assert_eq!(h1.features[[1, 1, 1]], batch.features[[3, 1, 1]]);
+        assert_eq!(h0.ref_logp.shape(), &[2, t, v]);
+        assert_eq!(h1.ref_logp[[0, 2, 4]], batch.ref_logp[[2, 2, 4]]);
+        assert_eq!(h0.has_image.to_vec(), vec![1.0, 0.0]);
+        assert_eq!(h0.vocab_mask, batch.vocab_mask);
+        // An empty batch divides by 1, not 0.
+        let none = TrainBatch {
+            ce_weight: Array2::zeros((b, t)),
+            kl_mask: Array2::zeros((b, t)),
+            ..batch
+        };
+        assert_eq!(none.loss_denominators(), (1.0, 1.0));
     }
 }

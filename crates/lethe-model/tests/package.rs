@@ -189,10 +189,20 @@ fn tokenizer_round_trips_every_prompt_and_names_unknown_words() {
 }
 
 #[test]
-fn ort_train_step_matches_the_jax_fixtures() {
+fn ort_train_step_split_and_whole_match_the_jax_fixtures() {
     let pkg = open();
-    let fx = Fixtures::load(&pkg).unwrap();
-    let mut step = TrainStep::new(&pkg, &SessionOptions::default()).unwrap();
+    let opts = SessionOptions::default();
+    // On the CPU the package's half-batch graph splits the step over two sessions.
+    let split = TrainStep::new(&pkg, &opts).unwrap();
+    assert!(split.is_split());
+    check_step_against_fixtures(&pkg, split, "split");
+    let whole = TrainStep::whole(&pkg, &opts).unwrap();
+    assert!(!whole.is_split());
+    check_step_against_fixtures(&pkg, whole, "whole");
+}
+
+fn check_step_against_fixtures(pkg: &Package, mut step: TrainStep, how: &str) {
+    let fx = Fixtures::load(pkg).unwrap();
     let mut state = fx.state.clone();
     let tol = fx.tolerance;
     let mut max_diff = [0f32; 3];
@@ -202,7 +212,7 @@ fn ort_train_step_matches_the_jax_fixtures() {
             .unwrap();
         let e = fx.expect_losses.row(k);
         println!(
-            "ort step {k}: loss {:.7} ce {:.7} kl {:.7} gnorm {:.6} | jax loss {:.7} ce {:.7} kl {:.7} gnorm {:.6}",
+            "ort {how} step {k}: loss {:.7} ce {:.7} kl {:.7} gnorm {:.6} | jax loss {:.7} ce {:.7} kl {:.7} gnorm {:.6}",
             l.loss, l.ce, l.kl, l.grad_norm, e[0], e[1], e[2], e[3]
         );
         // Each step on its own, with `<=`: a NaN fails (a running f32::max would drop it).
@@ -226,7 +236,7 @@ fn ort_train_step_matches_the_jax_fixtures() {
     let dv = max_abs_diff(&state.adam_v, &fx.expect_adam_v);
     let [dl, dce, dkl] = max_diff;
     println!(
-        "ORT vs JAX over {} fed-back steps: max|loss| {dl:.3e}, max|ce| {dce:.3e}, \
+        "ORT {how} vs JAX over {} fed-back steps: max|loss| {dl:.3e}, max|ce| {dce:.3e}, \
          max|kl| {dkl:.3e}, max|params| {dp:.3e}, max|adam_m| {dm:.3e}, max|adam_v| {dv:.3e}, \
          step_out {}",
         fx.steps, state.step
@@ -243,6 +253,30 @@ fn ort_train_step_matches_the_jax_fixtures() {
         );
     }
     assert_eq!(state.step, fx.state.step + fx.steps as f32);
+}
+
+#[test]
+fn a_half_batch_graph_that_does_not_take_half_the_batch_is_refused() {
+    let tmp = TempDir::new("gradspec");
+    copy_package(&tmp.0);
+    let path = tmp.0.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["graphs"]["train_grad"]["batch"] = 8.into();
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let msg = Package::open(&tmp.0).unwrap_err().to_string();
+    assert!(
+        msg.contains("train_grad.onnx must take half of the train batch (8)"),
+        "{msg}"
+    );
+    // A package without it (format 3 before stop 23) still opens and steps whole.
+    m["graphs"].as_object_mut().unwrap().remove("train_grad");
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let pkg = Package::open(&tmp.0).unwrap();
+    assert!(pkg.train_grad_path().is_none());
+    assert!(!TrainStep::new(&pkg, &SessionOptions::default())
+        .unwrap()
+        .is_split());
 }
 
 #[test]

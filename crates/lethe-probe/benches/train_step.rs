@@ -16,12 +16,14 @@
 //! thumb for training every weight: 2.30 GFLOP, 42% more than the graph does; the sum of the
 //! graph's MatMul shapes, from ONNX Runtime's profile, is 1.617 GFLOP, what this count gives.)
 //! The peak: a 512 x 512 f32 matmul (ndarray's matrixmultiply kernel, FMA where the CPU has
-//! it) on one thread, times the cores ORT is given, the best of three measurements taken
+//! it) on each of the cores ORT is given, all at once, summed (until stop 22 it was one
+//! thread's times the cores, which overstates what two busy cores deliver together: on a
+//! 2-vCPU EPYC VM, 1.76x one core for a large sgemm), the best of three measurements taken
 //! before, between and after the engines' runs (this machine's speed drifts by up to 1.6x
 //! over minutes; the best peak gives the most demanding limit).
 
 use lethe_model::generate;
-use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions, TrainStep};
+use lethe_model::{Engine, Fixtures, OrtEngine, Package, SessionOptions, TrainState, TrainStep};
 use lethe_probe::{TractEngine, TractTrainStep};
 use ndarray::Array2;
 use std::path::Path;
@@ -76,37 +78,93 @@ fn main() {
     let fx = Fixtures::load(&pkg).expect("fixtures");
     let opts = SessionOptions::default();
 
+    // The engines' steps as the update runs them (`new`: split over two cores where the
+    // package has train_grad.onnx) and, beside them, the whole train_step.onnx.
+    type Step = Box<dyn FnMut(&mut TrainState)>;
+    let mut steps: Vec<(&str, Step, f64)> = Vec::new();
+    let b = &fx.batch;
+    let (lr, w_ce, w_kl) = (fx.lr, fx.w_ce, fx.w_kl);
     let t = Instant::now();
-    let mut ort_step = TrainStep::new(&pkg, &opts).expect("ORT train step");
-    let ort_load = t.elapsed().as_secs_f64();
+    let mut o = TrainStep::new(&pkg, &opts).expect("ORT train step");
+    let name = if o.is_split() {
+        "ort, split"
+    } else {
+        "ort, whole"
+    };
+    let load = t.elapsed().as_secs_f64();
+    let batch = b.clone();
+    steps.push((
+        name,
+        Box::new(move |s| {
+            o.run(s, &batch, lr, w_ce, w_kl).expect("ORT step");
+        }),
+        load,
+    ));
     let t = Instant::now();
-    let mut tract_step = TractTrainStep::new(&pkg).expect("tract train step");
-    let tract_load = t.elapsed().as_secs_f64();
+    let mut tr = TractTrainStep::new(&pkg).expect("tract train step");
+    let name = if tr.is_split() {
+        "tract, split"
+    } else {
+        "tract, whole"
+    };
+    let load = t.elapsed().as_secs_f64();
+    let batch = b.clone();
+    steps.push((
+        name,
+        Box::new(move |s| {
+            tr.run(s, &batch, lr, w_ce, w_kl).expect("tract step");
+        }),
+        load,
+    ));
+    if steps[0].0 == "ort, split" {
+        let t = Instant::now();
+        let mut o = TrainStep::whole(&pkg, &opts).expect("ORT whole step");
+        let load = t.elapsed().as_secs_f64();
+        let batch = b.clone();
+        steps.push((
+            "ort, whole",
+            Box::new(move |s| {
+                o.run(s, &batch, lr, w_ce, w_kl).expect("ORT step");
+            }),
+            load,
+        ));
+    }
+    if steps[1].0 == "tract, split" {
+        let t = Instant::now();
+        let mut tr = TractTrainStep::whole(&pkg).expect("tract whole step");
+        let load = t.elapsed().as_secs_f64();
+        let batch = b.clone();
+        steps.push((
+            "tract, whole",
+            Box::new(move |s| {
+                tr.run(s, &batch, lr, w_ce, w_kl).expect("tract step");
+            }),
+            load,
+        ));
+    }
 
+    // The peak before, between and after the engines' runs; steps fed back, as an update
+    // runs them (the state is not copied inside the timing).
     let mut peak_runs = vec![peak_gflops()];
-    // Steps fed back, as an update runs them (the state is not copied inside the timing).
-    let mut s = fx.state.clone();
-    let ort_samples = samples(n, 3, || {
-        ort_step
-            .run(&mut s, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
-            .expect("ORT step");
-    });
+    let mut timings = Vec::new();
+    for (i, (_, f, _)) in steps.iter_mut().enumerate() {
+        let mut s = fx.state.clone();
+        timings.push(samples(n, 3, || f(&mut s)));
+        if i == 1 {
+            peak_runs.push(peak_gflops());
+        }
+    }
     peak_runs.push(peak_gflops());
-    let mut s = fx.state.clone();
-    let tract_samples = samples(n, 3, || {
-        tract_step
-            .run(&mut s, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
-            .expect("tract step");
-    });
-    let (ort_ms, tract_ms) = (median(ort_samples.clone()), median(tract_samples.clone()));
+    let ms: Vec<f64> = timings.iter().map(|t| median(t.clone())).collect();
+    let (ort_ms, tract_ms) = (ms[0], ms[1]);
     let jax = fx.jax_jit_step_ms;
     let flop = train_step_flop(&pkg);
-    peak_runs.push(peak_gflops());
-    let peak =
-        peak_runs.iter().copied().fold(0.0, f64::max) * lethe_model::runtime::ORT_THREADS as f64;
+    let peak = peak_runs.iter().copied().fold(0.0, f64::max);
 
     println!(
-        "train step of {} (Bt={}, P={}), median of {n} after 3 warm-ups, ORT {} intra-op threads",
+        "train step of {} (Bt={}, P={}), median of {n} after 3 warm-ups; split: half the batch \
+         on each of 2 threads (train_grad.onnx) + Adam in Rust; whole: train_step.onnx (ORT on \
+         its {}-thread pool, tract on 1 thread)",
         pkg.manifest().model_id,
         pkg.train_batch(),
         pkg.adapter_len(),
@@ -117,26 +175,22 @@ fn main() {
         "engine", "step ms", "vs ORT", "vs JAX", "load s"
     );
     let vs_jax = |ms: f64| jax.map_or("-".to_string(), |j| format!("{:.2}x", ms / j));
+    for ((name, _, load), m) in steps.iter().zip(&ms) {
+        println!(
+            "{:<22} {:>10.2} {:>9} {:>9} {:>9.2}",
+            name,
+            m,
+            format!("{:.2}x", m / ort_ms),
+            vs_jax(*m),
+            load
+        );
+    }
     println!(
-        "{:<22} {:>10.2} {:>9} {:>9} {:>9.2}",
-        "onnxruntime (ort)",
-        ort_ms,
-        "1.00x",
-        vs_jax(ort_ms),
-        ort_load
-    );
-    println!(
-        "{:<22} {:>10.2} {:>9} {:>9} {:>9.2}",
-        "tract",
-        tract_ms,
-        format!("{:.2}x", tract_ms / ort_ms),
-        vs_jax(tract_ms),
-        tract_load
-    );
-    println!(
-        "train step: {:.3} GFLOP (forward + backward through frozen weights, counted); ORT {:.1} GFLOP/s, tract {:.1} GFLOP/s; machine peak {:.1} GFLOP/s ({} threads x one-thread sgemm, best of {:.1} / {:.1} / {:.1} per thread): ORT at {:.0}% of peak ({:.2}x the FLOP limit), tract {:.0}%",
+        "train step: {:.3} GFLOP (forward + backward through frozen weights, counted); {} {:.1} GFLOP/s, {} {:.1} GFLOP/s; machine peak {:.1} GFLOP/s (sgemm on {} threads at once, best of {:.1} / {:.1} / {:.1}): ORT at {:.0}% of peak ({:.2}x the FLOP limit), tract {:.0}% ({:.2}x)",
         flop / 1e9,
+        steps[0].0,
         flop / ort_ms / 1e6,
+        steps[1].0,
         flop / tract_ms / 1e6,
         peak,
         lethe_model::runtime::ORT_THREADS,
@@ -146,9 +200,11 @@ fn main() {
         100.0 * flop / ort_ms / 1e6 / peak,
         ort_ms / (flop / peak / 1e6),
         100.0 * flop / tract_ms / 1e6 / peak,
+        tract_ms / (flop / peak / 1e6),
     );
-    println!("ORT step: {}", spread(ort_samples));
-    println!("tract step: {}", spread(tract_samples));
+    for ((name, _, _), t) in steps.iter().zip(timings) {
+        println!("{name} step: {}", spread(t));
+    }
     match jax {
         Some(j) => println!(
             "{:<22} {:>10.2} {:>9} {:>9} {:>9}",
@@ -250,11 +306,27 @@ fn train_step_flop(pkg: &Package) -> f64 {
 
 /// One thread's f32 matmul rate, GFLOP/s (the best of 5 runs of a 512 x 512 product).
 fn peak_gflops() -> f64 {
+    let threads = lethe_model::runtime::ORT_THREADS;
+    let barrier = std::sync::Barrier::new(threads);
+    // All the cores at once, as a step uses them (two cores together run slower than twice
+    // one: they share the cache and memory, and here a VM's neighbours).
+    std::thread::scope(|sc| {
+        let runs: Vec<_> = (0..threads)
+            .map(|_| sc.spawn(|| one_core_sgemm(&barrier)))
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("sgemm")).sum()
+    })
+}
+
+/// GFLOP/s of a 512 x 512 f32 matmul on this thread, best of 5, each run started together
+/// with the other threads' at `barrier`.
+fn one_core_sgemm(barrier: &std::sync::Barrier) -> f64 {
     let n = 512;
     let a = Array2::<f32>::from_shape_fn((n, n), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
     let b = Array2::<f32>::from_shape_fn((n, n), |(i, j)| ((i + 3 * j) % 11) as f32 * 0.1);
     let mut best = f64::INFINITY;
     for _ in 0..5 {
+        barrier.wait();
         let t = Instant::now();
         std::hint::black_box(a.dot(&b));
         best = best.min(t.elapsed().as_secs_f64());

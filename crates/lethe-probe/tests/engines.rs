@@ -42,10 +42,20 @@ fn tract_decoder_logits_match_the_fixture() {
 }
 
 #[test]
-fn tract_train_step_matches_the_jax_fixtures() {
+fn tract_train_step_split_and_whole_match_the_jax_fixtures() {
     let pkg = open();
-    let fx = Fixtures::load(&pkg).unwrap();
-    let mut step = TractTrainStep::new(&pkg).unwrap();
+    let whole = TractTrainStep::whole(&pkg).unwrap();
+    assert!(!whole.is_split());
+    check_tract_step(&pkg, whole, "whole");
+    let step = TractTrainStep::new(&pkg).unwrap();
+    // Split over two threads wherever the machine has two cores (CI's has).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(step.is_split(), cores >= 2);
+    check_tract_step(&pkg, step, if cores >= 2 { "split" } else { "new" });
+}
+
+fn check_tract_step(pkg: &lethe_model::Package, mut step: TractTrainStep, how: &str) {
+    let fx = Fixtures::load(pkg).unwrap();
     let mut state = fx.state.clone();
     let mut max_loss = 0f32;
     for k in 0..fx.steps {
@@ -54,7 +64,7 @@ fn tract_train_step_matches_the_jax_fixtures() {
             .unwrap();
         let e = fx.expect_losses.row(k);
         println!(
-            "tract step {k}: loss {:.7} ce {:.7} kl {:.7} gnorm {:.6} | jax loss {:.7} gnorm {:.6}",
+            "tract {how} step {k}: loss {:.7} ce {:.7} kl {:.7} gnorm {:.6} | jax loss {:.7} gnorm {:.6}",
             l.loss, l.ce, l.kl, l.grad_norm, e[0], e[3]
         );
         let d = (l.loss - e[0]).abs();
@@ -65,7 +75,7 @@ fn tract_train_step_matches_the_jax_fixtures() {
     let dm = max_abs_diff(&state.adam_m, &fx.expect_adam_m);
     let dv = max_abs_diff(&state.adam_v, &fx.expect_adam_v);
     println!(
-        "tract vs JAX over {} fed-back steps: max|loss| {max_loss:.3e}, max|params| {dp:.3e}, \
+        "tract {how} vs JAX over {} fed-back steps: max|loss| {max_loss:.3e}, max|params| {dp:.3e}, \
          max|adam_m| {dm:.3e}, max|adam_v| {dv:.3e}",
         fx.steps
     );
