@@ -66,7 +66,11 @@ impl Engines {
         let mut so = SessionOptions::default();
         so.provider(cfg.provider()).gpu(cfg.gpu_options());
         let ort = OrtEngine::new(&pkg, &so)?;
-        let train = TrainStep::new(&pkg, &so)?;
+        let train = if cfg.update.split_train_step {
+            TrainStep::new(&pkg, &so)?
+        } else {
+            TrainStep::whole(&pkg, &so)?
+        };
         let tract = TractEngine::new(&pkg)?;
         // The update's optimizer steps run on the train-step session: its provider is the
         // one status and receipts report.
@@ -371,6 +375,10 @@ fn train(
             }
         },
     );
+    // The split step's sessions (`update.split_train_step`, ~24 MiB) are not needed by
+    // verification, nor between commands: built again at the next training's first step
+    // (~0.2 s). The whole step's one session stays.
+    train.release();
     if cancel.load(Ordering::SeqCst) {
         return Err(UpdateError::Cancelled);
     }

@@ -88,7 +88,10 @@ pub type LoadUpdater =
 /// The shipped updater: the model package, SIU on ONNX Runtime, verification with tract.
 pub fn load_engines() -> LoadUpdater {
     Box::new(|cfg: &Config| {
-        let engines = Engines::load(cfg)?;
+        let mut engines = Engines::load(cfg)?;
+        // Loaded to check the package; an idle device does not hold the split train step's
+        // sessions (see update::train).
+        engines.train.release();
         // Loading and optimizing the graphs leaves free space in the heap.
         lethe_model::heap::give_back_free_pages();
         Ok(Box::new(engines) as Box<dyn Updater>)

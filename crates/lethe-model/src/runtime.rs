@@ -9,7 +9,7 @@
 use crate::error::{ModelError, Result};
 use ort::environment::Environment;
 use ort::logging::LogLevel;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -418,25 +418,34 @@ pub(crate) fn build_session(
 }
 
 /// Builds a CPU session that runs on the calling thread alone, outside the process-wide
-/// pool: for the split train step, whose two halves run side by side, one per core.
-pub(crate) fn build_one_thread_cpu_session(path: &Path) -> Result<Session> {
-    build_with(path, &SessionOptions::default(), &[], Pool::OwnOneThread)
+/// pool: for the split train step, whose two halves run side by side, one per core. Sessions
+/// of the same graph given the same `prepacked` share their prepacked weights.
+pub(crate) fn build_one_thread_cpu_session(
+    path: &Path,
+    prepacked: &PrepackedWeights,
+) -> Result<Session> {
+    build_with(
+        path,
+        &SessionOptions::default(),
+        &[],
+        Pool::OwnOneThread(prepacked),
+    )
 }
 
 /// Which threads a session's nodes run on.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pool {
+#[derive(Clone, Copy)]
+enum Pool<'a> {
     /// The process-wide pool of `ORT_THREADS`.
     Shared,
-    /// The calling thread only.
-    OwnOneThread,
+    /// The calling thread only, with prepacked weights shared with sibling sessions.
+    OwnOneThread(&'a PrepackedWeights),
 }
 
 fn build_with(
     path: &Path,
     opts: &SessionOptions,
     register: &[Provider],
-    pool: Pool,
+    pool: Pool<'_>,
 ) -> Result<Session> {
     let env = environment()?;
     let file = path.display().to_string();
@@ -460,11 +469,13 @@ fn build_with(
         // at the same speed (the graphs are small; malloc is not what a run waits on).
         .with_memory_pattern(false)
         .map_err(err)?;
-    if pool == Pool::OwnOneThread {
+    if let Pool::OwnOneThread(prepacked) = pool {
         builder = builder
             .with_independent_thread_pool()
             .map_err(err)?
             .with_intra_threads(1)
+            .map_err(err)?
+            .with_prepacked_weights(prepacked)
             .map_err(err)?;
     }
     let mut eps: Vec<_> = register

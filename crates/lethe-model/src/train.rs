@@ -17,13 +17,16 @@
 
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
+use crate::manifest::TrainGradSpec;
 use crate::package::Package;
 use crate::runtime::{
     build_one_thread_cpu_session, build_session, Provider, ProviderReport, SessionOptions,
 };
 use ndarray::{arr0, s, Array1, Array2, Array3, Ix1};
+use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::{Tensor, TensorRef};
+use std::path::PathBuf;
 
 /// Trainable parameters, Adam moments and the number of steps done so far.
 #[derive(Debug, Clone, PartialEq)]
@@ -355,11 +358,31 @@ pub struct TrainStep {
 
 enum Runner {
     Whole(Session),
-    Split {
-        halves: Box<[Session; 2]>,
-        half: usize,
-        adam: Adam,
-    },
+    Split(Split),
+}
+
+/// The split step's two one-thread sessions of train_grad.onnx, built on first use and
+/// dropped by [`TrainStep::release`] (each holds ~11 MiB: the agent keeps them only while a
+/// forget runs).
+struct Split {
+    path: PathBuf,
+    spec: TrainGradSpec,
+    adam: Adam,
+    prepacked: PrepackedWeights,
+    halves: Option<Box<[Session; 2]>>,
+}
+
+impl Split {
+    /// Builds both sessions and checks their interface.
+    fn open(&self) -> Result<Box<[Session; 2]>> {
+        let open = || -> Result<Session> {
+            let s = build_one_thread_cpu_session(&self.path, &self.prepacked)?;
+            let g = &self.spec;
+            check_interface(&s, &g.file, &g.inputs, &g.outputs, g.batch)?;
+            Ok(s)
+        };
+        Ok(Box::new([open()?, open()?]))
+    }
 }
 
 /// Checks a session's input and output names against the manifest and its `features`
@@ -407,18 +430,17 @@ impl TrainStep {
             pkg.train_grad_path(),
             graphs.train_grad.as_ref(),
         ) {
-            let adam = Adam::from_package(pkg)?;
-            let open = || -> Result<Session> {
-                let s = build_one_thread_cpu_session(&path)?;
-                check_interface(&s, &spec.file, &spec.inputs, &spec.outputs, spec.batch)?;
-                Ok(s)
+            let mut split = Split {
+                path,
+                spec: spec.clone(),
+                adam: Adam::from_package(pkg)?,
+                prepacked: PrepackedWeights::new(),
+                halves: None,
             };
+            // Built now so that a broken graph is refused at load, not at the first forget.
+            split.halves = Some(split.open()?);
             return Ok(TrainStep {
-                runner: Runner::Split {
-                    halves: Box::new([open()?, open()?]),
-                    half: spec.batch,
-                    adam,
-                },
+                runner: Runner::Split(split),
                 shape,
                 provider: ProviderReport {
                     used: Provider::Cpu,
@@ -460,7 +482,15 @@ impl TrainStep {
 
     /// Whether the step is split over two one-thread train_grad.onnx sessions.
     pub fn is_split(&self) -> bool {
-        matches!(self.runner, Runner::Split { .. })
+        matches!(self.runner, Runner::Split(_))
+    }
+
+    /// Drops the split step's sessions until the next step needs them (the whole step's
+    /// session stays). For a long-running process between updates.
+    pub fn release(&mut self) {
+        if let Runner::Split(split) = &mut self.runner {
+            split.halves = None;
+        }
     }
 
     /// Runs one step: updates `state` in place and returns the losses computed before the
@@ -476,13 +506,19 @@ impl TrainStep {
         self.shape.check(state, batch)?;
         match &mut self.runner {
             Runner::Whole(session) => run_whole(session, self.shape, state, batch, lr, w_ce, w_kl),
-            Runner::Split { halves, half, adam } => {
-                let [s0, s1] = &mut **halves;
+            Runner::Split(split) => {
+                if split.halves.is_none() {
+                    split.halves = Some(split.open()?);
+                }
+                let Split {
+                    halves, spec, adam, ..
+                } = split;
+                let [s0, s1] = &mut **halves.as_mut().expect("opened above");
                 let mut g0 = |b: &TrainBatch, a: &GradArgs| run_grad(s0, b, a);
                 let mut g1 = |b: &TrainBatch, a: &GradArgs| run_grad(s1, b, a);
                 split_step(
                     adam,
-                    *half,
+                    spec.batch,
                     state,
                     batch,
                     lr,
