@@ -24,7 +24,7 @@ use crate::runtime::{
 };
 use ndarray::{arr0, s, Array1, Array2, Array3, Ix1};
 use ort::session::builder::PrepackedWeights;
-use ort::session::Session;
+use ort::session::{Session, SessionOutputs};
 use ort::value::{Tensor, TensorRef};
 use std::path::PathBuf;
 
@@ -551,23 +551,30 @@ fn run_grad(session: &mut Session, b: &TrainBatch, a: &GradArgs) -> Result<PartG
         "kl_den" => Tensor::from_array(arr0(a.kl_den)).map_err(e("kl_den"))?,
     ];
     let outs = session.run(inputs).map_err(e("running train_grad.onnx"))?;
-    let scalar = |name: &str| -> Result<f32> {
-        outs[name]
-            .try_extract_scalar::<f32>()
-            .map_err(ModelError::ort(format!("output {name}")))
-    };
-    let grad = outs["grad"]
-        .try_extract_array::<f32>()
-        .map_err(e("output grad"))?
-        .to_owned()
-        .into_dimensionality::<Ix1>()
-        .map_err(|err| ModelError::Shape(format!("output grad: {err}")))?;
+    let scalar = |name| out_scalar(&outs, name);
     Ok(PartGrad {
         loss: scalar("loss")?,
         ce: scalar("ce")?,
         kl: scalar("kl")?,
-        grad,
+        grad: out_vector(&outs, "grad")?,
     })
+}
+
+/// A scalar output of a session run.
+fn out_scalar(outs: &SessionOutputs, name: &str) -> Result<f32> {
+    outs[name]
+        .try_extract_scalar::<f32>()
+        .map_err(ModelError::ort(format!("output {name}")))
+}
+
+/// A vector output of a session run.
+fn out_vector(outs: &SessionOutputs, name: &str) -> Result<Array1<f32>> {
+    outs[name]
+        .try_extract_array::<f32>()
+        .map_err(ModelError::ort(format!("output {name}")))?
+        .to_owned()
+        .into_dimensionality::<Ix1>()
+        .map_err(|err| ModelError::Shape(format!("output {name}: {err}")))
 }
 
 /// One whole step in a train_step.onnx session.
@@ -610,25 +617,14 @@ fn run_whole(
         "w_kl" => Tensor::from_array(arr0(w_kl)).map_err(e("w_kl"))?,
     ];
     let outs = session.run(inputs).map_err(e("running train_step.onnx"))?;
-    let scalar = |name: &str| -> Result<f32> {
-        outs[name]
-            .try_extract_scalar::<f32>()
-            .map_err(ModelError::ort(format!("output {name}")))
-    };
+    let scalar = |name| out_scalar(&outs, name);
     let losses = StepLosses {
         loss: scalar("loss")?,
         ce: scalar("ce")?,
         kl: scalar("kl")?,
         grad_norm: scalar("grad_norm")?,
     };
-    let vector = |name: &str| -> Result<Array1<f32>> {
-        outs[name]
-            .try_extract_array::<f32>()
-            .map_err(ModelError::ort(format!("output {name}")))?
-            .to_owned()
-            .into_dimensionality::<Ix1>()
-            .map_err(|err| ModelError::Shape(format!("output {name}: {err}")))
-    };
+    let vector = |name| out_vector(&outs, name);
     let next = TrainState {
         params: vector("params_out")?,
         adam_m: vector("adam_m_out")?,
