@@ -47,8 +47,9 @@ if "train_grad" in man["graphs"]:
         outs = []
         for h in range(2):
             rows = slice(h * hb, (h + 1) * hb)
-            hf = {n: (feed[n][rows] if feed[n].ndim and feed[n].shape[0] == 2 * hb and n != "params" and n != "vocab_mask"
-                      else feed[n]) for n in man["graphs"]["train_grad"]["inputs"] if n in feed} | dens
+            per_row = {"features", "has_image", "tokens", "targets", "ce_weight", "kl_mask", "ref_logp"}
+            hf = {n: feed[n][rows] if n in per_row else feed[n]
+                  for n in man["graphs"]["train_grad"]["inputs"] if n in feed} | dens
             outs.append(grad.run(None, hf))
         loss, ce, kl = (outs[0][i] + outs[1][i] for i in range(3))
         g = outs[0][3] + outs[1][3]

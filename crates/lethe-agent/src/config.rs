@@ -85,7 +85,7 @@ pub struct UpdateConfig {
     pub retry_earlier: bool,
     /// On the CPU, split each optimizer step over the two cores (train_grad.onnx, one
     /// one-thread session per half) instead of train_step.onnx on ONNX Runtime's pool: a
-    /// step 1.15-1.35x faster, ~50 ms less a forget, but the agent's peak during a forget
+    /// step 1.2-1.6x faster, ~50 ms less a forget, but the agent's peak during a forget
     /// 147-150 MiB instead of 135 (each session of the 1,157-node graph holds ~12 MiB).
     /// Off by default: the memory budget matters more than 50 ms (ARCHITECTURE.md).
     pub split_train_step: bool,

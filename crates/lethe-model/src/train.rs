@@ -5,8 +5,8 @@
 //! - **split**: on the CPU, where the package has train_grad.onnx, each of the two cores
 //!   computes the gradient of half the batch in its own one-thread session, and [`Adam`]
 //!   adds the halves, clips them to the global norm and takes the step here. ONNX Runtime's
-//!   two-thread pool spends most of a step handing ~1,000 small nodes between its threads;
-//!   two independent halves keep each core busy (docs/bench: 1.4x faster on a 2-core VM).
+//!   two-thread pool hands each of ~1,000 small nodes between its threads; two independent
+//!   halves keep each core busy (docs/bench/train-step-split.txt: 1.2-1.6x faster).
 //!
 //! Owns the step's state, batch and loss types, shared with tract's `TractTrainStep` in
 //! lethe-probe, the shape checks of every input against the manifest, and the Adam update of
@@ -185,15 +185,14 @@ impl Adam {
                 p.grad.len()
             )));
         }
-        let mut grad = parts
-            .first()
-            .map_or_else(|| Array1::zeros(n), |p| p.grad.clone());
-        for p in parts.iter().skip(1) {
-            grad += &p.grad;
-        }
-        let norm = grad
-            .iter()
-            .map(|&g| f64::from(g) * f64::from(g))
+        // The parts' sum, element by element, without a P-long buffer.
+        let grads: Vec<&[f32]> = match parts.iter().map(|p| p.grad.as_slice()).collect() {
+            Some(g) => g,
+            None => return Err(ModelError::Shape("a gradient is not contiguous".into())),
+        };
+        let sum_at = |i: usize| grads.iter().map(|g| g[i]).sum::<f32>();
+        let norm = (0..n)
+            .map(|i| f64::from(sum_at(i)).powi(2))
             .sum::<f64>()
             .sqrt() as f32;
         let scale = (self.clip_global_norm / (norm + 1e-6)).min(1.0);
@@ -207,13 +206,13 @@ impl Adam {
             state.adam_m.as_slice_mut(),
             state.adam_v.as_slice_mut(),
         );
-        let (Some(p), Some(m), Some(v), Some(g)) = (p, m, v, grad.as_slice()) else {
+        let (Some(p), Some(m), Some(v)) = (p, m, v) else {
             return Err(ModelError::Shape(
                 "the train state is not contiguous".into(),
             ));
         };
         for i in 0..n {
-            let gi = g[i] * scale;
+            let gi = sum_at(i) * scale;
             m[i] = b1 * m[i] + (1.0 - b1) * gi;
             v[i] = b2 * v[i] + (1.0 - b2) * (gi * gi);
             p[i] -= lr_c1 * m[i] / (v[i].sqrt() * inv_sqrt_c2 + self.eps);
@@ -362,7 +361,7 @@ enum Runner {
 }
 
 /// The split step's two one-thread sessions of train_grad.onnx, built on first use and
-/// dropped by [`TrainStep::release`] (each holds ~11 MiB: the agent keeps them only while a
+/// dropped by [`TrainStep::release`] (each holds ~12 MiB: the agent keeps them only while a
 /// forget runs).
 struct Split {
     path: PathBuf,

@@ -49,7 +49,7 @@ pub(crate) fn load_plan(path: &Path) -> Result<Plan> {
 impl TractEngine {
     /// Loads the inference graphs of a (verified) package; runs them on one thread per core.
     pub fn new(pkg: &Package) -> Result<TractEngine> {
-        TractEngine::with_threads(pkg, Threads::per_core().count())
+        TractEngine::with_threads(pkg, Threads::cores())
     }
 
     /// [`new`](Self::new) on `threads` threads (1: the calling thread alone).

@@ -44,9 +44,9 @@ impl Threads {
         Threads { executor, count }
     }
 
-    /// One thread per core this process may use.
-    pub(crate) fn per_core() -> Threads {
-        Threads::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    /// The cores this process may use (at least 1).
+    pub(crate) fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     pub(crate) fn count(&self) -> usize {

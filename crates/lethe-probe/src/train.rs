@@ -80,7 +80,7 @@ impl TractTrainStep {
     /// Loads and optimizes the train step; checks its input names against the manifest.
     pub fn new(pkg: &Package) -> Result<TractTrainStep> {
         let graphs = &pkg.manifest().graphs;
-        let cores = Threads::per_core().count();
+        let cores = Threads::cores();
         if let (true, Some(path), Some(spec)) = (
             cores >= 2,
             pkg.train_grad_path(),
