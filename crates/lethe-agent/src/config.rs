@@ -84,11 +84,17 @@ pub struct UpdateConfig {
     /// that candidate instead (update.rs; ARCHITECTURE.md has the measurements).
     pub retry_earlier: bool,
     /// On the CPU, split each optimizer step over the two cores (train_grad.onnx, one
-    /// one-thread session per half) instead of train_step.onnx on ONNX Runtime's pool: a
-    /// step 1.2-1.6x faster, ~50 ms less a forget, but the agent's peak during a forget
-    /// 147-150 MiB instead of 135 (each session of the 1,157-node graph holds ~12 MiB).
-    /// Off by default: the memory budget matters more than 50 ms (ARCHITECTURE.md).
+    /// one-thread session per half) instead of one train_grad.onnx session on ONNX Runtime's
+    /// pool running the halves in turn: a step 1.2-1.6x faster, ~50 ms less a forget, but
+    /// the agent's peak during a forget ~12 MiB higher (each session of the 1,157-node graph
+    /// holds ~12 MiB). Off by default: the memory budget matters more (ARCHITECTURE.md).
     pub split_train_step: bool,
+    /// Guard the earlier forgets in every optimizer step (SIU with earlier forgets): the
+    /// step also takes the gradient of half a batch of their replayed rows, and where it
+    /// would raise their loss it loses its component along that gradient (A-GEM). Needs the
+    /// package's train_grad.onnx; without it, forgets run unguarded. 20 forgets in a row,
+    /// dev seeds: more commit (ARCHITECTURE.md).
+    pub guard_earlier: bool,
 }
 
 impl Default for UpdateConfig {
@@ -103,6 +109,7 @@ impl Default for UpdateConfig {
             step_delay_ms: 0,
             retry_earlier: true,
             split_train_step: false,
+            guard_earlier: true,
         }
     }
 }

@@ -69,7 +69,7 @@ impl Engines {
         let train = if cfg.update.split_train_step {
             TrainStep::new(&pkg, &so)?
         } else {
-            TrainStep::whole(&pkg, &so)?
+            TrainStep::serial(&pkg, &so)?
         };
         let tract = TractEngine::new(&pkg)?;
         // The update's optimizer steps run on the train-step session: its provider is the
@@ -221,6 +221,7 @@ pub fn run_tuned(
     opts.views = u.views;
     opts.lr = u.lr;
     opts.allow_mismatch = u.allow_mismatch;
+    opts.guard_earlier = u.guard_earlier && eng.train.can_guard();
     tune(&mut opts);
     let prior = Prior {
         forgotten: job.forgotten.clone(),
@@ -346,7 +347,7 @@ fn train(
         pkg, ort, train, ..
     } = eng;
     let max_steps = opts.max_steps;
-    let mut step = |s: &mut _, b: &_, lr, wc, wk| {
+    let mut step = |s: &mut _, b: &_, g: Option<&_>, lr, wc, wk| {
         // The safe point: between optimizer steps.
         if cancel.load(Ordering::SeqCst) {
             return Err(ModelError::Shape("cancelled by shutdown".into()));
@@ -354,7 +355,7 @@ fn train(
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        train.run(s, b, lr, wc, wk)
+        train.run(s, b, g, lr, wc, wk)
     };
     let result = forget(
         pkg,

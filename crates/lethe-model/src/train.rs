@@ -1,12 +1,18 @@
 //! One optimizer step of the adapter, run by ONNX Runtime from the package's graphs (see
-//! models/PACKAGE.md "Train-step graph"). Two ways, the same step:
+//! models/PACKAGE.md "Train-step graph"). Three ways, the same step:
 //! - **whole**: train_step.onnx takes the batch, the state and the learning rate and returns
-//!   the next state (one call; what a GPU runs);
+//!   the next state (one call; for packages without train_grad.onnx);
 //! - **split**: on the CPU, where the package has train_grad.onnx, each of the two cores
 //!   computes the gradient of half the batch in its own one-thread session, and [`Adam`]
 //!   adds the halves, clips them to the global norm and takes the step here. ONNX Runtime's
 //!   two-thread pool hands each of ~1,000 small nodes between its threads; two independent
-//!   halves keep each core busy (docs/bench/train-step-split.txt: 1.2-1.6x faster).
+//!   halves keep each core busy (docs/bench/train-step-split.txt: 1.2-1.6x faster);
+//! - **serial**: train_grad.onnx in one session on the provider chain, the halves in turn,
+//!   then [`Adam`]: one session's memory (the agent's default).
+//!
+//! The split and serial steps can be **guarded**: a third gradient, of rows whose loss the
+//! step must not raise (the agent's earlier forgets), and [`Adam::step`] takes out of the
+//! step's gradient its component along theirs where the two conflict (A-GEM).
 //!
 //! Owns the step's state, batch and loss types, shared with tract's `TractTrainStep` in
 //! lethe-probe, the shape checks of every input against the manifest, and the Adam update of
@@ -177,20 +183,61 @@ impl Adam {
     /// `state`; returns the losses (the parts' sums) and the norm before clipping. The
     /// formula is train_step.onnx's: `p -= (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps)` with
     /// `c1 = 1 - beta1^t`, `c2 = 1 - beta2^t`, `t` the steps done after this one.
-    pub fn step(&self, state: &mut TrainState, parts: &[PartGrad], lr: f32) -> Result<StepLosses> {
+    ///
+    /// With a `guard`, the gradient `r` of rows whose loss the step must not raise: where
+    /// the sum `g` would raise it (`g . r < 0`, as the step descends along `g`), `g` loses
+    /// its component along `r` (`g -= (g . r / r . r) r`, A-GEM's projection, Chaudhry et al.
+    /// 2019) before the clip and Adam. Projecting Adam's update instead was measured worse
+    /// (ARCHITECTURE.md).
+    pub fn step(
+        &self,
+        state: &mut TrainState,
+        parts: &[PartGrad],
+        guard: Option<&PartGrad>,
+        lr: f32,
+    ) -> Result<StepLosses> {
         let n = state.params.len();
-        if let Some(p) = parts.iter().find(|p| p.grad.len() != n) {
+        if let Some(p) = parts.iter().chain(guard).find(|p| p.grad.len() != n) {
             return Err(ModelError::Shape(format!(
                 "a gradient has {} values, the adapter {n}",
                 p.grad.len()
             )));
         }
+        let not_contiguous = || ModelError::Shape("a gradient is not contiguous".into());
         // The parts' sum, element by element, without a P-long buffer.
-        let grads: Vec<&[f32]> = match parts.iter().map(|p| p.grad.as_slice()).collect() {
-            Some(g) => g,
-            None => return Err(ModelError::Shape("a gradient is not contiguous".into())),
+        let grads: Vec<&[f32]> = parts
+            .iter()
+            .map(|p| p.grad.as_slice())
+            .collect::<Option<_>>()
+            .ok_or_else(not_contiguous)?;
+        let raw_at = |i: usize| grads.iter().map(|g| g[i]).sum::<f32>();
+        let guard = guard
+            .map(|g| g.grad.as_slice().ok_or_else(not_contiguous))
+            .transpose()?;
+        // The share of the guard's gradient taken out of the sum (0: no conflict).
+        let mut cut = 0.0f64;
+        let mut guard_cut = None;
+        if let Some(r) = guard {
+            let (mut gr, mut rr, mut gg) = (0.0f64, 0.0f64, 0.0f64);
+            for (i, &ri) in r.iter().enumerate() {
+                let gi = f64::from(raw_at(i));
+                gr += gi * f64::from(ri);
+                rr += f64::from(ri) * f64::from(ri);
+                gg += gi * gi;
+            }
+            if gr < 0.0 && rr > 0.0 {
+                cut = gr / rr;
+            }
+            guard_cut = Some(if cut != 0.0 {
+                (-gr / (rr.sqrt() * gg.sqrt())) as f32
+            } else {
+                0.0
+            });
+        }
+        let sum_at = |i: usize| match guard {
+            Some(r) if cut != 0.0 => raw_at(i) - (cut * f64::from(r[i])) as f32,
+            _ => raw_at(i),
         };
-        let sum_at = |i: usize| grads.iter().map(|g| g[i]).sum::<f32>();
         let norm = (0..n)
             .map(|i| f64::from(sum_at(i)).powi(2))
             .sum::<f64>()
@@ -224,6 +271,7 @@ impl Adam {
             ce: sum(|p| p.ce),
             kl: sum(|p| p.kl),
             grad_norm: norm,
+            guard_cut,
         })
     }
 }
@@ -235,6 +283,11 @@ pub struct StepLosses {
     pub ce: f32,
     pub kl: f32,
     pub grad_norm: f32,
+    /// With a guard ([`Adam::step`]): minus the cosine between the step's gradient and the
+    /// guard rows' where the step would have raised their loss (its component along theirs
+    /// was taken out), 0 where it would not; `None` without a guard. The norm above is the
+    /// projected gradient's.
+    pub guard_cut: Option<f32>,
 }
 
 /// The fixed shapes of a package's train-step graph.
@@ -314,37 +367,85 @@ pub struct GradArgs<'a> {
 /// One half's gradient, computed by an engine (a session or a plan of train_grad.onnx).
 pub type HalfGrad<'h> = dyn FnMut(&TrainBatch, &GradArgs) -> Result<PartGrad> + Send + 'h;
 
-/// The split step, for any engine: the two halves of `batch` on two threads (the second on
-/// a scoped thread, the first on the caller), then [`Adam::step`]. `state` changes only if
-/// both halves succeeded.
+impl<'a> GradArgs<'a> {
+    /// The arguments of a batch's rows: its halves are divided by the whole batch's
+    /// denominators, so their losses and gradients add up to the whole batch's.
+    fn of_batch(batch: &TrainBatch, params: &'a Array1<f32>, w_ce: f32, w_kl: f32) -> Self {
+        let (ce_den, kl_den) = batch.loss_denominators();
+        GradArgs {
+            params,
+            w_ce,
+            w_kl,
+            ce_den,
+            kl_den,
+        }
+    }
+
+    /// The arguments of a guard batch: its own cross-entropy, no KL.
+    fn of_guard(guard: &TrainBatch, params: &'a Array1<f32>) -> Self {
+        GradArgs::of_batch(guard, params, 1.0, 0.0)
+    }
+}
+
+/// Refuses a guard batch that is not one train_grad.onnx batch of `half` rows.
+fn check_guard(guard: Option<&TrainBatch>, half: usize) -> Result<()> {
+    match guard.filter(|g| g.tokens.nrows() != half) {
+        Some(g) => Err(ModelError::Shape(format!(
+            "a guard batch has {} rows, train_grad.onnx takes {half}",
+            g.tokens.nrows()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Who computes a split step's gradients.
+pub enum Workers<'w, 'h> {
+    /// Two engines side by side: the second half on a scoped thread, the first half and the
+    /// guard on the caller (the split step).
+    Two([&'w mut HalfGrad<'h>; 2]),
+    /// One engine, the calls in turn (the serial step: one session on the provider's own
+    /// threads, one session's memory).
+    One(&'w mut HalfGrad<'h>),
+}
+
+/// The split step, for any engine: the gradients of the two halves of `batch` (and of a
+/// `guard` batch of `half` rows whose loss the step must not raise), then [`Adam::step`].
+/// `state` changes only if every gradient succeeded.
 #[allow(clippy::too_many_arguments)]
 pub fn split_step(
     adam: &Adam,
     half: usize,
     state: &mut TrainState,
     batch: &TrainBatch,
+    guard: Option<&TrainBatch>,
     lr: f32,
     w_ce: f32,
     w_kl: f32,
-    workers: [&mut HalfGrad<'_>; 2],
+    workers: Workers<'_, '_>,
 ) -> Result<StepLosses> {
-    let (ce_den, kl_den) = batch.loss_denominators();
+    check_guard(guard, half)?;
     let [b0, b1] = batch.halves(half);
-    let args = GradArgs {
-        params: &state.params,
-        w_ce,
-        w_kl,
-        ce_den,
-        kl_den,
+    let args = GradArgs::of_batch(batch, &state.params, w_ce, w_kl);
+    let params = &state.params;
+    let (p0, p1, pg) = match workers {
+        Workers::Two([w0, w1]) => std::thread::scope(|sc| {
+            let second = sc.spawn(|| w1(&b1, &args));
+            let first = w0(&b0, &args);
+            let guarded = guard.map(|g| w0(g, &GradArgs::of_guard(g, params)));
+            let second = second
+                .join()
+                .map_err(|_| ModelError::Shape("the second half's gradient panicked".into()));
+            (first, second.and_then(|r| r), guarded)
+        }),
+        Workers::One(w) => {
+            let first = w(&b0, &args);
+            let second = w(&b1, &args);
+            let guarded = guard.map(|g| w(g, &GradArgs::of_guard(g, params)));
+            (first, second, guarded)
+        }
     };
-    let [w0, w1] = workers;
-    let (p0, p1) = std::thread::scope(|sc| {
-        let second = sc.spawn(|| w1(&b1, &args));
-        let first = w0(&b0, &args);
-        (first, second.join())
-    });
-    let p1 = p1.map_err(|_| ModelError::Shape("the second half's gradient panicked".into()))?;
-    adam.step(state, &[p0?, p1?], lr)
+    let pg = pg.transpose()?;
+    adam.step(state, &[p0?, p1?], pg.as_ref(), lr)
 }
 
 /// ONNX Runtime sessions of the train step: train_step.onnx (whole), or two one-thread
@@ -358,6 +459,14 @@ pub struct TrainStep {
 enum Runner {
     Whole(Session),
     Split(Split),
+    Serial(Serial),
+}
+
+/// train_grad.onnx in one session on the provider chain, its calls one after another.
+struct Serial {
+    session: Session,
+    half: usize,
+    adam: Adam,
 }
 
 /// The split step's two one-thread sessions of train_grad.onnx, built on first use and
@@ -450,6 +559,36 @@ impl TrainStep {
         TrainStep::whole(pkg, opts)
     }
 
+    /// train_grad.onnx in one session on `opts`' provider chain, its calls one after
+    /// another ([`Workers::One`]; one session's memory, and a step that can be guarded), where
+    /// the package has it; otherwise train_step.onnx ([`TrainStep::whole`]).
+    pub fn serial(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
+        let (Some(path), Some(spec)) = (
+            pkg.train_grad_path(),
+            pkg.manifest().graphs.train_grad.as_ref(),
+        ) else {
+            return TrainStep::whole(pkg, opts);
+        };
+        let adam = Adam::from_package(pkg)?;
+        let (session, provider) = build_session(&path, opts)?;
+        check_interface(
+            &session,
+            &spec.file,
+            &spec.inputs,
+            &spec.outputs,
+            spec.batch,
+        )?;
+        Ok(TrainStep {
+            runner: Runner::Serial(Serial {
+                session,
+                half: spec.batch,
+                adam,
+            }),
+            shape: TrainShape::from_package(pkg),
+            provider,
+        })
+    }
+
     /// train_step.onnx on `opts`' provider chain, whatever the package offers.
     pub fn whole(pkg: &Package, opts: &SessionOptions) -> Result<TrainStep> {
         let shape = TrainShape::from_package(pkg);
@@ -484,6 +623,12 @@ impl TrainStep {
         matches!(self.runner, Runner::Split(_))
     }
 
+    /// Whether a step can take a guard batch (the split and serial steps: Adam runs here;
+    /// train_step.onnx applies it in the graph).
+    pub fn can_guard(&self) -> bool {
+        !matches!(self.runner, Runner::Whole(_))
+    }
+
     /// Drops the split step's sessions until the next step needs them (the whole step's
     /// session stays). For a long-running process between updates.
     pub fn release(&mut self) {
@@ -494,16 +639,32 @@ impl TrainStep {
 
     /// Runs one step: updates `state` in place and returns the losses computed before the
     /// update.
+    ///
+    /// A `guard` batch (rows whose loss the step must not raise; see [`Adam::step`]) needs
+    /// the split or serial step: the whole step's graph applies Adam itself.
     pub fn run(
         &mut self,
         state: &mut TrainState,
         batch: &TrainBatch,
+        guard: Option<&TrainBatch>,
         lr: f32,
         w_ce: f32,
         w_kl: f32,
     ) -> Result<StepLosses> {
         self.shape.check(state, batch)?;
         match &mut self.runner {
+            Runner::Whole(_) if guard.is_some() => Err(ModelError::Package(
+                "a guarded step needs train_grad.onnx (the split or serial step)".into(),
+            )),
+            Runner::Serial(Serial {
+                session,
+                half,
+                adam,
+            }) => {
+                let mut g = |b: &TrainBatch, a: &GradArgs| run_grad(session, b, a);
+                let one = Workers::One(&mut g);
+                split_step(adam, *half, state, batch, guard, lr, w_ce, w_kl, one)
+            }
             Runner::Whole(session) => run_whole(session, self.shape, state, batch, lr, w_ce, w_kl),
             Runner::Split(split) => {
                 if split.halves.is_none() {
@@ -520,10 +681,11 @@ impl TrainStep {
                     spec.batch,
                     state,
                     batch,
+                    guard,
                     lr,
                     w_ce,
                     w_kl,
-                    [&mut g0, &mut g1],
+                    Workers::Two([&mut g0, &mut g1]),
                 )
             }
         }
@@ -622,6 +784,7 @@ fn run_whole(
         ce: scalar("ce")?,
         kl: scalar("kl")?,
         grad_norm: scalar("grad_norm")?,
+        guard_cut: None,
     };
     let vector = |name| out_vector(&outs, name);
     let next = TrainState {
@@ -680,6 +843,7 @@ mod tests {
             .step(
                 &mut s,
                 &[part(1.0, &[0.3, 0.0, 0.0]), part(2.0, &[0.0, 0.4, 0.0])],
+                None,
                 0.1,
             )
             .unwrap();
@@ -693,7 +857,9 @@ mod tests {
         assert!((s.adam_v[1] - 0.00016).abs() < 1e-8, "{:?}", s.adam_v);
         // A norm of 10 is clipped to 1: the moments see g / 10.
         let mut s = state(&[0.0, 0.0]);
-        let l = ADAM.step(&mut s, &[part(0.0, &[6.0, 8.0])], 0.1).unwrap();
+        let l = ADAM
+            .step(&mut s, &[part(0.0, &[6.0, 8.0])], None, 0.1)
+            .unwrap();
         assert!((l.grad_norm - 10.0).abs() < 1e-5);
         assert!((s.adam_m[0] - 0.06).abs() < 1e-6 && (s.adam_m[1] - 0.08).abs() < 1e-6);
     }
@@ -702,25 +868,130 @@ mod tests {
     fn adam_refuses_a_gradient_of_another_length_and_changes_nothing() {
         let mut s = state(&[1.0, 2.0]);
         let before = s.clone();
-        let err = ADAM.step(&mut s, &[part(0.0, &[1.0])], 0.1).unwrap_err();
+        let err = ADAM
+            .step(&mut s, &[part(0.0, &[1.0])], None, 0.1)
+            .unwrap_err();
         assert!(err.to_string().contains("1 values, the adapter 2"), "{err}");
         assert_eq!(s, before);
     }
 
     #[test]
-    fn halves_of_a_batch_keep_the_rows_and_the_whole_batch_denominators() {
-        let (b, t, v) = (4, 3, 5);
+    fn a_guard_takes_out_of_the_gradient_only_what_would_raise_its_loss() {
+        // g = (1, 0) against the guard's r = (-1, -1): g . r = -1 < 0, so the step would
+        // raise the guard's loss; g -= (g . r / r . r) r gives (0.5, -0.5), orthogonal to r.
+        // Adam's first step moves each weight by lr * sign(g').
+        let mut s = state(&[0.0, 0.0]);
+        let l = ADAM
+            .step(
+                &mut s,
+                &[part(1.0, &[1.0, 0.0])],
+                Some(&part(9.0, &[-1.0, -1.0])),
+                0.1,
+            )
+            .unwrap();
+        assert_eq!(l.loss, 1.0, "the guard's loss is not the step's");
+        assert!(
+            (l.grad_norm - 0.5f32.sqrt()).abs() < 1e-6,
+            "{}",
+            l.grad_norm
+        );
+        let cut = l.guard_cut.unwrap();
+        assert!((cut - 0.5f32.sqrt()).abs() < 1e-6, "cosine {cut}");
+        assert!((s.adam_m[0] - 0.05).abs() < 1e-7 && (s.adam_m[1] + 0.05).abs() < 1e-7);
+        for (got, want) in s.params.iter().zip([-0.1, 0.1]) {
+            assert!((got - want).abs() < 1e-5, "{:?}", s.params);
+        }
+        // Where the step lowers the guard's loss too (g . r > 0) it is Adam's own step.
+        let (mut a, mut b) = (state(&[1.0, 2.0]), state(&[1.0, 2.0]));
+        let g = [part(0.0, &[0.3, -0.2])];
+        let la = ADAM
+            .step(&mut a, &g, Some(&part(0.0, &[1.0, 0.5])), 0.1)
+            .unwrap();
+        let lb = ADAM.step(&mut b, &g, None, 0.1).unwrap();
+        assert_eq!(a, b);
+        assert_eq!((la.guard_cut, lb.guard_cut), (Some(0.0), None));
+        // A guard of another length is refused, and nothing changes.
+        let before = a.clone();
+        let err = ADAM
+            .step(&mut a, &g, Some(&part(0.0, &[1.0])), 0.1)
+            .unwrap_err();
+        assert!(err.to_string().contains("1 values, the adapter 2"), "{err}");
+        assert_eq!(a, before);
+    }
+
+    fn batch_of(b: usize, t: usize, v: usize) -> TrainBatch {
         let f = |n: usize| (0..n).map(|x| x as f32).collect::<Vec<_>>();
-        let batch = TrainBatch {
+        TrainBatch {
             features: Array::from_shape_vec((b, 2, 2), f(b * 4)).unwrap(),
-            has_image: Array1::from(vec![1.0, 0.0, 1.0, 0.0]),
+            has_image: Array1::from_shape_fn(b, |i| ((i + 1) % 2) as f32),
             tokens: Array::from_shape_fn((b, t), |(i, j)| (i * t + j) as i32),
             targets: Array::from_shape_fn((b, t), |(i, j)| (i + j) as i32),
             ce_weight: Array::from_shape_fn((b, t), |(i, _)| if i == 2 { -0.5 } else { 1.0 }),
             kl_mask: Array::from_shape_fn((b, t), |(i, _)| (i % 2) as f32),
             vocab_mask: Array1::ones(v),
             ref_logp: Array::from_shape_vec((b, t, v), f(b * t * v)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn split_and_serial_steps_ask_the_halves_and_the_guard_with_their_own_arguments() {
+        // A fake engine: the gradient is (first token, w_ce, w_kl, ce_den) of its rows, so
+        // the calls can be read back from the sum.
+        let calls = std::sync::Mutex::new(Vec::new());
+        let fake = |b: &TrainBatch, a: &GradArgs| -> Result<PartGrad> {
+            let key = (b.tokens[[0, 0]], a.w_ce, a.w_kl, a.ce_den, a.kl_den);
+            calls.lock().unwrap().push(key);
+            Ok(part(1.0, &[0.0, 0.0, 0.0]))
         };
+        let batch = batch_of(4, 3, 5);
+        let guard = batch.rows(0, 2);
+        let adam = Adam {
+            clip_global_norm: 1e9,
+            ..ADAM
+        };
+        let (mut w0, mut w1, mut w) = (fake, fake, fake);
+        let mut s = state(&[0.0, 0.0, 0.0]);
+        let l = split_step(
+            &adam,
+            2,
+            &mut s,
+            &batch,
+            Some(&guard),
+            0.1,
+            0.9,
+            0.75,
+            Workers::Two([&mut w0, &mut w1]),
+        )
+        .unwrap();
+        assert_eq!(l.loss, 2.0, "two halves, the guard apart");
+        let mut s2 = state(&[0.0, 0.0, 0.0]);
+        let one = Workers::One(&mut w);
+        split_step(&adam, 2, &mut s2, &batch, Some(&guard), 0.1, 0.9, 0.75, one).unwrap();
+        // A guard that is not one half-batch is refused before any call.
+        let one = Workers::One(&mut w);
+        let err =
+            split_step(&adam, 2, &mut s2, &batch, Some(&batch), 0.1, 0.9, 0.75, one).unwrap_err();
+        assert!(
+            err.to_string().contains("4 rows, train_grad.onnx takes 2"),
+            "{err}"
+        );
+        let mut got = calls.into_inner().unwrap();
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        // Halves: the whole batch's denominators (10.5, 6); the guard (rows 0-1): its own
+        // cross-entropy (|w| = 6 positions), no KL, its own KL denominator (3).
+        let half0 = (0, 0.9, 0.75, 10.5, 6.0);
+        let guard_call = (0, 1.0, 0.0, 6.0, 3.0);
+        let half1 = (6, 0.9, 0.75, 10.5, 6.0);
+        assert_eq!(
+            got,
+            vec![half0, half0, guard_call, guard_call, half1, half1]
+        );
+    }
+
+    #[test]
+    fn halves_of_a_batch_keep_the_rows_and_the_whole_batch_denominators() {
+        let (b, t, v) = (4, 3, 5);
+        let batch = batch_of(b, t, v);
         // |ce_weight|: 3 rows of 1 and one of 0.5, over 3 positions; kl_mask: rows 1 and 3.
         assert_eq!(batch.loss_denominators(), (10.5, 6.0));
         let [h0, h1] = batch.halves(2);

@@ -189,16 +189,71 @@ fn tokenizer_round_trips_every_prompt_and_names_unknown_words() {
 }
 
 #[test]
-fn ort_train_step_split_and_whole_match_the_jax_fixtures() {
+fn ort_train_step_split_serial_and_whole_match_the_jax_fixtures() {
     let pkg = open();
     let opts = SessionOptions::default();
     // On the CPU the package's half-batch graph splits the step over two sessions.
     let split = TrainStep::new(&pkg, &opts).unwrap();
-    assert!(split.is_split());
+    assert!(split.is_split() && split.can_guard());
     check_step_against_fixtures(&pkg, split, "split");
+    // ... or runs its halves in turn in one session (the agent's default).
+    let serial = TrainStep::serial(&pkg, &opts).unwrap();
+    assert!(!serial.is_split() && serial.can_guard());
+    check_step_against_fixtures(&pkg, serial, "serial");
     let whole = TrainStep::whole(&pkg, &opts).unwrap();
-    assert!(!whole.is_split());
+    assert!(!whole.is_split() && !whole.can_guard());
     check_step_against_fixtures(&pkg, whole, "whole");
+}
+
+/// A guarded step: the split and the serial step agree, report how much of the gradient the
+/// guard took out, and step elsewhere than unguarded; the whole step refuses a guard and
+/// changes nothing.
+#[test]
+fn a_guarded_step_is_the_same_split_or_serial_and_needs_the_half_batch_graph() {
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let opts = SessionOptions::default();
+    // The guard: the fixture batch's first half, asked to keep its cross-entropy.
+    let guard = fx.batch.rows(0, 4);
+    let mut split = TrainStep::new(&pkg, &opts).unwrap();
+    let mut serial = TrainStep::serial(&pkg, &opts).unwrap();
+    // The batch the step trains on: the fixture's with its CE weights negated (ascent on the
+    // guard's own rows), so that the step conflicts with the guard.
+    let mut batch = fx.batch.clone();
+    batch.ce_weight.mapv_inplace(|w| -w);
+    let (mut a, mut b) = (fx.state.clone(), fx.state.clone());
+    let la = split
+        .run(&mut a, &batch, Some(&guard), fx.lr, fx.w_ce, fx.w_kl)
+        .unwrap();
+    let lb = serial
+        .run(&mut b, &batch, Some(&guard), fx.lr, fx.w_ce, fx.w_kl)
+        .unwrap();
+    let cut = la.guard_cut.expect("a guarded step reports its guard");
+    assert!(
+        cut > 0.0,
+        "ascent on the guard's own rows conflicts with it: {cut}"
+    );
+    assert!((la.loss - lb.loss).abs() <= fx.tolerance.loss_abs as f32);
+    assert!((cut - lb.guard_cut.unwrap()).abs() < 1e-3, "{la:?} {lb:?}");
+    assert!(max_abs_diff(&a.params, &b.params) as f64 <= fx.tolerance.params_abs);
+    // Unguarded, the same step is another one.
+    let mut c = fx.state.clone();
+    let lc = split
+        .run(&mut c, &batch, None, fx.lr, fx.w_ce, fx.w_kl)
+        .unwrap();
+    assert_eq!(lc.guard_cut, None);
+    assert!(max_abs_diff(&a.params, &c.params) > 1e-4);
+    let mut whole = TrainStep::whole(&pkg, &opts).unwrap();
+    let mut d = fx.state.clone();
+    let err = whole
+        .run(&mut d, &batch, Some(&guard), fx.lr, fx.w_ce, fx.w_kl)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("a guarded step needs train_grad.onnx"),
+        "{err}"
+    );
+    assert_eq!(d, fx.state);
 }
 
 fn check_step_against_fixtures(pkg: &Package, mut step: TrainStep, how: &str) {
@@ -208,7 +263,7 @@ fn check_step_against_fixtures(pkg: &Package, mut step: TrainStep, how: &str) {
     let mut max_diff = [0f32; 3];
     for k in 0..fx.steps {
         let l = step
-            .run(&mut state, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+            .run(&mut state, &fx.batch, None, fx.lr, fx.w_ce, fx.w_kl)
             .unwrap();
         let e = fx.expect_losses.row(k);
         println!(
@@ -277,6 +332,10 @@ fn a_half_batch_graph_that_does_not_take_half_the_batch_is_refused() {
     assert!(!TrainStep::new(&pkg, &SessionOptions::default())
         .unwrap()
         .is_split());
+    // The serial step falls back to the whole one, which cannot be guarded.
+    assert!(!TrainStep::serial(&pkg, &SessionOptions::default())
+        .unwrap()
+        .can_guard());
 }
 
 #[test]
@@ -462,10 +521,10 @@ fn a_gpu_provider_falls_back_along_its_chain_and_reports_the_one_used() {
     }
     let (mut a, mut b) = (fx.state.clone(), fx.state.clone());
     let la = cpu_step
-        .run(&mut a, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+        .run(&mut a, &fx.batch, None, fx.lr, fx.w_ce, fx.w_kl)
         .unwrap();
     let lb = gpu_step
-        .run(&mut b, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+        .run(&mut b, &fx.batch, None, fx.lr, fx.w_ce, fx.w_kl)
         .unwrap();
     assert!((la.loss - lb.loss).abs() <= fx.tolerance.loss_abs as f32);
     assert!(max_abs_diff(&a.params, &b.params) as f64 <= fx.tolerance.params_abs);

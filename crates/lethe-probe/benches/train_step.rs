@@ -96,7 +96,7 @@ fn main() {
     steps.push((
         name,
         Box::new(move |s| {
-            o.run(s, &batch, lr, w_ce, w_kl).expect("ORT step");
+            o.run(s, &batch, None, lr, w_ce, w_kl).expect("ORT step");
         }),
         load,
     ));
@@ -112,7 +112,7 @@ fn main() {
     steps.push((
         name,
         Box::new(move |s| {
-            tr.run(s, &batch, lr, w_ce, w_kl).expect("tract step");
+            tr.run(s, &batch, None, lr, w_ce, w_kl).expect("tract step");
         }),
         load,
     ));
@@ -124,7 +124,7 @@ fn main() {
         steps.push((
             "ort, whole",
             Box::new(move |s| {
-                o.run(s, &batch, lr, w_ce, w_kl).expect("ORT step");
+                o.run(s, &batch, None, lr, w_ce, w_kl).expect("ORT step");
             }),
             load,
         ));
@@ -137,7 +137,7 @@ fn main() {
         steps.push((
             "tract, whole",
             Box::new(move |s| {
-                tr.run(s, &batch, lr, w_ce, w_kl).expect("tract step");
+                tr.run(s, &batch, None, lr, w_ce, w_kl).expect("tract step");
             }),
             load,
         ));

@@ -8,7 +8,7 @@
 
 use crate::engine::load_plan;
 use crate::{tract_err, Threads};
-use lethe_model::train::{split_step, Adam, GradArgs, PartGrad};
+use lethe_model::train::{split_step, Adam, GradArgs, PartGrad, Workers};
 use lethe_model::{ModelError, Package, Result, StepLosses, TrainBatch, TrainShape, TrainState};
 use ndarray::{arr0, Array1, Ix1};
 use tract_onnx::prelude::*;
@@ -124,6 +124,7 @@ impl TractTrainStep {
         &mut self,
         state: &mut TrainState,
         batch: &TrainBatch,
+        guard: Option<&TrainBatch>,
         lr: f32,
         w_ce: f32,
         w_kl: f32,
@@ -153,11 +154,17 @@ impl TractTrainStep {
                 *half,
                 state,
                 batch,
+                guard,
                 lr,
                 w_ce,
                 w_kl,
-                [&mut g0, &mut g1],
+                Workers::Two([&mut g0, &mut g1]),
             );
+        }
+        if guard.is_some() {
+            return Err(ModelError::Package(
+                "a guarded step needs the split train step (train_grad.onnx, 2+ cores)".into(),
+            ));
         }
         let mut inputs: TVec<TValue> = tvec![
             Tensor::from(state.params.clone()).into_tvalue(),
@@ -177,6 +184,7 @@ impl TractTrainStep {
             ce: scalar(&outs, 1)?,
             kl: scalar(&outs, 2)?,
             grad_norm: scalar(&outs, 3)?,
+            guard_cut: None,
         };
         *state = TrainState {
             params: vector(&outs, 4)?,

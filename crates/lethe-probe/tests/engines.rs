@@ -60,7 +60,7 @@ fn check_tract_step(pkg: &lethe_model::Package, mut step: TractTrainStep, how: &
     let mut max_loss = 0f32;
     for k in 0..fx.steps {
         let l = step
-            .run(&mut state, &fx.batch, fx.lr, fx.w_ce, fx.w_kl)
+            .run(&mut state, &fx.batch, None, fx.lr, fx.w_ce, fx.w_kl)
             .unwrap();
         let e = fx.expect_losses.row(k);
         println!(

@@ -113,6 +113,13 @@ pub struct Options {
     /// 0.8% anchored to the current adapter; ARCHITECTURE.md). The collateral watch protects
     /// what the original named either way.
     pub kl_to_original: bool,
+    /// Earlier forgets guarded (SIU, needs the split train step): every step also takes the
+    /// gradient of half a batch of the replay rows (lapsed images first), and an update that
+    /// would raise their loss loses its component along that gradient (A-GEM's projection;
+    /// `lethe_model::train::Adam::step`). A first forget has nothing to guard. On for SIU;
+    /// callers whose step cannot be guarded (train_step.onnx, which applies Adam itself)
+    /// turn it off.
+    pub guard_earlier: bool,
 }
 
 impl Options {
@@ -153,6 +160,7 @@ impl Options {
             hold_earlier: false,
             hold_own: siu,
             kl_to_original: false,
+            guard_earlier: siu,
         }
     }
 
@@ -220,6 +228,10 @@ pub struct StepRecord {
     pub ce: f32,
     pub kl: f32,
     pub grad_norm: f32,
+    /// With earlier forgets guarded (`Options::guard_earlier`): how much of the step's
+    /// gradient the guard took out (the cosine between the step's and the guard rows'
+    /// gradients where they conflicted, else 0).
+    pub guard_cut: Option<f32>,
     pub ms: f64,
 }
 
@@ -241,6 +253,9 @@ pub struct Report {
     pub replayed_images: usize,
     /// Of those, the ones not refused at the start or at some check (drawn first).
     pub lapsed_images: usize,
+    /// Steps whose gradient would have raised the guarded earlier forgets' loss and was
+    /// projected (`Options::guard_earlier`; 0 without a guard).
+    pub guarded_steps: usize,
     pub steps: Vec<StepRecord>,
     pub forgotten: bool,
     pub stop_reason: String,
@@ -259,9 +274,17 @@ pub struct Outcome {
     pub report: Report,
 }
 
-/// One train step on some engine: `(state, batch, lr, w_ce, w_kl) -> losses`.
-pub type StepFn<'a> =
-    dyn FnMut(&mut TrainState, &TrainBatch, f32, f32, f32) -> lethe_model::Result<StepLosses> + 'a;
+/// One train step on some engine: `(state, batch, guard, lr, w_ce, w_kl) -> losses`; a
+/// `guard` batch holds rows whose loss the step must not raise (`Options::guard_earlier`).
+pub type StepFn<'a> = dyn FnMut(
+        &mut TrainState,
+        &TrainBatch,
+        Option<&TrainBatch>,
+        f32,
+        f32,
+        f32,
+    ) -> lethe_model::Result<StepLosses>
+    + 'a;
 
 /// The package's language, for the facet builder (training wordings only).
 pub fn language(pkg: &Package) -> Language {
@@ -662,6 +685,17 @@ pub fn forget(
         &concept,
         own_at..own_at + n_own,
     )?;
+    // The guard's rows: the replay pool's, the lapsed images' first.
+    let replay_rows: Vec<usize> = (0..samples.len())
+        .filter(|&i| samples[i].facet == facets::Facet::T6Replayed)
+        .collect();
+    let mut guard = (strict && opts.guard_earlier && !replay_rows.is_empty()).then(|| {
+        let half = bt / 2;
+        Stratum {
+            all: Cycle::new(replay_rows, half),
+            flagged: Cycle::new(Vec::new(), half),
+        }
+    });
     let mut state = TrainState::from_adapter(adapter);
     let mut records = Vec::new();
     let (mut train_ms, mut check_ms) = (0.0, 0.0);
@@ -674,9 +708,28 @@ pub fn forget(
         let rows = sampler.next_batch();
         ref_lp.fill(engine, anchor, feats.view(), &views_of, &all_tokens, &rows)?;
         let batch = make_batch(&toks, &rows, &all_f, &all_h, &ref_lp.lp, &vmask);
+        // The guard's loss is cross-entropy only: its rows' reference log-probs are unused.
+        let guard_batch = guard.as_mut().map(|g| {
+            g.flagged.set(
+                replays
+                    .flagged
+                    .iter()
+                    .flat_map(|&i| replays.images[i].rows.iter().copied()),
+                true,
+            );
+            let grows = g.draw(&mut ch);
+            make_batch(&toks, &grows, &all_f, &all_h, &ref_lp.lp, &vmask)
+        });
         let lr = opts.lr_at(k);
         let ts = Instant::now();
-        let losses = step(&mut state, &batch, lr, opts.w_ce, opts.w_kl)?;
+        let losses = step(
+            &mut state,
+            &batch,
+            guard_batch.as_ref(),
+            lr,
+            opts.w_ce,
+            opts.w_kl,
+        )?;
         let ms = ts.elapsed().as_secs_f64() * 1e3;
         train_ms += ms;
         records.push(StepRecord {
@@ -686,6 +739,7 @@ pub fn forget(
             ce: losses.ce,
             kl: losses.kl,
             grad_norm: losses.grad_norm,
+            guard_cut: losses.guard_cut,
             ms,
         });
         if !losses.loss.is_finite() {
@@ -755,6 +809,10 @@ pub fn forget(
             flagged_images: watch.flagged.len(),
             replayed_images: replays.images.len(),
             lapsed_images: replays.flagged.len(),
+            guarded_steps: records
+                .iter()
+                .filter(|r| r.guard_cut.is_some_and(|c| c > 0.0))
+                .count(),
             forgotten: forgotten_now,
             stop_reason,
             prepare_ms,
@@ -1213,6 +1271,21 @@ impl Cycle {
     }
 }
 
+impl Stratum {
+    /// `all.n` rows: the flagged ones first (at most `flagged.n`), then the others.
+    fn draw(&mut self, ch: &mut facets::Chooser) -> Vec<usize> {
+        let mut rows = Vec::new();
+        let mut n = self.all.n;
+        if !self.flagged.members.is_empty() {
+            let k = self.flagged.n.min(n);
+            self.flagged.draw(k, ch, &mut rows);
+            n -= k;
+        }
+        self.all.draw(n, ch, &mut rows);
+        rows
+    }
+}
+
 impl Sampler {
     fn new(
         samples: &[facets::Sample],
@@ -1293,13 +1366,7 @@ impl Sampler {
     fn next_batch(&mut self) -> Vec<usize> {
         let mut rows = Vec::new();
         for p in &mut self.strata {
-            let mut n = p.all.n;
-            if !p.flagged.members.is_empty() {
-                let k = p.flagged.n.min(n);
-                p.flagged.draw(k, &mut self.ch, &mut rows);
-                n -= k;
-            }
-            p.all.draw(n, &mut self.ch, &mut rows);
+            rows.extend(p.draw(&mut self.ch));
         }
         rows
     }

@@ -32,7 +32,7 @@ fn run_from(
 ) -> Result<Outcome, SiuError> {
     let mut engine = OrtEngine::new(pkg, &SessionOptions::default()).unwrap();
     let mut trainer = TrainStep::new(pkg, &SessionOptions::default()).unwrap();
-    let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+    let mut step = |s: &mut _, b: &_, g: Option<&_>, lr, wc, wk| trainer.run(s, b, g, lr, wc, wk);
     forget(
         pkg,
         &mut engine,
@@ -166,16 +166,27 @@ fn a_second_forget_keeps_the_first_forgotten() {
         forgotten: vec![identities()[a].name()],
         original: Some(pkg.adapter().unwrap()),
     };
+    // Guarded (SIU's default, as the agent runs it): every step also keeps the first
+    // forget's replayed rows.
+    let guarded = Options::new(Method::Siu);
+    assert!(guarded.guard_earlier);
     let second = run_from(
         &pkg,
         &first.adapter,
         &image(b, 2_500_017),
         &identities()[b].name(),
-        &Options::new(Method::Siu),
+        &guarded,
         &prior,
     )
     .unwrap();
     assert!(second.report.forgotten, "{}", second.report.stop_reason);
+    assert!(first.report.steps.iter().all(|r| r.guard_cut.is_none()));
+    assert!(second.report.steps.iter().all(|r| r.guard_cut.is_some()));
+    println!(
+        "guarded steps {} of {}",
+        second.report.guarded_steps,
+        second.report.steps.len()
+    );
     // The first forget replayed from its own pool: the package's 4 retain images of a,
     // each asked about at every check.
     assert_eq!(second.report.replayed_images, 4);

@@ -218,7 +218,8 @@ impl Engines {
         let pb = progress_bar(opts.max_steps, c.json);
         pb.set_prefix(format!("{} {}", method.name(), set.concept));
         let trainer = &mut self.trainer;
-        let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+        let mut step =
+            |s: &mut _, b: &_, g: Option<&_>, lr, wc, wk| trainer.run(s, b, g, lr, wc, wk);
         let out = forget(
             &self.pkg,
             &mut self.ort,
@@ -481,9 +482,9 @@ fn replay_on_tract(
         )
     };
     let trainer = &mut e.trainer;
-    let o = run(&mut |s, b, lr, wc, wk| trainer.run(s, b, lr, wc, wk))?;
+    let o = run(&mut |s, b, g: Option<&_>, lr, wc, wk| trainer.run(s, b, g, lr, wc, wk))?;
     let mut tt = TractTrainStep::new(&e.pkg)?;
-    let t = run(&mut |s, b, lr, wc, wk| tt.run(s, b, lr, wc, wk))?;
+    let t = run(&mut |s, b, g: Option<&_>, lr, wc, wk| tt.run(s, b, g, lr, wc, wk))?;
     let max_diff = o
         .adapter
         .as_slice()

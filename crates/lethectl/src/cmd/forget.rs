@@ -64,7 +64,7 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 /// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
 /// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
 /// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, hold_earlier
-/// (0/1), hold_own (0/1), kl_to_original (0/1),
+/// (0/1), hold_own (0/1), kl_to_original (0/1), guard_earlier (0/1),
 /// replay_views, quotas (a/b/c/d: forget/text/retain/replay), w_ce, w_kl, warmup,
 /// who_per_view, is_this_per_view.
 pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
@@ -89,6 +89,7 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "replay_views" => o.replay_views = n()?,
             "hold_own" => o.hold_own = n()? != 0,
             "kl_to_original" => o.kl_to_original = n()? != 0,
+            "guard_earlier" => o.guard_earlier = n()? != 0,
             "confuser_logp" => {
                 o.confuser_logp = v.parse().with_context(|| format!("--set {kv:?}"))?
             }
@@ -157,12 +158,14 @@ pub fn run(a: ForgetArgs) -> Result<ExitCode> {
     }
     let pkg = Package::open(&a.model)?;
     let image = lethe_model::image::load_image(&a.image)?;
-    let opts = options(a.method, a.steps, a.lr, a.seed);
+    let mut opts = options(a.method, a.steps, a.lr, a.seed);
     let mut engine = OrtEngine::new(&pkg, &SessionOptions::default())?;
     let mut trainer = TrainStep::new(&pkg, &SessionOptions::default())?;
+    // As the agent: earlier forgets guarded where the step allows it.
+    opts.guard_earlier &= trainer.can_guard();
     let base = pkg.adapter()?;
     let pb = progress_bar(opts.max_steps, a.json);
-    let mut step = |s: &mut _, b: &_, lr, wc, wk| trainer.run(s, b, lr, wc, wk);
+    let mut step = |s: &mut _, b: &_, g: Option<&_>, lr, wc, wk| trainer.run(s, b, g, lr, wc, wk);
     let prior = Prior {
         forgotten: pkg.manifest().forgotten.clone(),
         original: None,
