@@ -143,6 +143,36 @@ fn main() {
         ));
     }
 
+    // The agent's step (one session, the halves in turn), without and with a guard of half
+    // a batch (what a forget with earlier forgets runs).
+    let t = Instant::now();
+    if let Ok(serial) = TrainStep::serial(&pkg, &opts) {
+        if serial.can_guard() {
+            let mut o = serial;
+            let load = t.elapsed().as_secs_f64();
+            let batch = b.clone();
+            steps.push((
+                "ort, serial (agent)",
+                Box::new(move |s| {
+                    o.run(s, &batch, None, lr, w_ce, w_kl).expect("ORT step");
+                }),
+                load,
+            ));
+            let t = Instant::now();
+            let mut o = TrainStep::serial(&pkg, &opts).expect("ORT serial step");
+            let load = t.elapsed().as_secs_f64();
+            let (batch, guard) = (b.clone(), b.rows(0, b.tokens.nrows() / 2));
+            steps.push((
+                "ort, serial, guarded",
+                Box::new(move |s| {
+                    o.run(s, &batch, Some(&guard), lr, w_ce, w_kl)
+                        .expect("ORT step");
+                }),
+                load,
+            ));
+        }
+    }
+
     // The peak before, between and after the engines' runs; steps fed back, as an update
     // runs them (the state is not copied inside the timing).
     let mut peak_runs = vec![peak_gflops()];
