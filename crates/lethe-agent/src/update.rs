@@ -378,7 +378,7 @@ fn train(
     );
     // The split step's sessions (`update.split_train_step`, ~24 MiB) are not needed by
     // verification, nor between commands: built again at the next training's first step
-    // (~0.2 s). The whole step's one session stays.
+    // (~0.2 s). The serial (or whole) step's one session stays.
     train.release();
     if cancel.load(Ordering::SeqCst) {
         return Err(UpdateError::Cancelled);

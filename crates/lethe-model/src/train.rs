@@ -629,8 +629,8 @@ impl TrainStep {
         !matches!(self.runner, Runner::Whole(_))
     }
 
-    /// Drops the split step's sessions until the next step needs them (the whole step's
-    /// session stays). For a long-running process between updates.
+    /// Drops the split step's sessions until the next step needs them (the serial or whole
+    /// step's one session stays). For a long-running process between updates.
     pub fn release(&mut self) {
         if let Runner::Split(split) = &mut self.runner {
             split.halves = None;

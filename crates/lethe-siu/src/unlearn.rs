@@ -230,8 +230,8 @@ pub struct StepRecord {
     pub kl: f32,
     pub grad_norm: f32,
     /// With earlier forgets guarded (`Options::guard_earlier`): how much of the step's
-    /// gradient the guard took out (the cosine between the step's and the guard rows'
-    /// gradients where they conflicted, else 0).
+    /// gradient the guard took out (minus the cosine between the step's and the guard rows'
+    /// gradients where they conflicted, so in (0, 1]; else 0); `None` without a guard.
     pub guard_cut: Option<f32>,
     pub ms: f64,
 }
