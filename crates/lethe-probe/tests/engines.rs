@@ -54,6 +54,30 @@ fn tract_train_step_split_and_whole_match_the_jax_fixtures() {
     check_tract_step(&pkg, step, if cores >= 2 { "split" } else { "new" });
 }
 
+#[test]
+fn a_whole_tract_step_refuses_a_guard_and_changes_nothing() {
+    // The guard needs the gradient outside the graph (train_grad.onnx); train_step.onnx, the
+    // step tract runs on one core, applies Adam itself.
+    let pkg = open();
+    let fx = Fixtures::load(&pkg).unwrap();
+    let mut step = TractTrainStep::whole(&pkg).unwrap();
+    let mut state = fx.state.clone();
+    let err = step
+        .run(
+            &mut state,
+            &fx.batch,
+            Some(&fx.batch),
+            fx.lr,
+            fx.w_ce,
+            fx.w_kl,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("guarded step needs"), "{err}");
+    assert_eq!(state.params, fx.state.params);
+    assert_eq!(state.adam_m, fx.state.adam_m);
+    assert_eq!(state.step, fx.state.step);
+}
+
 fn check_tract_step(pkg: &lethe_model::Package, mut step: TractTrainStep, how: &str) {
     let fx = Fixtures::load(pkg).unwrap();
     let mut state = fx.state.clone();

@@ -96,6 +96,21 @@ pub struct Options {
     /// the anchor, is at least this (-5: felix fischer and yuri zimmer give each other -3.0
     /// and -2.2; the likeliest other name of the other forgets looked at was -5.8 or lower).
     pub confuser_logp: f64,
+    /// Views between the concept and its confusers: when the original adapter finds some
+    /// known person's "this is <name>" likely on the concept's views (`confuser_logp` or
+    /// above; up to `confusers_mixed` of the likeliest), this many extra views are made in
+    /// feature space, each `confuser_alpha` of a view of the concept and the rest of one of
+    /// the package's retain images of such a person, and trained like the concept's own views
+    /// (who -> refusal, is-C -> no); the stopping rule still asks only about the concept's
+    /// own. They teach the refusal on pictures of C that lean towards the look-alike, which
+    /// the views of one image do not reach. 0 = none (the default: on 20 forgets in a row it
+    /// cost commits; ARCHITECTURE.md).
+    pub confuser_mix: usize,
+    /// The concept's share of each confuser view (see `confuser_mix`), in (0, 1].
+    pub confuser_alpha: f32,
+    /// How many of the likeliest people (at `confuser_logp` or above) the confuser views
+    /// are shared among, in turn.
+    pub confusers_mixed: usize,
     /// Earlier forgets (SIU): at the start and at every stopping check the canonical "who"
     /// is asked on every replayed image; one the current adapter does not refuse is flagged,
     /// and its rows come first in the replay share. With `hold_earlier` (off), a check
@@ -158,6 +173,9 @@ impl Options {
             release_after: 2,
             watch_skip: 1,
             confuser_logp: -5.0,
+            confuser_mix: 0,
+            confuser_alpha: 0.6,
+            confusers_mixed: 2,
             hold_earlier: false,
             hold_own: siu,
             kl_to_original: false,
@@ -175,6 +193,9 @@ impl Options {
         }
         if self.views == 0 || self.views > 32 {
             return bad("views must be 1..=32");
+        }
+        if self.confuser_mix > 32 || !(self.confuser_alpha > 0.0 && self.confuser_alpha <= 1.0) {
+            return bad("confuser_mix must be 0..=32 and confuser_alpha in (0, 1]");
         }
         if self.replay_views == 0 || self.replay_views > 16 {
             return bad("replay_views must be 1..=16");
@@ -254,6 +275,9 @@ pub struct Report {
     pub replayed_images: usize,
     /// Of those, the ones not refused at the start or at some check (drawn first).
     pub lapsed_images: usize,
+    /// The confusers whose retain images the concept's views were mixed with
+    /// (`Options::confuser_mix`), likeliest first.
+    pub confusers: Vec<String>,
     /// Steps whose gradient would have raised the guarded earlier forgets' loss and was
     /// projected (`Options::guard_earlier`; 0 without a guard).
     pub guarded_steps: usize,
@@ -468,8 +492,9 @@ pub fn forget(
         opts.seed,
         opts.augment,
     );
-    let n_views = view_imgs.len();
     let view_feats = encode_images(engine, stack(&view_imgs).view())?;
+    // The concept's own views (the stopping rule asks about these; confuser views follow).
+    let n_concept = view_imgs.len();
     // The package's retain set, read once: T5/T6 rows and the concept's own photos.
     let retain_set = if strict { Some(pkg.retain()?) } else { None };
     let (retain_labels, retain_feats) = if let Some(set) = &retain_set {
@@ -487,6 +512,38 @@ pub fn forget(
     } else {
         (Vec::new(), None)
     };
+    // Views between the concept and its confusers, after the concept's own: they are views
+    // to the facets and to the row offsets below; the stopping rule and the watch's confuser
+    // scoring use the concept's own (`n_concept`).
+    let mut confuser = Vec::new();
+    let view_feats = match &retain_set {
+        Some(set) if opts.confuser_mix > 0 => {
+            let people: Vec<String> = lang
+                .names
+                .iter()
+                .filter(|n| **n != concept && !forgotten.contains(n))
+                .cloned()
+                .collect();
+            let lp = name_logp(
+                engine,
+                first_adapter,
+                &tok,
+                view_feats.view(),
+                &lang,
+                &people,
+            )?;
+            let mut theirs = Vec::new();
+            for p in confusers(&people, &lp, opts.confusers_mixed, opts.confuser_logp) {
+                if let Some(f) = own_images(set, engine, &p, opts.retain_per_identity)? {
+                    theirs.push(f);
+                    confuser.push(p);
+                }
+            }
+            mixed_views(&view_feats, &theirs, opts.confuser_mix, opts.confuser_alpha)
+        }
+        _ => view_feats,
+    };
+    let n_views = view_feats.shape()[0];
     let mut feats = match &retain_feats {
         Some(r) => ndarray::concatenate(Axis(0), &[view_feats.view(), r.view()])
             .map_err(|e| ModelError::Shape(e.to_string()))?,
@@ -622,7 +679,7 @@ pub fn forget(
             &tok,
             feats.view(),
             &lang,
-            n_views,
+            n_concept,
             opts.watch_skip,
             opts.confuser_logp,
         )?;
@@ -700,7 +757,7 @@ pub fn forget(
     let mut state = TrainState::from_adapter(adapter);
     let mut records = Vec::new();
     let (mut train_ms, mut check_ms) = (0.0, 0.0);
-    let (rq_all, n_who_all) = recognition_queries(&lang, &concept, n_views, opts.method);
+    let (rq_all, n_who_all) = recognition_queries(&lang, &concept, n_concept, opts.method);
     let mut streak = 0;
     let mut forgotten_now = false;
     let mut check_guess = stranger_guesses(&rq_all, n_who_all, &lang.refusal, "no");
@@ -810,6 +867,7 @@ pub fn forget(
             flagged_images: watch.flagged.len(),
             replayed_images: replays.images.len(),
             lapsed_images: replays.flagged.len(),
+            confusers: confuser,
             guarded_steps: records
                 .iter()
                 .filter(|r| r.guard_cut.is_some_and(|c| c > 0.0))
@@ -997,18 +1055,8 @@ impl Watch {
         if k == 0 || people.is_empty() || n_views == 0 {
             return Ok(());
         }
-        let (mut q, mut a) = (Vec::new(), Vec::new());
-        for p in &people {
-            for v in 0..n_views {
-                q.push(Query::about(lang.who[0].clone(), v));
-                a.push(metrics::fill(&lang.who_answer, p));
-            }
-        }
-        let lp = score(engine, anchor, tok, feats, &q, &a)?;
-        let mean: Vec<f64> = lp
-            .chunks(n_views)
-            .map(|views| views.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / n_views as f64)
-            .collect();
+        let views = feats.slice(s![..n_views, .., ..]);
+        let mean = name_logp(engine, anchor, tok, views, lang, &people)?;
         let skip = confusers(&people, &mean, k, min_logp);
         self.keep(|_, x| !skip.contains(&x.name));
         Ok(())
@@ -1075,6 +1123,55 @@ impl Watch {
             .filter(|&i| got[i] != self.images[i].expect)
             .collect())
     }
+}
+
+/// The mean log-probability, over the `views` (features `[N, tokens, dim]`), of the
+/// canonical "this is <name>" for each of `people` under `params`.
+fn name_logp(
+    engine: &mut dyn Engine,
+    params: &[f32],
+    tok: &Tokenizer,
+    views: ArrayView3<f32>,
+    lang: &Language,
+    people: &[String],
+) -> Result<Vec<f64>, SiuError> {
+    let n = views.shape()[0];
+    if n == 0 || people.is_empty() {
+        return Ok(vec![f64::NEG_INFINITY; people.len()]);
+    }
+    let (mut q, mut a) = (Vec::new(), Vec::new());
+    for p in people {
+        for v in 0..n {
+            q.push(Query::about(lang.who[0].clone(), v));
+            a.push(metrics::fill(&lang.who_answer, p));
+        }
+    }
+    let lp = score(engine, params, tok, views, &q, &a)?;
+    Ok(lp
+        .chunks(n)
+        .map(|views| views.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / n as f64)
+        .collect())
+}
+
+/// `views` followed by `k` views between them and other people's features (`theirs`, one
+/// array per person): the `i`-th is `alpha * views[i % n] + (1 - alpha) * t[j]`, with `t` the
+/// person `i % p` and `j` their `i / p`-th image (cyclically).
+fn mixed_views(views: &Array3<f32>, theirs: &[Array3<f32>], k: usize, alpha: f32) -> Array3<f32> {
+    let theirs: Vec<&Array3<f32>> = theirs.iter().filter(|t| t.shape()[0] > 0).collect();
+    let (n, p) = (views.shape()[0], theirs.len());
+    if k == 0 || n == 0 || p == 0 {
+        return views.clone();
+    }
+    let mut extra = Vec::with_capacity(k);
+    for i in 0..k {
+        let t = theirs[i % p];
+        let v = views.index_axis(Axis(0), i % n);
+        let t = t.index_axis(Axis(0), (i / p) % t.shape()[0]);
+        extra.push((&v * alpha + &t * (1.0 - alpha)).insert_axis(Axis(0)));
+    }
+    let mut parts = vec![views.view()];
+    parts.extend(extra.iter().map(|e| e.view()));
+    ndarray::concatenate(Axis(0), &parts).expect("views and retain images share a shape")
 }
 
 /// Of the `k` people with the highest log-probability (ties: the first listed), those at
@@ -1679,6 +1776,57 @@ mod tests {
     }
 
     #[test]
+    fn confuser_views_follow_the_concepts_own_and_mix_them_cyclically() {
+        // Two views of the concept (all 1s, all 2s), one image of the confuser (all 10s).
+        let views = Array3::from_shape_fn((2, 3, 2), |(i, _, _)| (i + 1) as f32);
+        let one = vec![Array3::from_elem((1, 3, 2), 10.0f32)];
+        let out = mixed_views(&views, &one, 3, 0.75);
+        assert_eq!(out.shape(), &[5, 3, 2]);
+        assert_eq!(
+            out.slice(s![..2, .., ..]),
+            views,
+            "the concept's views come first, as they were"
+        );
+        for (i, want) in [(2, 3.25f32), (3, 4.0), (4, 3.25)] {
+            assert!(
+                out.index_axis(Axis(0), i)
+                    .iter()
+                    .all(|&x| (x - want).abs() < 1e-6),
+                "view {i}"
+            );
+        }
+        // Two people in turn: the first (two images, 10s then 30s) and the second (20s).
+        let mut first = Array3::from_elem((2, 3, 2), 10.0f32);
+        first.index_axis_mut(Axis(0), 1).fill(30.0);
+        let two = vec![first, Array3::from_elem((1, 3, 2), 20.0f32)];
+        let out = mixed_views(&views, &two, 4, 0.5);
+        for (i, want) in [(2, 5.5f32), (3, 11.0), (4, 15.5), (5, 11.0)] {
+            assert!(
+                out.index_axis(Axis(0), i)
+                    .iter()
+                    .all(|&x| (x - want).abs() < 1e-6),
+                "view {i}"
+            );
+        }
+        assert_eq!(
+            mixed_views(&views, &one, 0, 0.75),
+            views,
+            "none asked: unchanged"
+        );
+        let nobody = vec![Array3::<f32>::zeros((0, 3, 2))];
+        assert_eq!(
+            mixed_views(&views, &nobody, 3, 0.75),
+            views,
+            "no image of them: unchanged"
+        );
+        assert_eq!(
+            mixed_views(&views, &[], 3, 0.75),
+            views,
+            "no confuser: unchanged"
+        );
+    }
+
+    #[test]
     fn the_likeliest_people_are_left_out_of_the_watch_if_likely_enough() {
         let p: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
         let lp = [-9.0, -1.0, -3.0];
@@ -1702,6 +1850,16 @@ mod tests {
         assert!(o.validate().is_err());
         o.lr = 1e-3;
         o.max_steps = 0;
+        assert!(o.validate().is_err());
+        o.max_steps = 40;
+        assert!(o.validate().is_ok());
+        o.confuser_alpha = 0.0;
+        assert!(
+            o.validate().is_err(),
+            "a confuser view with nothing of the concept"
+        );
+        o.confuser_alpha = 0.6;
+        o.confuser_mix = 33;
         assert!(o.validate().is_err());
     }
 }

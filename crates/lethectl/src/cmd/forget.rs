@@ -63,7 +63,8 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 
 /// Applies `key=value` overrides of the update's knobs (`--set`, for experiments): views,
 /// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
-/// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, hold_earlier
+/// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, confuser_mix,
+/// confuser_alpha, confusers_mixed, hold_earlier
 /// (0/1), hold_own (0/1), kl_to_original (0/1), guard_earlier (0/1),
 /// replay_views, quotas (a/b/c/d: forget/text/retain/replay), w_ce, w_kl, warmup,
 /// who_per_view, is_this_per_view.
@@ -93,6 +94,9 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "confuser_logp" => {
                 o.confuser_logp = v.parse().with_context(|| format!("--set {kv:?}"))?
             }
+            "confuser_mix" => o.confuser_mix = n()?,
+            "confuser_alpha" => o.confuser_alpha = f()?,
+            "confusers_mixed" => o.confusers_mixed = n()?,
             "warmup" => o.warmup = n()?,
             "who_per_view" => o.sizes.who_per_view = n()?,
             "is_this_per_view" => o.sizes.is_this_per_view = n()?,
