@@ -515,7 +515,8 @@ pub fn forget(
     // Views between the concept and its confusers, after the concept's own: they are views
     // to the facets and to the row offsets below; the stopping rule and the watch's confuser
     // scoring use the concept's own (`n_concept`).
-    let mut confuser = Vec::new();
+    let mut mixed_with = Vec::new();
+    let mut name_scores = None;
     let view_feats = match &retain_set {
         Some(set) if opts.confuser_mix > 0 => {
             let people: Vec<String> = lang
@@ -536,9 +537,11 @@ pub fn forget(
             for p in confusers(&people, &lp, opts.confusers_mixed, opts.confuser_logp) {
                 if let Some(f) = own_images(set, engine, &p, opts.retain_per_identity)? {
                     theirs.push(f);
-                    confuser.push(p);
+                    mixed_with.push(p);
                 }
             }
+            // The same means the watch's confuser rule asks for: scored once.
+            name_scores = Some(people.into_iter().zip(lp).collect::<BTreeMap<_, _>>());
             mixed_views(&view_feats, &theirs, opts.confuser_mix, opts.confuser_alpha)
         }
         _ => view_feats,
@@ -682,6 +685,7 @@ pub fn forget(
             n_concept,
             opts.watch_skip,
             opts.confuser_logp,
+            name_scores.as_ref(),
         )?;
         w
     } else {
@@ -867,7 +871,7 @@ pub fn forget(
             flagged_images: watch.flagged.len(),
             replayed_images: replays.images.len(),
             lapsed_images: replays.flagged.len(),
-            confusers: confuser,
+            confusers: mixed_with,
             guarded_steps: records
                 .iter()
                 .filter(|r| r.guard_cut.is_some_and(|c| c > 0.0))
@@ -1036,7 +1040,8 @@ impl Watch {
 
     /// Leaves out of the watch the confusers among its people: of the `k` whose
     /// "this is <name>" the anchor finds likeliest, on average over the concept's `n_views`
-    /// views, those at `min_logp` or above.
+    /// views, those at `min_logp` or above. `scored` holds those means where the caller has
+    /// them already (the confuser views score every known person the same way).
     #[allow(clippy::too_many_arguments)]
     fn skip_confusers(
         &mut self,
@@ -1048,6 +1053,7 @@ impl Watch {
         n_views: usize,
         k: usize,
         min_logp: f64,
+        scored: Option<&BTreeMap<String, f64>>,
     ) -> Result<(), SiuError> {
         let mut people: Vec<String> = self.images.iter().map(|x| x.name.clone()).collect();
         people.sort();
@@ -1055,8 +1061,15 @@ impl Watch {
         if k == 0 || people.is_empty() || n_views == 0 {
             return Ok(());
         }
-        let views = feats.slice(s![..n_views, .., ..]);
-        let mean = name_logp(engine, anchor, tok, views, lang, &people)?;
+        let known: Option<Vec<f64>> =
+            scored.and_then(|m| people.iter().map(|p| m.get(p).copied()).collect());
+        let mean = match known {
+            Some(m) => m,
+            None => {
+                let views = feats.slice(s![..n_views, .., ..]);
+                name_logp(engine, anchor, tok, views, lang, &people)?
+            }
+        };
         let skip = confusers(&people, &mean, k, min_logp);
         self.keep(|_, x| !skip.contains(&x.name));
         Ok(())

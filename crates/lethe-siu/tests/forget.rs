@@ -213,6 +213,33 @@ fn a_second_forget_keeps_the_first_forgotten() {
 }
 
 #[test]
+fn confuser_views_are_trained_like_the_concepts_own_and_named_in_the_report() {
+    let pkg = package();
+    let img = image(23, 2_500_023);
+    let concept = identities()[23].name();
+    let mut o = Options::new(Method::Siu);
+    o.max_steps = 2;
+    o.fixed_steps = true;
+    let plain = run(&pkg, &img, &concept, &o).unwrap().report;
+    assert!(plain.confusers.is_empty(), "off by default");
+    // Whoever is likeliest counts as a look-alike at this threshold.
+    o.confuser_mix = 4;
+    o.confusers_mixed = 1;
+    o.confuser_logp = -1e9;
+    let mixed = run(&pkg, &img, &concept, &o).unwrap().report;
+    assert_eq!(mixed.confusers.len(), 1, "{:?}", mixed.confusers);
+    assert_ne!(mixed.confusers[0], concept);
+    let t1 = |r: &lethe_siu::Report| r.samples_per_facet["T1UnseenConcept"];
+    let per_view = o.sizes.who_per_view;
+    assert_eq!(t1(&plain), o.views * per_view);
+    assert_eq!(
+        t1(&mixed),
+        (o.views + 4) * per_view,
+        "each mixed view gets the who rows"
+    );
+}
+
+#[test]
 fn the_same_seed_gives_the_same_adapter_and_another_seed_another() {
     let pkg = package();
     let img = image(7, 2_500_007);
