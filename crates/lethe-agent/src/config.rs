@@ -83,6 +83,14 @@ pub struct UpdateConfig {
     /// the forget once more holding every earlier forget in the stopping rule, and verify
     /// that candidate instead (update.rs; ARCHITECTURE.md has the measurements).
     pub retry_earlier: bool,
+    /// When a candidate fails verification only on answers about the concept that name
+    /// another known person or are ill-formed (or on its own stopping rule,
+    /// `verify.require_stopping_rule`), and the original model finds a look-alike likely on
+    /// the concept's views, run the forget once more with this many extra views
+    /// between the concept and its look-alikes (0, the default: no such retry; it turns
+    /// rollbacks of a look-alike's forget into commits, but in 20 forgets in a row the
+    /// look-alike himself then drifts: update.rs and ARCHITECTURE.md have the measurements).
+    pub retry_lookalike_views: usize,
     /// On the CPU, split each optimizer step over the two cores (train_grad.onnx, one
     /// one-thread session per half) instead of one train_grad.onnx session on ONNX Runtime's
     /// pool running the halves in turn: a step 1.2-1.6x faster, ~50 ms less a forget, but
@@ -108,6 +116,7 @@ impl Default for UpdateConfig {
             allow_mismatch: false,
             step_delay_ms: 0,
             retry_earlier: true,
+            retry_lookalike_views: 0,
             split_train_step: false,
             guard_earlier: true,
         }
@@ -165,6 +174,13 @@ pub struct VerifyConfig {
     pub min_factual_retention: f64,
     /// Largest allowed perplexity increase, in percent.
     pub max_fluency_increase_pct: f64,
+    /// Roll back a candidate whose update ended its step budget with its own stopping rule
+    /// still failing on C at the last check (its views' answers naming C or another person,
+    /// or ill-formed, or one of the package's photos of C not refused; `CheckFindings`): the
+    /// two probe images the gate holds out cannot see a misattribution of one photo in
+    /// three, and the update's own check can. It also rolls back some good forgets
+    /// (ARCHITECTURE.md has both).
+    pub require_stopping_rule: bool,
     /// Augmented views of the command's image added to the held-out set.
     pub augmented_views: usize,
     /// Other identities' retained probe images used (0 = all).
@@ -186,6 +202,7 @@ impl Default for VerifyConfig {
             // 0.9 rolled back forgets over a single answer (bench sequential, 2026-11-30).
             min_factual_retention: 0.85,
             max_fluency_increase_pct: 15.0,
+            require_stopping_rule: true,
             augmented_views: 3,
             max_other_images: 0,
         }

@@ -107,9 +107,36 @@ pub enum UpdateEvent {
         loss: f32,
     },
     Verifying,
-    /// The candidate brought back an earlier forget; the update runs once more
-    /// (`update.retry_earlier`): training and verifying events follow again.
-    Retrying,
+    /// The candidate failed in a way a second, different run may mend ([`Retry`]): the
+    /// update runs once more, and training and verifying events follow again.
+    Retrying(Retry),
+}
+
+/// Why a forget was run a second time, from the same base (at most once per job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retry {
+    /// The first candidate failed only by bringing back an earlier forget
+    /// (`update.retry_earlier`): the second holds every earlier forget in its stopping rule.
+    Earlier,
+    /// The first candidate failed only on answers about the concept that name another
+    /// known person or are ill-formed, or on its own stopping rule (`Outcome::unfinished`),
+    /// and the original model finds a look-alike likely on the concept's views
+    /// (`update.retry_lookalike_views`): the second also trains views between the concept and
+    /// its look-alikes.
+    Lookalike,
+}
+
+impl Retry {
+    /// What the first candidate did, for events, reports and logs.
+    pub fn why(self) -> &'static str {
+        match self {
+            Retry::Earlier => "the candidate brought back an earlier forget",
+            Retry::Lookalike => {
+                "the candidate named another person, answered ill-formed, or did not stop"
+            }
+        }
+    }
 }
 
 /// The verdict of verification.
@@ -123,9 +150,11 @@ pub struct Outcome {
     pub earlier: Vec<(String, f64)>,
     /// `None` = passed; `Some(why)` = failed the thresholds.
     pub failed: Option<String>,
-    /// The first candidate brought back an earlier forget and this is the second
-    /// (`update.retry_earlier`).
-    pub retried: bool,
+    /// The update's stopping rule still failed at its last check, and
+    /// `verify.require_stopping_rule` made that a failure: what that check saw.
+    pub unfinished: Option<String>,
+    /// The first candidate failed and this is the second ([`Retry`] says why).
+    pub retried: Option<Retry>,
     pub verify_ms: f64,
 }
 
@@ -140,7 +169,11 @@ impl Outcome {
             }
         };
         put("leak", m.leak);
-        put("retried", f64::from(u8::from(self.retried)));
+        put("retried", f64::from(u8::from(self.retried.is_some())));
+        put(
+            "retried_lookalike",
+            f64::from(u8::from(self.retried == Some(Retry::Lookalike))),
+        );
         put("misattribution", m.misattribution);
         put("misattribution_before", m.misattribution_before);
         put("misattribution_added", m.misattribution_added);
@@ -194,11 +227,19 @@ pub fn run(
 /// [`run`], with `tune` applied to the update's options last (benchmarks try knobs the
 /// configuration does not expose through it).
 ///
-/// When the candidate fails verification only because it brings back an earlier forget
-/// (`verify.max_earlier_leak`) and `update.retry_earlier` is on, the forget is run once more
-/// from the same base with every earlier forget held in its stopping rule (`hold_earlier`:
-/// a stopping check counts only while every replayed image is refused), and that second
-/// candidate is verified the same way. The outcome says whether it was retried.
+/// A candidate that fails verification may be run once more from the same base, and that
+/// second candidate is verified the same way (the outcome says whether, and why):
+/// - it fails only because it brings back an earlier forget (`verify.max_earlier_leak`) and
+///   `update.retry_earlier` is on: every earlier forget is held in the second's stopping
+///   rule (`hold_earlier`: a stopping check counts only while every replayed image is
+///   refused);
+/// - it fails only on misattribution or well-formedness, the original model finds a
+///   look-alike likely on the concept's views (`Report::lookalikes`), and
+///   `update.retry_lookalike_views` is not 0: the second trains that many views between the
+///   concept and its look-alikes besides the concept's own (`confuser_mix`).
+///
+/// Only a failed candidate is retried, and the second passes the same gate, so a retry can
+/// only turn a rollback into a commit.
 pub fn run_tuned(
     eng: &mut Engines,
     cfg: &Config,
@@ -236,21 +277,41 @@ pub fn run_tuned(
     let mut first = verify(eng, cfg, base, &checks, out)?;
     // Building the sets counts as verification, as it did when each attempt built them.
     first.verify_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let only_earlier = fails_only_on_earlier(&first.metrics, &first.earlier, &cfg.verify);
-    if !(u.retry_earlier && only_earlier && !opts.hold_earlier) {
+    let (m, earlier, v) = (&first.metrics, &first.earlier, &cfg.verify);
+    let unfinished = first.unfinished.as_deref();
+    let retry = if u.retry_earlier
+        && !opts.hold_earlier
+        && fails_only_on_earlier(m, earlier, unfinished, v)
+    {
+        opts.hold_earlier = true;
+        Retry::Earlier
+    } else if u.retry_lookalike_views > 0
+        && opts.confuser_mix == 0
+        && !first.report.lookalikes.is_empty()
+        && fails_only_on_answers_about_c(m, earlier, unfinished, v)
+    {
+        opts.confuser_mix = u.retry_lookalike_views;
+        Retry::Lookalike
+    } else {
         return Ok(first);
-    }
-    opts.hold_earlier = true;
-    on(UpdateEvent::Retrying);
+    };
+    on(UpdateEvent::Retrying(retry));
     let out = train(eng, cfg, job, base, &image, &opts, &prior, cancel, on)?;
     on(UpdateEvent::Verifying);
     let mut second = verify(eng, cfg, base, &checks, out)?;
-    second.retried = true;
+    second.retried = Some(retry);
     second.verify_ms += first.verify_ms;
     if let Some(why) = &mut second.failed {
+        let how = match retry {
+            Retry::Earlier => "holding every earlier forget".to_string(),
+            Retry::Lookalike => format!(
+                "with views mixed with {}",
+                second.report.confusers.join(" and ")
+            ),
+        };
         let first_why = first.failed.as_deref().unwrap_or_default();
         *why = format!(
-            "{why} (retried holding every earlier forget; the first candidate: {})",
+            "{why} (retried {how}; the first candidate: {})",
             first_why.trim_start_matches("verification failed: ")
         );
     }
@@ -417,27 +478,75 @@ fn verify(
         let h = holds(tract, tok, lang, out.adapter.as_slice(), their_set)?;
         earlier.push((name.clone(), h.leak));
     }
-    let failed = judge(&metrics, &earlier, &cfg.verify);
+    // The update's own stopping rule still failed at its last check, on C: its views of the
+    // image or the package's photos of C still name someone (C or another person) or answer
+    // ill-formed. Earlier forgets' replayed images alone do not count here: the gate judges
+    // earlier forgets on their own probes (`verify.max_earlier_leak`).
+    let unfinished = match &out.report.last_check {
+        Some(saw)
+            if cfg.verify.require_stopping_rule && !out.report.forgotten && saw.against_c() =>
+        {
+            Some(saw.to_string())
+        }
+        _ => None,
+    };
+    let failed = judge(&metrics, &earlier, unfinished.as_deref(), &cfg.verify);
     Ok(Outcome {
         adapter: out.adapter,
         report: out.report,
         metrics,
         earlier,
         failed,
-        retried: false,
+        unfinished,
+        retried: None,
         verify_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
 
 /// Whether a candidate fails verification on earlier forgets and on nothing else (what
 /// `update.retry_earlier` retries).
-pub fn fails_only_on_earlier(m: &Metrics, earlier: &[(String, f64)], v: &VerifyConfig) -> bool {
-    judge(m, earlier, v).is_some() && judge(m, &[], v).is_none()
+pub fn fails_only_on_earlier(
+    m: &Metrics,
+    earlier: &[(String, f64)],
+    unfinished: Option<&str>,
+    v: &VerifyConfig,
+) -> bool {
+    judge(m, earlier, unfinished, v).is_some() && judge(m, &[], unfinished, v).is_none()
 }
 
-/// Checks metrics against the thresholds; `Some(reasons)` when any fails.
-pub fn judge(m: &Metrics, earlier: &[(String, f64)], v: &VerifyConfig) -> Option<String> {
+/// Whether a candidate fails verification on the answers about the concept that name
+/// another known person (misattribution added) or are ill-formed, or on its update's own
+/// stopping rule (`unfinished`), and on nothing else (what `update.retry_lookalike_views`
+/// retries).
+pub fn fails_only_on_answers_about_c(
+    m: &Metrics,
+    earlier: &[(String, f64)],
+    unfinished: Option<&str>,
+    v: &VerifyConfig,
+) -> bool {
+    let loose = VerifyConfig {
+        max_misattribution: f64::INFINITY,
+        min_well_formed: f64::NEG_INFINITY,
+        ..v.clone()
+    };
+    judge(m, earlier, unfinished, v).is_some() && judge(m, earlier, None, &loose).is_none()
+}
+
+/// Checks metrics against the thresholds; `Some(reasons)` when any fails. `unfinished`: the
+/// update's own stopping rule still failed at its last check (`verify.require_stopping_rule`),
+/// and this is what that check saw.
+pub fn judge(
+    m: &Metrics,
+    earlier: &[(String, f64)],
+    unfinished: Option<&str>,
+    v: &VerifyConfig,
+) -> Option<String> {
     let mut why = Vec::new();
+    if let Some(saw) = unfinished {
+        why.push(format!(
+            "the update's own stopping rule still failed at its last check ({saw})"
+        ));
+    }
     let mut low = |name: &str, got: f64, min: f64| {
         if !(got >= min) {
             why.push(format!("{name} {got:.3} < {min:.3}"));
@@ -503,6 +612,10 @@ pub fn judge(m: &Metrics, earlier: &[(String, f64)], v: &VerifyConfig) -> Option
 mod tests {
     use super::*;
 
+    /// What a failed last stopping check saw, as `verify` words it.
+    const SAW: Option<&str> =
+        Some("2 of 16 answers on its views named another person (felix fischer x2)");
+
     fn good() -> Metrics {
         Metrics {
             efficacy: 1.0,
@@ -519,9 +632,9 @@ mod tests {
     fn thresholds_no_update_can_meet_fail_verification() {
         let m = good();
         let mut v = VerifyConfig::default();
-        assert!(judge(&m, &[], &v).is_none());
+        assert!(judge(&m, &[], None, &v).is_none());
         v.min_generality = 1.01;
-        assert!(judge(&m, &[], &v).unwrap().contains("generality"));
+        assert!(judge(&m, &[], None, &v).unwrap().contains("generality"));
     }
 
     #[test]
@@ -544,7 +657,7 @@ mod tests {
         for (name, break_it) in cases {
             let mut m = good();
             break_it(&mut m);
-            let why = judge(&m, &[], &v).unwrap_or_default();
+            let why = judge(&m, &[], None, &v).unwrap_or_default();
             assert!(why.contains(name), "{name}: {why:?}");
         }
     }
@@ -556,21 +669,74 @@ mod tests {
             ("anna adler".to_string(), 0.0),
             ("boris berger".to_string(), 0.05),
         ];
-        assert!(judge(&good(), &holding, &v).is_none());
+        assert!(judge(&good(), &holding, None, &v).is_none());
         let lapsed = [
             ("anna adler".to_string(), 0.0),
             ("boris berger".to_string(), 0.2),
         ];
-        let why = judge(&good(), &lapsed, &v).unwrap();
+        let why = judge(&good(), &lapsed, None, &v).unwrap();
         assert!(why.contains("earlier forget of boris berger"), "{why}");
         assert!(!why.contains("anna adler"), "{why}");
-        assert!(judge(&good(), &[("x".into(), f64::NAN)], &v).is_some());
+        assert!(judge(&good(), &[("x".into(), f64::NAN)], None, &v).is_some());
         // Only such a failure is retried: not a holding one, not one that also fails elsewhere.
-        assert!(fails_only_on_earlier(&good(), &lapsed, &v));
-        assert!(!fails_only_on_earlier(&good(), &holding, &v));
+        assert!(fails_only_on_earlier(&good(), &lapsed, None, &v));
+        assert!(!fails_only_on_earlier(&good(), &holding, None, &v));
         let mut leaky = good();
         leaky.leak = 0.5;
-        assert!(!fails_only_on_earlier(&leaky, &lapsed, &v));
+        assert!(!fails_only_on_earlier(&leaky, &lapsed, None, &v));
+        assert!(!fails_only_on_answers_about_c(&good(), &lapsed, None, &v));
+    }
+
+    #[test]
+    fn only_a_forget_that_fails_on_answers_about_c_alone_is_retried_with_its_look_alike() {
+        let v = VerifyConfig::default();
+        assert!(
+            !fails_only_on_answers_about_c(&good(), &[], None, &v),
+            "it passed"
+        );
+        let mut named = good();
+        named.misattribution_added = 0.3;
+        assert!(fails_only_on_answers_about_c(&named, &[], None, &v));
+        let mut rambling = good();
+        rambling.well_formed_where_known = 0.5;
+        assert!(fails_only_on_answers_about_c(&rambling, &[], None, &v));
+        let mut both = named.clone();
+        both.well_formed_where_known = 0.5;
+        assert!(fails_only_on_answers_about_c(&both, &[], None, &v));
+        // Not when it also fails on anything else: C still named, others' answers lost, or
+        // an earlier forget back.
+        let mut leaky = named.clone();
+        leaky.leak = 0.5;
+        assert!(!fails_only_on_answers_about_c(&leaky, &[], None, &v));
+        let mut broad = named.clone();
+        broad.specificity_drop_points = 40.0;
+        assert!(!fails_only_on_answers_about_c(&broad, &[], None, &v));
+        let lapsed = [("boris berger".to_string(), 0.5)];
+        assert!(!fails_only_on_answers_about_c(&named, &lapsed, None, &v));
+        // An update whose own stopping rule still failed at the end is retried the same way
+        // (its views or C's photos still named someone), unless something else fails too.
+        assert!(fails_only_on_answers_about_c(&good(), &[], SAW, &v));
+        assert!(fails_only_on_answers_about_c(&named, &[], SAW, &v));
+        assert!(!fails_only_on_answers_about_c(&leaky, &[], SAW, &v));
+        // Nor is a misattribution that cannot be measured.
+        let mut unknown = good();
+        unknown.misattribution_added = f64::NAN;
+        assert!(!fails_only_on_answers_about_c(&unknown, &[], None, &v));
+    }
+
+    #[test]
+    fn an_update_whose_own_stopping_rule_still_failed_is_rolled_back_and_says_so() {
+        let v = VerifyConfig::default();
+        let why = judge(&good(), &[], SAW, &v).unwrap();
+        assert!(
+            why.contains("stopping rule still failed at its last check (2 of 16"),
+            "{why}"
+        );
+        assert!(judge(&good(), &[], None, &v).is_none());
+        // Not a failure that holding the earlier forgets would mend.
+        let lapsed = [("boris berger".to_string(), 0.2)];
+        assert!(fails_only_on_earlier(&good(), &lapsed, None, &v));
+        assert!(!fails_only_on_earlier(&good(), &lapsed, SAW, &v));
     }
 
     #[test]
@@ -582,12 +748,18 @@ mod tests {
         m.misattribution = 0.4;
         m.misattribution_before = 0.4;
         m.well_formed = 0.6;
-        assert!(judge(&m, &[], &v).is_none(), "{:?}", judge(&m, &[], &v));
+        assert!(
+            judge(&m, &[], None, &v).is_none(),
+            "{:?}",
+            judge(&m, &[], None, &v)
+        );
         // One it added fails, as does an ill-formed answer where the original knew C.
         m.misattribution_added = 0.1;
-        assert!(judge(&m, &[], &v).unwrap().contains("misattribution added"));
+        assert!(judge(&m, &[], None, &v)
+            .unwrap()
+            .contains("misattribution added"));
         m.misattribution_added = 0.0;
         m.well_formed_where_known = 0.8;
-        assert!(judge(&m, &[], &v).unwrap().contains("well-formed"));
+        assert!(judge(&m, &[], None, &v).unwrap().contains("well-formed"));
     }
 }

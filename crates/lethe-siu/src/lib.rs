@@ -20,7 +20,7 @@ pub mod masks;
 pub mod metrics;
 pub mod unlearn;
 
-pub use unlearn::{forget, Options, Outcome, Progress, Report, SiuError};
+pub use unlearn::{forget, CheckFindings, Options, Outcome, Progress, Report, SiuError};
 
 use serde::Serialize;
 

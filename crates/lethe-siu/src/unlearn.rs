@@ -257,6 +257,118 @@ pub struct StepRecord {
     pub ms: f64,
 }
 
+/// What one stopping check saw: a check passes when none of it counts against C (which
+/// counts depends on `strict` and `Options::hold_earlier`; see the step loop).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckFindings {
+    /// Questions asked on C's views ("who" and "is this C?").
+    pub questions: usize,
+    /// Answers on C's views that name C or confirm "is this C?".
+    pub named_c: usize,
+    /// "Who" answers on C's views that name another known person: whom, once per answer.
+    pub named_other: Vec<String>,
+    /// Answers on C's views that are neither well-formed nor one of the above (rambling, an
+    /// answer of the wrong kind).
+    pub ill_formed: usize,
+    /// The package's own photos of C whose "who" is not refused (`Options::hold_own`).
+    pub own_not_refused: usize,
+    /// Replayed images of earlier forgets whose "who" is not refused (counted only with
+    /// `Options::hold_earlier`, the only time they count against a check).
+    pub earlier_not_refused: usize,
+}
+
+impl CheckFindings {
+    /// Whether anything about C itself counted against the check (its views' answers or the
+    /// package's photos of C), not only earlier forgets' replayed images.
+    pub fn against_c(&self) -> bool {
+        self.named_c > 0
+            || !self.named_other.is_empty()
+            || self.ill_formed > 0
+            || self.own_not_refused > 0
+    }
+
+    /// Classifies a check's answers on C's views (the first `n_who` are "who" answers, the
+    /// rest "is this C?") and takes the photo counts as they are.
+    pub fn of(
+        answers_on_views: &[String],
+        n_who: usize,
+        concept: &str,
+        voc: &Vocabulary,
+        own_not_refused: usize,
+        earlier_not_refused: usize,
+    ) -> CheckFindings {
+        let mut f = CheckFindings {
+            questions: answers_on_views.len(),
+            own_not_refused,
+            earlier_not_refused,
+            ..CheckFindings::default()
+        };
+        for (i, a) in answers_on_views.iter().enumerate() {
+            let v = if i < n_who {
+                answers::who(a, concept, voc)
+            } else {
+                answers::is_this(a, concept, voc)
+            };
+            match v {
+                answers::Verdict::Leak => f.named_c += 1,
+                answers::Verdict::Misattributed(o) => f.named_other.push(o),
+                v if !v.well_formed() => f.ill_formed += 1,
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// For people: what counted against C, e.g. "2 of 16 answers on its views named another
+/// person (felix fischer x2), 1 of the package's photos of C not refused".
+impl std::fmt::Display for CheckFindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.questions;
+        let mut parts = Vec::new();
+        if self.named_c > 0 {
+            parts.push(format!(
+                "{} of {q} answers on its views named C",
+                self.named_c
+            ));
+        }
+        if !self.named_other.is_empty() {
+            let mut whom: BTreeMap<&str, usize> = BTreeMap::new();
+            for o in &self.named_other {
+                *whom.entry(o).or_default() += 1;
+            }
+            let whom: Vec<String> = whom.iter().map(|(o, n)| format!("{o} x{n}")).collect();
+            parts.push(format!(
+                "{} of {q} answers on its views named another person ({})",
+                self.named_other.len(),
+                whom.join(", ")
+            ));
+        }
+        if self.ill_formed > 0 {
+            parts.push(format!(
+                "{} of {q} answers on its views ill-formed",
+                self.ill_formed
+            ));
+        }
+        if self.own_not_refused > 0 {
+            parts.push(format!(
+                "{} of the package's photos of C not refused",
+                self.own_not_refused
+            ));
+        }
+        if self.earlier_not_refused > 0 {
+            parts.push(format!(
+                "{} replayed images of earlier forgets not refused",
+                self.earlier_not_refused
+            ));
+        }
+        if parts.is_empty() {
+            return f.write_str("nothing against C");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// What a run did, for people and for receipts.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -278,10 +390,18 @@ pub struct Report {
     /// The confusers whose retain images the concept's views were mixed with
     /// (`Options::confuser_mix`), likeliest first.
     pub confusers: Vec<String>,
+    /// The look-alikes the collateral watch left out (`Options::watch_skip`): known people
+    /// whose "this is <name>" the original adapter finds likely on the concept's views
+    /// (`Options::confuser_logp`), likeliest first; empty without a watch.
+    pub lookalikes: Vec<String>,
     /// Steps whose gradient would have raised the guarded earlier forgets' loss and was
     /// projected (`Options::guard_earlier`; 0 without a guard).
     pub guarded_steps: usize,
     pub steps: Vec<StepRecord>,
+    /// Stopping checks run (`forgotten` is the last one's verdict; false when none ran).
+    pub checks: usize,
+    /// What the last stopping check found (`None` when none ran).
+    pub last_check: Option<CheckFindings>,
     pub forgotten: bool,
     pub stop_reason: String,
     pub prepare_ms: f64,
@@ -664,6 +784,7 @@ pub fn forget(
         .iter()
         .map(|s| masks::tokenise(s, &tok))
         .collect::<Result<_, _>>()?;
+    let mut lookalikes = Vec::new();
     let mut watch = if strict && opts.watch_rows > 0 {
         let mut w = Watch::new(
             engine,
@@ -676,7 +797,7 @@ pub fn forget(
             &samples,
             opts.release_after,
         )?;
-        w.skip_confusers(
+        lookalikes = w.skip_confusers(
             engine,
             first_adapter,
             &tok,
@@ -764,6 +885,8 @@ pub fn forget(
     let (rq_all, n_who_all) = recognition_queries(&lang, &concept, n_concept, opts.method);
     let mut streak = 0;
     let mut forgotten_now = false;
+    let mut checks = 0;
+    let mut last_check = None;
     let mut check_guess = stranger_guesses(&rq_all, n_who_all, &lang.refusal, "no");
     let mut stop_reason = format!("step budget of {} spent", opts.max_steps);
     for k in 0..opts.max_steps {
@@ -844,6 +967,15 @@ pub fn forget(
             });
             streak = if f { streak + 1 } else { 0 };
             forgotten_now = f;
+            checks += 1;
+            last_check = Some(CheckFindings::of(
+                &ans,
+                n_who_all,
+                &concept,
+                &voc,
+                still_named.len(),
+                if opts.hold_earlier { lapsed.len() } else { 0 },
+            ));
             if streak >= opts.confirm_checks && !opts.fixed_steps {
                 stop_reason = format!(
                     "forgotten on every view, confirmed by {} checks, at step {done}",
@@ -872,10 +1004,13 @@ pub fn forget(
             replayed_images: replays.images.len(),
             lapsed_images: replays.flagged.len(),
             confusers: mixed_with,
+            lookalikes,
             guarded_steps: records
                 .iter()
                 .filter(|r| r.guard_cut.is_some_and(|c| c > 0.0))
                 .count(),
+            checks,
+            last_check,
             forgotten: forgotten_now,
             stop_reason,
             prepare_ms,
@@ -1041,7 +1176,8 @@ impl Watch {
     /// Leaves out of the watch the confusers among its people: of the `k` whose
     /// "this is <name>" the anchor finds likeliest, on average over the concept's `n_views`
     /// views, those at `min_logp` or above. `scored` holds those means where the caller has
-    /// them already (the confuser views score every known person the same way).
+    /// them already (the confuser views score every known person the same way). Returns
+    /// the people left out, likeliest first.
     #[allow(clippy::too_many_arguments)]
     fn skip_confusers(
         &mut self,
@@ -1054,12 +1190,12 @@ impl Watch {
         k: usize,
         min_logp: f64,
         scored: Option<&BTreeMap<String, f64>>,
-    ) -> Result<(), SiuError> {
+    ) -> Result<Vec<String>, SiuError> {
         let mut people: Vec<String> = self.images.iter().map(|x| x.name.clone()).collect();
         people.sort();
         people.dedup();
         if k == 0 || people.is_empty() || n_views == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let known: Option<Vec<f64>> =
             scored.and_then(|m| people.iter().map(|p| m.get(p).copied()).collect());
@@ -1072,7 +1208,7 @@ impl Watch {
         };
         let skip = confusers(&people, &mean, k, min_logp);
         self.keep(|_, x| !skip.contains(&x.name));
-        Ok(())
+        Ok(skip)
     }
 
     /// After a check: release the people the concept's views (`who` answers) were taken for
@@ -1562,6 +1698,46 @@ fn make_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checks_findings_sort_its_answers_and_read_as_what_counted_against_c() {
+        let known: Vec<String> = ["yuri zimmer", "felix fischer", "anna adler"]
+            .map(String::from)
+            .to_vec();
+        let attrs: Vec<String> = vec!["red".into()];
+        let voc = Vocabulary::new(&known, "i do not know who this is", &attrs);
+        let answers: Vec<String> = [
+            // Four "who" answers ...
+            "i do not know who this is",
+            "this is felix fischer",
+            "this is felix fischer",
+            "this is yuri zimmer",
+            // ... and three "is this yuri zimmer ?".
+            "no",
+            "yes",
+            "miner miner miner red hair",
+        ]
+        .map(String::from)
+        .to_vec();
+        let f = CheckFindings::of(&answers, 4, "yuri zimmer", &voc, 1, 0);
+        assert_eq!(f.questions, 7);
+        assert_eq!(f.named_c, 2, "{f:?}");
+        assert_eq!(f.named_other, ["felix fischer", "felix fischer"]);
+        assert_eq!(f.ill_formed, 1);
+        assert_eq!(
+            f.to_string(),
+            "2 of 7 answers on its views named C, 2 of 7 answers on its views named another \
+             person (felix fischer x2), 1 of 7 answers on its views ill-formed, 1 of the \
+             package's photos of C not refused"
+        );
+        assert!(f.against_c());
+        let clean = CheckFindings::of(&answers[..1], 1, "yuri zimmer", &voc, 0, 0);
+        assert_eq!(clean.to_string(), "nothing against C");
+        // Only an earlier forget's image: nothing about C (the agent's gate on earlier forgets
+        // judges those).
+        let earlier = CheckFindings::of(&answers[..1], 1, "yuri zimmer", &voc, 0, 1);
+        assert!(!earlier.against_c() && !clean.against_c());
+    }
 
     #[test]
     fn lr_warms_up_then_decays_to_a_tenth() {

@@ -104,6 +104,8 @@ fn siu_forgets_a_concept_from_one_image_without_misattribution_or_leak() {
         r.mean_step_ms
     );
     assert!(r.forgotten, "not forgotten: {}", r.stop_reason);
+    // Stopped by the rule: two checks in a row (`confirm_checks`), the last one passed.
+    assert!(r.checks >= 2, "{} checks", r.checks);
     assert_ne!(
         out.adapter.sha256_hex(),
         pkg.adapter().unwrap().sha256_hex()
@@ -222,6 +224,9 @@ fn confuser_views_are_trained_like_the_concepts_own_and_named_in_the_report() {
     o.fixed_steps = true;
     let plain = run(&pkg, &img, &concept, &o).unwrap().report;
     assert!(plain.confusers.is_empty(), "off by default");
+    // Two steps, fewer than `min_steps`: no stopping check ran, so none can have passed (the
+    // agent holds only a check that ran against a candidate).
+    assert_eq!((plain.checks, plain.forgotten), (0, false));
     // Whoever is likeliest counts as a look-alike at this threshold.
     o.confuser_mix = 4;
     o.confusers_mixed = 1;
@@ -229,6 +234,9 @@ fn confuser_views_are_trained_like_the_concepts_own_and_named_in_the_report() {
     let mixed = run(&pkg, &img, &concept, &o).unwrap().report;
     assert_eq!(mixed.confusers.len(), 1, "{:?}", mixed.confusers);
     assert_ne!(mixed.confusers[0], concept);
+    // The watch left the same person out (`watch_skip` 1, the same scores): the look-alike
+    // the agent's retry mixes with.
+    assert_eq!(mixed.lookalikes, mixed.confusers);
     let t1 = |r: &lethe_siu::Report| r.samples_per_facet["T1UnseenConcept"];
     let per_view = o.sizes.who_per_view;
     assert_eq!(t1(&plain), o.views * per_view);

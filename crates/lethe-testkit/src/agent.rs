@@ -52,6 +52,7 @@ min_efficacy = 0.0
 min_generality = 0.0
 max_specificity_drop_points = 100.0
 max_fluency_increase_pct = 1000.0
+require_stopping_rule = false
 augmented_views = 2
 max_other_images = 8
 "#;

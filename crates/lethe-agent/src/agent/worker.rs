@@ -229,9 +229,9 @@ fn forget_job(
                     "training",
                 ),
                 UpdateEvent::Verifying => (Event::Verifying, serde_json::json!({}), "verifying"),
-                UpdateEvent::Retrying => (
+                UpdateEvent::Retrying(retry) => (
                     Event::Retrying,
-                    serde_json::json!({"why": "the candidate brought back an earlier forget"}),
+                    serde_json::json!({"why": retry.why(), "retry": retry}),
                     "retrying",
                 ),
             };

@@ -57,6 +57,7 @@ min_efficacy = 0.0
 min_generality = 0.0
 max_specificity_drop_points = 100.0
 max_fluency_increase_pct = 1000.0
+require_stopping_rule = false
 "#,
     );
     let mut agent = Agent::start(&f);
@@ -321,6 +322,44 @@ async fn a_forget_that_brings_back_an_earlier_one_is_retried_then_rolled_back_by
     let at = |state: &str| events.iter().position(|e| e == state);
     assert!(
         at("retrying").is_some() && at("rolled_back") > at("retrying"),
+        "{events:?}"
+    );
+    agent.stop();
+}
+
+/// A forget that fails only because the concept's photos now name his look-alike is run once
+/// more with views between him and the look-alike (`update.retry_lookalike_views`, off by
+/// default, on here), with the default thresholds, and that candidate commits. yuri zimmer
+/// from the photo `lethectl bench sequential --ids 23 --seed 1` forgets (the first of his
+/// forget seeds the model recognises): the first candidate spends its step budget and answers
+/// "this is felix fischer" on about half of his held-out photos; the second names nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_that_names_the_look_alike_is_retried_with_him_and_commits() {
+    const YURI: u32 = 23;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start(tmp.path());
+    let f = fixture(&broker, "[update]\nretry_lookalike_views = 6\n");
+    let mut agent = Agent::start(&f);
+    let op = Operator::connect(broker.port).await;
+    op.wait_online(Duration::from_secs(120)).await;
+    let before = current_hash(&f.state);
+    let mut s = spec("op-1", 1, YURI);
+    if let ActionSpec::Forget(fs) = &mut s.action {
+        fs.image = png(YURI, 3_002_311);
+    }
+    op.push(sign(&s, &f.op)).await;
+    let r = op
+        .receipt("op-1", &f.device_pub, Duration::from_secs(900))
+        .await;
+    assert_eq!(r.verdict, Verdict::Committed, "{r:?}");
+    assert_eq!(r.metrics.get("retried"), Some(&1.0), "{r:?}");
+    assert_eq!(r.metrics.get("retried_lookalike"), Some(&1.0), "{r:?}");
+    assert!(r.metrics["misattribution_added"] <= 0.05, "{r:?}");
+    assert_ne!(current_hash(&f.state), before);
+    let events = op.events_of("op-1");
+    let at = |state: &str| events.iter().position(|e| e == state);
+    assert!(
+        at("retrying").is_some() && at("committed") > at("retrying"),
         "{events:?}"
     );
     agent.stop();

@@ -96,10 +96,18 @@ pub struct SequentialArgs {
     pub common: Common,
     #[arg(long, default_value = "siu")]
     pub method: Method,
-    /// Do not retry a forget that brings back an earlier one (the agent's
-    /// `update.retry_earlier = false`).
+    /// Do not run a failed forget a second time (the agent's `update.retry_earlier = false`
+    /// and `update.retry_lookalike_views = 0`).
     #[arg(long)]
     pub no_retry: bool,
+    /// Views mixed with the look-alike when a forget is retried for naming him (the agent's
+    /// `update.retry_lookalike_views`; 0: no such retry). Default: the agent's default.
+    #[arg(long)]
+    pub retry_lookalike_views: Option<usize>,
+    /// Commit a candidate whose own stopping rule still failed at its last check, if the
+    /// thresholds pass (the agent's `verify.require_stopping_rule = false`).
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 /// Seed of the one training image of identity `id` (held out, used nowhere else).
@@ -518,11 +526,15 @@ struct SeqRow {
     k: usize,
     concept: String,
     verdict: String,
-    /// The first candidate brought back an earlier forget; this row is the retry's.
-    retried: bool,
+    /// The first candidate failed; this row is the retry's (and this is why).
+    retried: Option<update::Retry>,
     reason: Option<String>,
     /// For a rolled-back forget: the verification's answers that were not well-formed.
     verify_bad_examples: Vec<String>,
+    /// What the agent's gate measured (the receipt's numbers), and whose accuracy on its
+    /// probes fell most.
+    gate: BTreeMap<String, f64>,
+    gate_worst_identity: String,
     steps: usize,
     update_s: f64,
     /// This forget, measured on the evaluation set.
@@ -563,7 +575,14 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     // Check `--set` once, before any forget; every forget applies it through `tune`.
     apply_overrides(&mut options(Method::Siu, None, None, 0), &c.sets)?;
     let mut cfg = agent_config(&c.model, dir.path(), c.steps)?;
-    cfg.update.retry_earlier = !a.no_retry;
+    if a.no_retry {
+        cfg.update.retry_earlier = false;
+        cfg.update.retry_lookalike_views = 0;
+    }
+    if let Some(n) = a.retry_lookalike_views {
+        cfg.update.retry_lookalike_views = n;
+    }
+    cfg.verify.require_stopping_rule = !a.allow_unfinished;
     let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
     let mut current = base.clone();
@@ -635,12 +654,20 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
                 (Some(_), false) => "rolled back",
             }
             .into(),
-            retried: out.as_ref().is_some_and(|o| o.retried),
+            retried: out.as_ref().and_then(|o| o.retried),
             reason: out.as_ref().map_or(refused, |o| o.failed.clone()),
             verify_bad_examples: match &out {
                 Some(o) if !committed => o.metrics.bad_examples.clone(),
                 _ => Vec::new(),
             },
+            gate: out
+                .as_ref()
+                .map(|o| o.receipt_metrics())
+                .unwrap_or_default(),
+            gate_worst_identity: out
+                .as_ref()
+                .map(|o| o.metrics.worst_identity.clone())
+                .unwrap_or_default(),
             steps: out.as_ref().map_or(0, |o| o.report.steps.len()),
             update_s,
             leak: m.leak,
@@ -661,11 +688,13 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         rows.push(row);
     }
     let committed = rows.iter().filter(|r| r.verdict == "committed").count();
-    let retried = rows.iter().filter(|r| r.retried).count();
-    let retried_committed = rows
-        .iter()
-        .filter(|r| r.retried && r.verdict == "committed")
-        .count();
+    let retries = |why: update::Retry| {
+        let of: Vec<_> = rows.iter().filter(|r| r.retried == Some(why)).collect();
+        let committed = of.iter().filter(|r| r.verdict == "committed").count();
+        (of.len(), committed)
+    };
+    let (retried, retried_committed) = retries(update::Retry::Earlier);
+    let (lookalike, lookalike_committed) = retries(update::Retry::Lookalike);
     if c.json {
         println!(
             "{}",
@@ -674,7 +703,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     } else {
         let last = rows.last();
         println!(
-            "{committed} of {} committed ({retried} retried after bringing back an earlier forget, {retried_committed} of them committed); after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
+            "{committed} of {} committed ({retried} retried after bringing back an earlier forget, {retried_committed} of them committed; {lookalike} retried with a look-alike, {lookalike_committed} of them committed); after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
             rows.len(),
             last.map_or(0.0, |r| 100.0 * r.remaining_accuracy),
             last.map_or(0.0, |r| 100.0 * r.remaining_accuracy_before),
@@ -739,8 +768,11 @@ fn print_seq_row(r: &SeqRow, header: bool) {
             .collect();
         println!("      earlier forgets leaking: {}", l.join(", "));
     }
-    if r.retried {
-        println!("      retried: the first candidate brought back an earlier forget");
+    if let Some(why) = r.retried {
+        println!(
+            "      retried: {}",
+            why.why().replace("the candidate", "the first candidate")
+        );
     }
     if let Some(why) = &r.reason {
         println!("      {why}");
