@@ -233,8 +233,9 @@ pub fn run(
 ///   `update.retry_earlier` is on: every earlier forget is held in the second's stopping
 ///   rule (`hold_earlier`: a stopping check counts only while every replayed image is
 ///   refused);
-/// - it fails only on misattribution or well-formedness, the original model finds a
-///   look-alike likely on the concept's views (`Report::lookalikes`), and
+/// - it fails only on misattribution, well-formedness or its own stopping rule
+///   (`verify.require_stopping_rule`), the original model finds a look-alike likely on the
+///   concept's views (`Report::lookalikes`), and
 ///   `update.retry_lookalike_views` is not 0: the second trains that many views between the
 ///   concept and its look-alikes besides the concept's own (`confuser_mix`).
 ///
