@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import onnx
 from jax2onnx import to_onnx
+import gate_photos
 import model as M
 import vocab as V
 
@@ -339,6 +340,9 @@ os.makedirs(f"{args.out}/retain", exist_ok=True)
 np.save(f"{args.out}/retain/images.npy", np.stack(r_imgs).astype(np.uint8))
 json.dump({"seeds": RETAIN_SEEDS, "images": r_list}, open(f"{args.out}/retain/retain.json", "w"), indent=0)
 
+# ---------------------------------------------------------------- the gate's photos (gate_photos.py)
+GATE = gate_photos.write(args.out, args.lethectl, world["identities"])
+
 # ---------------------------------------------------------------- train-step fixtures (JAX reference)
 rng = np.random.default_rng(7)
 vision_j = jax.jit(vision_fn)
@@ -432,7 +436,8 @@ manifest = {
     },
     "kv_cache": {"layers": KV_LAYERS, "heads": KV_HEADS, "head_dim": KV_HEAD_DIM, "prefix_len": M.NIMG},
     "adapter": {"file": "adapter.bin", "len": P, "dtype": "f32le", "layout": offs},
-    "probes": {"images": "probes/images.npy", "list": "probes/probes.json", "paraphrases": "probes/paraphrases.json"},
+    "probes": {"images": "probes/images.npy", "list": "probes/probes.json", "paraphrases": "probes/paraphrases.json",
+               "gate": GATE},
     "retain": {"images": "retain/images.npy", "list": "retain/retain.json"},
     "fixtures": {"dir": "fixtures", "steps": args.fixture_steps, "jax_jit_step_ms": round(jax_ms, 3),
                  "tolerance": {"loss_abs": 1e-4, "params_abs": 1e-3}},

@@ -142,9 +142,9 @@ pub struct GpuConfig {
 }
 
 /// Verification thresholds (tract, on the candidate, before any commit). Held-out images of
-/// the concept: the package's retained probe images of it, the command's verification
-/// images and augmented views of the command's image; questions: the templates and the
-/// package's `verify` held-out wordings (never trained on).
+/// the concept: the package's retained probe images of it and its gate photos of it, the
+/// command's verification images and augmented views of the command's image; questions: the
+/// templates and the package's `verify` held-out wordings (never trained on).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyConfig {
@@ -183,6 +183,11 @@ pub struct VerifyConfig {
     pub require_stopping_rule: bool,
     /// Augmented views of the command's image added to the held-out set.
     pub augmented_views: usize,
+    /// How many of the package's gate photos of the concept (`Package::gate_photos`: photos
+    /// no forget trains on or stops by) are added to the held-out set (0 = none). A forget
+    /// that names a look-alike on some photos of C can refuse the probes' two; on six more,
+    /// the gate sees it (ARCHITECTURE.md).
+    pub gate_photos: usize,
     /// Other identities' retained probe images used (0 = all).
     pub max_other_images: usize,
 }
@@ -204,6 +209,7 @@ impl Default for VerifyConfig {
             max_fluency_increase_pct: 15.0,
             require_stopping_rule: true,
             augmented_views: 3,
+            gate_photos: 6,
             max_other_images: 0,
         }
     }

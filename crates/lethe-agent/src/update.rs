@@ -3,7 +3,8 @@
 //! did not train it, against the thresholds in the configuration.
 //!
 //! Verification set: the command's image (efficacy); held-out images of the concept: the
-//! package's retained probe images of it, the command's verification images and augmented
+//! package's retained probe images of it and its gate photos of it (`verify.gate_photos`;
+//! photos no forget trains on or stops by), the command's verification images and augmented
 //! views of the command's image made with a seed the training did not use (leak,
 //! misattribution, well-formedness under the package's `verify` held-out wordings;
 //! generality); the retained probes of everyone else (specificity, fluency); the retained
@@ -212,6 +213,20 @@ fn decode(bytes: &[u8], index: usize) -> Result<Array4<f32>, UpdateError> {
     )
 }
 
+/// The update's options for `job` under the configuration (`can_guard`: the train step
+/// can run the earlier-forget guard).
+fn options(u: &crate::config::UpdateConfig, job: &Job, can_guard: bool) -> Options {
+    let mut opts = Options::new(job.method.unwrap_or(Method::Siu));
+    opts.max_steps = job.steps.map_or(u.max_steps, |s| s.min(u.max_steps)).max(1);
+    opts.min_steps = u.min_steps.min(opts.max_steps);
+    opts.seed = u.seed;
+    opts.views = u.views;
+    opts.lr = u.lr;
+    opts.allow_mismatch = u.allow_mismatch;
+    opts.guard_earlier = u.guard_earlier && can_guard;
+    opts
+}
+
 /// Runs SIU from `base`, then verifies the candidate with tract.
 pub fn run(
     eng: &mut Engines,
@@ -256,14 +271,7 @@ pub fn run_tuned(
         extra.push(decode(b, i + 1)?);
     }
     let u = &cfg.update;
-    let mut opts = Options::new(job.method.unwrap_or(Method::Siu));
-    opts.max_steps = job.steps.map_or(u.max_steps, |s| s.min(u.max_steps)).max(1);
-    opts.min_steps = u.min_steps.min(opts.max_steps);
-    opts.seed = u.seed;
-    opts.views = u.views;
-    opts.lr = u.lr;
-    opts.allow_mismatch = u.allow_mismatch;
-    opts.guard_earlier = u.guard_earlier && eng.train.can_guard();
+    let mut opts = options(u, job, eng.train.can_guard());
     tune(&mut opts);
     let prior = Prior {
         forgotten: job.forgotten.clone(),
@@ -320,8 +328,9 @@ pub fn run_tuned(
 }
 
 /// The verification sets of a job: the concept's (the command's image, the package's probe
-/// images of C, the command's verification images and augmented views of its image; everyone
-/// else's probes) and each earlier forget's (the package's probe images of that person).
+/// images of C and its gate photos of C, the command's verification images and augmented
+/// views of its image; everyone else's probes) and each earlier forget's (the package's
+/// probe images of that person).
 struct Checks {
     lang: lethe_siu::facets::Language,
     tok: lethe_model::Tokenizer,
@@ -355,6 +364,16 @@ impl Checks {
             lethe_siu::augment::Strength::Camera,
         );
         let mut held = vec![set.concept_images.clone()];
+        if let Some(gate) = pkg.gate_photos()?.filter(|_| v.gate_photos > 0) {
+            let mine: Vec<usize> = gate
+                .entries
+                .iter()
+                .filter(|e| e.name.as_deref() == Some(concept.as_str()))
+                .map(|e| e.image)
+                .take(v.gate_photos)
+                .collect();
+            held.push(gate.images.select(Axis(0), &mine));
+        }
         held.extend(extra);
         for view in views.into_iter().skip(1) {
             held.push(view.insert_axis(Axis(0)));
@@ -738,6 +757,90 @@ mod tests {
         let lapsed = [("boris berger".to_string(), 0.2)];
         assert!(fails_only_on_earlier(&good(), &lapsed, None, &v));
         assert!(!fails_only_on_earlier(&good(), &lapsed, SAW, &v));
+    }
+
+    /// The agent's default configuration on the bundled package.
+    fn bundled(dir: &Path) -> Config {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-vlm");
+        let key = lethe_proto::SigningKey::generate("unit").unwrap();
+        std::fs::write(dir.join("device.key"), key.to_file_string()).unwrap();
+        std::fs::write(
+            dir.join("trust.json"),
+            lethe_proto::TrustStore::new().to_json(),
+        )
+        .unwrap();
+        let toml = format!(
+            "device_id = \"unit\"\nfleet = \"unit\"\ndevice_key = \"device.key\"\n\
+             trust_store = \"trust.json\"\nmodel_dir = \"{}\"\nstate_dir = \"state\"\n\
+             broker = \"mqtt://127.0.0.1:1\"\n",
+            model.canonicalize().unwrap().display()
+        );
+        Config::from_toml(&toml, dir, &crate::Overrides::default()).unwrap()
+    }
+
+    /// felix fischer forgotten from one photo (`lethectl bench sequential --ids 5 --seed 14`):
+    /// the update stops by its own rule (every view and the retain set's four photos of him
+    /// refused) and the probes' two photos are refused too, yet the candidate names yuri
+    /// zimmer on 7 of the report split's 12 photos of him. The gate's photos, which no forget
+    /// trains on or stops by, show it; without them the same candidate passes.
+    #[test]
+    fn a_candidate_naming_the_look_alike_on_photos_only_the_gate_holds_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = bundled(dir.path());
+        assert_eq!(cfg.verify.gate_photos, 6, "on by default");
+        let mut eng = Engines::load(&cfg).unwrap();
+        let img = lethe_world::render_id(5, 3_000_514).unwrap();
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        let bytes = bytes.into_inner();
+        let job = Job {
+            concept: "felix fischer",
+            image: &bytes,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+            forgotten: vec![],
+        };
+        let image = decode(job.image, 0).unwrap();
+        let base = eng.pkg.adapter().unwrap();
+        let opts = options(&cfg.update, &job, eng.train.can_guard());
+        let prior = Prior {
+            forgotten: vec![],
+            original: Some(base.clone()),
+        };
+        let cancel = AtomicBool::new(false);
+        let out = train(
+            &mut eng,
+            &cfg,
+            &job,
+            &base,
+            &image,
+            &opts,
+            &prior,
+            &cancel,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(out.report.forgotten, "stopped by its own rule");
+        let mut blind = cfg.clone();
+        blind.verify.gate_photos = 0;
+        let checks = Checks::new(&eng.pkg, &blind, &job, &image, vec![]).unwrap();
+        let without = verify(&mut eng, &blind, &base, &checks, out.clone()).unwrap();
+        assert!(
+            without.failed.is_none() && without.metrics.misattribution_added == 0.0,
+            "the probes' photos alone: {:?}",
+            without.failed
+        );
+        let checks = Checks::new(&eng.pkg, &cfg, &job, &image, vec![]).unwrap();
+        assert_eq!(
+            checks.set.concept_images.shape()[0],
+            2 + 6 + cfg.verify.augmented_views,
+            "the probes' photos, the gate's and the views"
+        );
+        let with = verify(&mut eng, &cfg, &base, &checks, out).unwrap();
+        let why = with.failed.unwrap_or_default();
+        assert!(why.contains("misattribution added"), "{why:?}");
+        assert!(with.metrics.misattribution_added > 0.05);
     }
 
     #[test]

@@ -181,9 +181,15 @@ pub struct ProbesSpec {
     pub list: String,
     /// Held-out wordings (`verify`, `eval`): never used by pretraining or by a forget.
     pub paraphrases: String,
+    /// The gate's photos: more photos of every identity, in the retain set's layout, that
+    /// only the agent's verification looks at (no forget trains on them or stops by them).
+    /// Packages made before them lack the field; the gate then has the probes' photos only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<RetainSpec>,
 }
 
-/// Where the retain set lives: labelled images a forget keeps the model right on.
+/// Where a set of labelled images lives (the retain set: what a forget keeps the model
+/// right on; the gate's photos): the images and their list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetainSpec {
     pub images: String,

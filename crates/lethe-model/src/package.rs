@@ -8,7 +8,7 @@
 
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
-use crate::manifest::{FileEntry, Manifest, Parent, PACKAGE_FORMAT};
+use crate::manifest::{FileEntry, Manifest, Parent, RetainSpec, PACKAGE_FORMAT};
 use crate::npy;
 use crate::tokenizer::Tokenizer;
 use ndarray::{Array4, Ix4};
@@ -105,8 +105,9 @@ pub struct RetainEntry {
     pub description: String,
 }
 
-/// The retain set: labelled images, separate from the probes, that a forget keeps the model
+/// Labelled images. The retain set: separate from the probes, what a forget keeps the model
 /// right on (what it must go on saying about everyone it still knows, and about strangers).
+/// The gate's photos ([`Package::gate_photos`]): only verification looks at them.
 #[derive(Debug, Clone)]
 pub struct RetainSet {
     /// `[N, 64, 64, 3]` f32 0..255.
@@ -209,7 +210,8 @@ impl Package {
             &m.retain.images,
             &m.retain.list,
         ];
-        let optional = m.graphs.train_grad.iter().map(|g| &g.file);
+        let gate = m.probes.gate.iter().flat_map(|g| [&g.images, &g.list]);
+        let optional = m.graphs.train_grad.iter().map(|g| &g.file).chain(gate);
         for f in required.into_iter().chain(optional) {
             if !m.files.contains_key(f.as_str()) {
                 return Err(ModelError::Package(format!(
@@ -433,12 +435,25 @@ impl Package {
 
     /// The retain set.
     pub fn retain(&self) -> Result<RetainSet> {
-        let images = self.images(&self.manifest.retain.images)?;
-        let file: RetainFile = self.json(&self.manifest.retain.list)?;
+        self.labelled(&self.manifest.retain, "retain")
+    }
+
+    /// The gate's photos (more photos of every identity that only verification looks at),
+    /// `None` for a package made before them.
+    pub fn gate_photos(&self) -> Result<Option<RetainSet>> {
+        match &self.manifest.probes.gate {
+            Some(spec) => Ok(Some(self.labelled(spec, "gate photo")?)),
+            None => Ok(None),
+        }
+    }
+
+    fn labelled(&self, spec: &RetainSpec, what: &str) -> Result<RetainSet> {
+        let images = self.images(&spec.images)?;
+        let file: RetainFile = self.json(&spec.list)?;
         let n = images.shape()[0];
         if let Some(e) = file.images.iter().find(|e| e.image >= n) {
             return Err(ModelError::Package(format!(
-                "retain entry refers to image {} of {n}",
+                "{what} entry refers to image {} of {n}",
                 e.image
             )));
         }

@@ -136,6 +136,56 @@ fn missing_package_file_is_refused_naming_it() {
 }
 
 #[test]
+fn the_gate_photos_show_every_identity_apart_from_probes_and_retain_set_and_are_optional() {
+    let pkg = open();
+    let gate = pkg
+        .gate_photos()
+        .unwrap()
+        .expect("the bundled package has gate photos");
+    let names = &pkg.manifest().world.names;
+    assert_eq!(gate.images.shape()[1..], [64, 64, 3]);
+    assert_eq!(gate.entries.len(), gate.images.shape()[0]);
+    for (i, name) in names.iter().enumerate() {
+        let n = gate
+            .entries
+            .iter()
+            .filter(|e| e.identity == Some(i as u32) && e.name.as_deref() == Some(name))
+            .count();
+        assert!(n >= 4, "{name}: {n} gate photos");
+    }
+    // No gate photo is one of the probes' or the retain set's images.
+    let probes = pkg.probes().unwrap();
+    let retain = pkg.retain().unwrap();
+    for (k, g) in gate.images.outer_iter().enumerate() {
+        for other in probes.images.outer_iter().chain(retain.images.outer_iter()) {
+            assert_ne!(g, other, "gate photo {k} is also a probe or retain image");
+        }
+    }
+    // A package made before them opens, without them.
+    let tmp = TempDir::new("nogate");
+    copy_package(&tmp.0);
+    let path = tmp.0.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let spec = m["probes"].as_object_mut().unwrap().remove("gate").unwrap();
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    assert!(Package::open(&tmp.0)
+        .unwrap()
+        .gate_photos()
+        .unwrap()
+        .is_none());
+    // Named but not listed among the hashed files: refused.
+    m["probes"]["gate"] = spec;
+    m["files"]
+        .as_object_mut()
+        .unwrap()
+        .remove("probes/gate.npy");
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let msg = Package::open(&tmp.0).unwrap_err().to_string();
+    assert!(msg.contains("probes/gate.npy"), "{msg}");
+}
+
+#[test]
 fn missing_package_folder_is_a_clear_error() {
     let msg = Package::open("/no/such/model").unwrap_err().to_string();
     assert!(msg.contains("/no/such/model"), "{msg}");

@@ -884,7 +884,11 @@ pub fn evaluate_with(
         .iter()
         .filter(|&&i| !verdicts[i].well_formed())
         .take(6)
-        .map(|&i| format!("{:?} -> {:?}", p.concept[i].query.question, a.concept[i]))
+        .map(|&i| {
+            let q = &p.concept[i].query;
+            let on = q.image.map(|k| format!("image {k}: ")).unwrap_or_default();
+            format!("{on}{:?} -> {:?}", q.question, a.concept[i])
+        })
         .collect();
 
     // The paper's metrics on the templates.

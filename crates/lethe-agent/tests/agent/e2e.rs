@@ -330,9 +330,11 @@ async fn a_forget_that_brings_back_an_earlier_one_is_retried_then_rolled_back_by
 /// A forget that fails only because the concept's photos now name his look-alike is run once
 /// more with views between him and the look-alike (`update.retry_lookalike_views`, off by
 /// default, on here), with the default thresholds, and that candidate commits. yuri zimmer
-/// from the photo `lethectl bench sequential --ids 23 --seed 1` forgets (the first of his
-/// forget seeds the model recognises): the first candidate spends its step budget and answers
-/// "this is felix fischer" on about half of his held-out photos; the second names nobody.
+/// from the photo `lethectl bench sequential --ids 23 --seed 17` forgets: the first candidate
+/// spends its step budget with its stopping rule still failing and names another person on a
+/// third of his held-out photos; the second names nobody. (The photo of `--seed 1`, used
+/// before the gate's photos, no longer qualifies: its first candidate also leaks on them,
+/// and a candidate that fails on more than answers about C is not retried.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forget_that_names_the_look_alike_is_retried_with_him_and_commits() {
     const YURI: u32 = 23;
@@ -345,7 +347,7 @@ async fn a_forget_that_names_the_look_alike_is_retried_with_him_and_commits() {
     let before = current_hash(&f.state);
     let mut s = spec("op-1", 1, YURI);
     if let ActionSpec::Forget(fs) = &mut s.action {
-        fs.image = png(YURI, 3_002_311);
+        fs.image = png(YURI, 3_002_317);
     }
     op.push(sign(&s, &f.op)).await;
     let r = op

@@ -108,6 +108,10 @@ pub struct SequentialArgs {
     /// thresholds pass (the agent's `verify.require_stopping_rule = false`).
     #[arg(long)]
     pub allow_unfinished: bool,
+    /// The package's gate photos of C the gate verifies on (the agent's
+    /// `verify.gate_photos`; 0: the probes' photos only). Default: the agent's default.
+    #[arg(long)]
+    pub gate_photos: Option<usize>,
 }
 
 /// Seed of the one training image of identity `id` (held out, used nowhere else).
@@ -531,6 +535,9 @@ struct SeqRow {
     reason: Option<String>,
     /// For a rolled-back forget: the verification's answers that were not well-formed.
     verify_bad_examples: Vec<String>,
+    /// A few of the held-out answers about C that were not well-formed (what the numbers
+    /// below count against the forget), whatever the verdict.
+    heldout_bad_examples: Vec<String>,
     /// What the agent's gate measured (the receipt's numbers), and whose accuracy on its
     /// probes fell most.
     gate: BTreeMap<String, f64>,
@@ -540,6 +547,10 @@ struct SeqRow {
     /// This forget, measured on the evaluation set.
     leak: f64,
     misattribution: f64,
+    /// The original model's on the same questions, and what the update added (the share of
+    /// "who" answers naming another person where the original's did not).
+    misattribution_before: f64,
+    misattribution_added: f64,
     well_formed: f64,
     /// Accuracy on identities not yet forgotten (templates), after vs the original model.
     remaining_accuracy: f64,
@@ -583,6 +594,9 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         cfg.update.retry_lookalike_views = n;
     }
     cfg.verify.require_stopping_rule = !a.allow_unfinished;
+    if let Some(n) = a.gate_photos {
+        cfg.verify.gate_photos = n;
+    }
     let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
     let mut current = base.clone();
@@ -660,6 +674,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
                 Some(o) if !committed => o.metrics.bad_examples.clone(),
                 _ => Vec::new(),
             },
+            heldout_bad_examples: m.bad_examples.clone(),
             gate: out
                 .as_ref()
                 .map(|o| o.receipt_metrics())
@@ -672,6 +687,8 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             update_s,
             leak: m.leak,
             misattribution: m.misattribution,
+            misattribution_before: m.misattribution_before,
+            misattribution_added: m.misattribution_added,
             well_formed: m.well_formed,
             remaining_accuracy: m.specificity_after,
             remaining_accuracy_before: m.specificity_before,
