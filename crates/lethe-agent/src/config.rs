@@ -188,6 +188,11 @@ pub struct VerifyConfig {
     /// that names a look-alike on some photos of C can refuse the probes' two; on six more,
     /// the gate sees it (ARCHITECTURE.md).
     pub gate_photos: usize,
+    /// The same for each earlier forget's check (`max_earlier_leak`): how many of the
+    /// package's gate photos of each person forgotten before are added to their probe photos
+    /// (0 = the probes' only). Every earlier forget is checked at every forget, so this costs
+    /// time with each one (ARCHITECTURE.md).
+    pub earlier_gate_photos: usize,
     /// Other identities' retained probe images used (0 = all).
     pub max_other_images: usize,
 }
@@ -210,6 +215,7 @@ impl Default for VerifyConfig {
             require_stopping_rule: true,
             augmented_views: 3,
             gate_photos: 6,
+            earlier_gate_photos: 0,
             max_other_images: 0,
         }
     }

@@ -363,17 +363,12 @@ impl Checks {
             cfg.update.seed.wrapping_add(0x5eed),
             lethe_siu::augment::Strength::Camera,
         );
+        let gate = match v.gate_photos.max(v.earlier_gate_photos) {
+            0 => None,
+            _ => pkg.gate_photos()?,
+        };
         let mut held = vec![set.concept_images.clone()];
-        if let Some(gate) = pkg.gate_photos()?.filter(|_| v.gate_photos > 0) {
-            let mine: Vec<usize> = gate
-                .entries
-                .iter()
-                .filter(|e| e.name.as_deref() == Some(concept.as_str()))
-                .map(|e| e.image)
-                .take(v.gate_photos)
-                .collect();
-            held.push(gate.images.select(Axis(0), &mine));
-        }
+        held.extend(photos_of(gate.as_ref(), &concept, v.gate_photos));
         held.extend(extra);
         for view in views.into_iter().skip(1) {
             held.push(view.insert_axis(Axis(0)));
@@ -391,13 +386,18 @@ impl Checks {
             .iter()
             .map(|name| {
                 let name = lethe_siu::unlearn::normalise(name);
-                let theirs = EvalSet::from_probes(
+                let mut theirs = EvalSet::from_probes(
                     &lang,
                     &probes,
                     &name,
                     set.train_image.clone(),
                     set.paraphrases.clone(),
                 );
+                if let Some(more) = photos_of(gate.as_ref(), &name, v.earlier_gate_photos) {
+                    let both = [theirs.concept_images.view(), more.view()];
+                    theirs.concept_images =
+                        concatenate(Axis(0), &both).expect("images share [64,64,3]");
+                }
                 (name, theirs)
             })
             .collect();
@@ -408,6 +408,19 @@ impl Checks {
             earlier,
         })
     }
+}
+
+/// At most `n` of the gate's photos of `name` (`None` if there are none to add).
+fn photos_of(gate: Option<&lethe_model::RetainSet>, name: &str, n: usize) -> Option<Array4<f32>> {
+    let gate = gate?;
+    let mine: Vec<usize> = gate
+        .entries
+        .iter()
+        .filter(|e| e.name.as_deref() == Some(name))
+        .map(|e| e.image)
+        .take(n)
+        .collect();
+    (!mine.is_empty()).then(|| gate.images.select(Axis(0), &mine))
 }
 
 /// One forget from `base`: the candidate, not yet verified.

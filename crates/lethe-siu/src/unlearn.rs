@@ -281,10 +281,13 @@ impl CheckFindings {
     /// Whether anything about C itself counted against the check (its views' answers or the
     /// package's photos of C), not only earlier forgets' replayed images.
     pub fn against_c(&self) -> bool {
-        self.named_c > 0
-            || !self.named_other.is_empty()
-            || self.ill_formed > 0
-            || self.own_not_refused > 0
+        self.on_views() || self.own_not_refused > 0
+    }
+
+    /// Whether any answer on C's views is not well-formed (names C or another person, or
+    /// rambles): what the strict stopping rule asks of the views.
+    pub fn on_views(&self) -> bool {
+        self.named_c > 0 || !self.named_other.is_empty() || self.ill_formed > 0
     }
 
     /// Classifies a check's answers on C's views (the first `n_who` are "who" answers, the
@@ -526,27 +529,13 @@ fn recognition_queries(
     (q, n_who)
 }
 
-/// Whether the answers still recognise the concept. `strict` (SIU): every answer must be
-/// well-formed (a refusal or `no`; no other known identity named, no rambling); otherwise
-/// (the paper's rule): no answer names C and none confirms.
-fn recognised(
-    answers: &[String],
-    n_who: usize,
-    concept: &str,
-    voc: &Vocabulary,
-    strict: bool,
-) -> bool {
-    if strict {
-        answers[..n_who]
-            .iter()
-            .any(|a| !answers::who(a, concept, voc).well_formed())
-            || answers[n_who..]
-                .iter()
-                .any(|a| !answers::is_this(a, concept, voc).well_formed())
-    } else {
-        answers[..n_who].iter().any(|a| names_concept(a, concept))
-            || answers[n_who..].iter().any(|a| confirms(a))
-    }
+/// Whether any of the answers (the first `n_who` "who", the rest "is this C?") names the
+/// concept or confirms it: the paper's stopping rule, and whether the model recognised the
+/// image at all. The strict rule (SIU) asks more of the views: every answer well-formed
+/// ([`CheckFindings::on_views`]).
+fn names_or_confirms(answers: &[String], n_who: usize, concept: &str) -> bool {
+    answers[..n_who].iter().any(|a| names_concept(a, concept))
+        || answers[n_who..].iter().any(|a| confirms(a))
 }
 
 /// Stacks views `[H,W,3]` into `[N,H,W,3]`.
@@ -695,7 +684,7 @@ pub fn forget(
     );
     let orig = answer_guided(engine, a0, &tok, view_feats.view(), &rq, &as_strs(&knowing))?;
     let mut warnings = Vec::new();
-    if !recognised(&orig, n_who, &concept, &voc, false) {
+    if !names_or_confirms(&orig, n_who, &concept) {
         let says = orig[0].clone();
         if !opts.allow_mismatch {
             return Err(SiuError::NotRecognised {
@@ -958,9 +947,22 @@ pub fn forget(
             let still_named =
                 own.lost(engine, state.params.as_slice().unwrap(), &tok, feats.view())?;
             check_ms += tc.elapsed().as_secs_f64() * 1e3;
-            let f = !recognised(&ans, n_who_all, &concept, &voc, strict)
-                && (!opts.hold_earlier || lapsed.is_empty())
-                && still_named.is_empty();
+            let saw = CheckFindings::of(
+                &ans,
+                n_who_all,
+                &concept,
+                &voc,
+                still_named.len(),
+                if opts.hold_earlier { lapsed.len() } else { 0 },
+            );
+            // Strict (SIU): every answer on the views well-formed; else (the baselines) none
+            // naming C or confirming it. Either way the photos counted above must be clear.
+            let views_clear = if strict {
+                !saw.on_views()
+            } else {
+                !names_or_confirms(&ans, n_who_all, &concept)
+            };
+            let f = views_clear && saw.own_not_refused == 0 && saw.earlier_not_refused == 0;
             progress(&Progress::Checked {
                 step: done,
                 forgotten: f,
@@ -968,14 +970,7 @@ pub fn forget(
             streak = if f { streak + 1 } else { 0 };
             forgotten_now = f;
             checks += 1;
-            last_check = Some(CheckFindings::of(
-                &ans,
-                n_who_all,
-                &concept,
-                &voc,
-                still_named.len(),
-                if opts.hold_earlier { lapsed.len() } else { 0 },
-            ));
+            last_check = Some(saw);
             if streak >= opts.confirm_checks && !opts.fixed_steps {
                 stop_reason = format!(
                     "forgotten on every view, confirmed by {} checks, at step {done}",
@@ -1737,6 +1732,18 @@ mod tests {
         // judges those).
         let earlier = CheckFindings::of(&answers[..1], 1, "yuri zimmer", &voc, 0, 1);
         assert!(!earlier.against_c() && !clean.against_c());
+        // The strict rule's verdict on the views: any answer not well-formed; a photo of C
+        // not refused counts against C but is not about the views.
+        assert!(f.on_views() && !clean.on_views());
+        let photo_only = CheckFindings::of(&answers[..1], 1, "yuri zimmer", &voc, 1, 0);
+        assert!(photo_only.against_c() && !photo_only.on_views());
+        let bad = [false, true, true, true, false, true, true];
+        for (i, (one, bad)) in answers.iter().zip(bad).enumerate() {
+            let n_who = usize::from(i < 4);
+            let saw =
+                CheckFindings::of(std::slice::from_ref(one), n_who, "yuri zimmer", &voc, 0, 0);
+            assert_eq!(saw.on_views(), bad, "{one:?}");
+        }
     }
 
     #[test]

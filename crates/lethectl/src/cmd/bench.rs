@@ -112,6 +112,9 @@ pub struct SequentialArgs {
     /// `verify.gate_photos`; 0: the probes' photos only). Default: the agent's default.
     #[arg(long)]
     pub gate_photos: Option<usize>,
+    /// The same for each earlier forget's check (the agent's `verify.earlier_gate_photos`).
+    #[arg(long)]
+    pub earlier_gate_photos: Option<usize>,
 }
 
 /// Seed of the one training image of identity `id` (held out, used nowhere else).
@@ -596,6 +599,9 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     cfg.verify.require_stopping_rule = !a.allow_unfinished;
     if let Some(n) = a.gate_photos {
         cfg.verify.gate_photos = n;
+    }
+    if let Some(n) = a.earlier_gate_photos {
+        cfg.verify.earlier_gate_photos = n;
     }
     let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
