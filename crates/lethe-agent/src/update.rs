@@ -857,6 +857,46 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_photos_join_the_concepts_check_and_on_request_each_earlier_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = bundled(dir.path());
+        let pkg = Package::open(&cfg.model_dir).unwrap();
+        let img = lethe_world::render_id(1, 3_000_100).unwrap();
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        let bytes = bytes.into_inner();
+        let job = Job {
+            concept: "boris berger",
+            image: &bytes,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+            forgotten: vec!["anna adler".into(), "clara castro".into()],
+        };
+        let image = decode(job.image, 0).unwrap();
+        let views = cfg.verify.augmented_views;
+        let sizes = |cfg: &Config| {
+            let c = Checks::new(&pkg, cfg, &job, &image, vec![]).unwrap();
+            let earlier: Vec<usize> = c
+                .earlier
+                .iter()
+                .map(|(_, set)| set.concept_images.shape()[0])
+                .collect();
+            (c.set.concept_images.shape()[0], earlier)
+        };
+        // Default: six gate photos of C, earlier forgets on their two probe photos.
+        assert_eq!(sizes(&cfg), (2 + 6 + views, vec![2, 2]));
+        cfg.verify.earlier_gate_photos = 3;
+        assert_eq!(sizes(&cfg), (2 + 6 + views, vec![5, 5]));
+        cfg.verify.gate_photos = 0;
+        cfg.verify.earlier_gate_photos = 0;
+        assert_eq!(sizes(&cfg), (2 + views, vec![2, 2]));
+        // More than the package has: all it has.
+        cfg.verify.gate_photos = 50;
+        assert_eq!(sizes(&cfg).0, 2 + 6 + views);
+    }
+
+    #[test]
     fn the_original_models_own_misattributions_do_not_roll_a_forget_back() {
         let v = VerifyConfig::default();
         // The original already named someone else on 40% of C's pictures; the update kept
