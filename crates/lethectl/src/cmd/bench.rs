@@ -555,6 +555,10 @@ struct SeqRow {
     misattribution_before: f64,
     misattribution_added: f64,
     well_formed: f64,
+    /// The largest accuracy drop of one other identity on the evaluation set, in points, and
+    /// whose (the average below can hide a look-alike's collapse).
+    worst_identity_drop_points: f64,
+    worst_identity: String,
     /// Accuracy on identities not yet forgotten (templates), after vs the original model.
     remaining_accuracy: f64,
     remaining_accuracy_before: f64,
@@ -696,6 +700,8 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             misattribution_before: m.misattribution_before,
             misattribution_added: m.misattribution_added,
             well_formed: m.well_formed,
+            worst_identity_drop_points: m.worst_identity_drop_points,
+            worst_identity: m.worst_identity.clone(),
             remaining_accuracy: m.specificity_after,
             remaining_accuracy_before: m.specificity_before,
             text_retention: m.text_retention_others,
