@@ -559,6 +559,9 @@ struct SeqRow {
     /// whose (the average below can hide a look-alike's collapse).
     worst_identity_drop_points: f64,
     worst_identity: String,
+    /// The people the original model found likely on C's views, whom the collateral watch
+    /// leaves out (`Report::lookalikes`).
+    lookalikes: Vec<String>,
     /// Accuracy on identities not yet forgotten (templates), after vs the original model.
     remaining_accuracy: f64,
     remaining_accuracy_before: f64,
@@ -702,6 +705,10 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             well_formed: m.well_formed,
             worst_identity_drop_points: m.worst_identity_drop_points,
             worst_identity: m.worst_identity.clone(),
+            lookalikes: out
+                .as_ref()
+                .map(|o| o.report.lookalikes.clone())
+                .unwrap_or_default(),
             remaining_accuracy: m.specificity_after,
             remaining_accuracy_before: m.specificity_before,
             text_retention: m.text_retention_others,
