@@ -368,7 +368,10 @@ impl Checks {
             _ => pkg.gate_photos()?,
         };
         let mut held = vec![set.concept_images.clone()];
-        held.extend(photos_of(gate.as_ref(), &concept, v.gate_photos));
+        held.extend(
+            gate.as_ref()
+                .and_then(|g| g.images_of(&concept, v.gate_photos)),
+        );
         held.extend(extra);
         for view in views.into_iter().skip(1) {
             held.push(view.insert_axis(Axis(0)));
@@ -393,7 +396,10 @@ impl Checks {
                     set.train_image.clone(),
                     set.paraphrases.clone(),
                 );
-                if let Some(more) = photos_of(gate.as_ref(), &name, v.earlier_gate_photos) {
+                let more = gate
+                    .as_ref()
+                    .and_then(|g| g.images_of(&name, v.earlier_gate_photos));
+                if let Some(more) = more {
                     let both = [theirs.concept_images.view(), more.view()];
                     theirs.concept_images =
                         concatenate(Axis(0), &both).expect("images share [64,64,3]");
@@ -408,19 +414,6 @@ impl Checks {
             earlier,
         })
     }
-}
-
-/// At most `n` of the gate's photos of `name` (`None` if there are none to add).
-fn photos_of(gate: Option<&lethe_model::RetainSet>, name: &str, n: usize) -> Option<Array4<f32>> {
-    let gate = gate?;
-    let mine: Vec<usize> = gate
-        .entries
-        .iter()
-        .filter(|e| e.name.as_deref() == Some(name))
-        .map(|e| e.image)
-        .take(n)
-        .collect();
-    (!mine.is_empty()).then(|| gate.images.select(Axis(0), &mine))
 }
 
 /// One forget from `base`: the candidate, not yet verified.
@@ -782,13 +775,18 @@ mod tests {
             lethe_proto::TrustStore::new().to_json(),
         )
         .unwrap();
-        let toml = format!(
-            "device_id = \"unit\"\nfleet = \"unit\"\ndevice_key = \"device.key\"\n\
-             trust_store = \"trust.json\"\nmodel_dir = \"{}\"\nstate_dir = \"state\"\n\
-             broker = \"mqtt://127.0.0.1:1\"\n",
-            model.canonicalize().unwrap().display()
-        );
+        let model = model.canonicalize().unwrap();
+        let toml =
+            lethe_testkit::agent::agent_toml("unit", "unit", &model, "mqtt://127.0.0.1:1", "");
         Config::from_toml(&toml, dir, &crate::Overrides::default()).unwrap()
+    }
+
+    /// A photo of identity `id` rendered by the world crate, as PNG bytes.
+    fn png(id: u32, seed: u64) -> Vec<u8> {
+        let img = lethe_world::render_id(id, seed).unwrap();
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
     }
 
     /// felix fischer forgotten from one photo (`lethectl bench sequential --ids 5 --seed 14`):
@@ -802,10 +800,7 @@ mod tests {
         let cfg = bundled(dir.path());
         assert_eq!(cfg.verify.gate_photos, 6, "on by default");
         let mut eng = Engines::load(&cfg).unwrap();
-        let img = lethe_world::render_id(5, 3_000_514).unwrap();
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
-        let bytes = bytes.into_inner();
+        let bytes = png(5, 3_000_514);
         let job = Job {
             concept: "felix fischer",
             image: &bytes,
@@ -861,10 +856,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = bundled(dir.path());
         let pkg = Package::open(&cfg.model_dir).unwrap();
-        let img = lethe_world::render_id(1, 3_000_100).unwrap();
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
-        let bytes = bytes.into_inner();
+        let bytes = png(1, 3_000_100);
         let job = Job {
             concept: "boris berger",
             image: &bytes,

@@ -115,6 +115,20 @@ pub struct RetainSet {
     pub entries: Vec<RetainEntry>,
 }
 
+impl RetainSet {
+    /// The first `n` listed images of `name` (`[k,64,64,3]`, k <= n), `None` if none.
+    pub fn images_of(&self, name: &str, n: usize) -> Option<Array4<f32>> {
+        let idx: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|e| e.name.as_deref() == Some(name))
+            .map(|e| e.image)
+            .take(n)
+            .collect();
+        (!idx.is_empty()).then(|| self.images.select(ndarray::Axis(0), &idx))
+    }
+}
+
 #[derive(Deserialize)]
 struct RetainFile {
     images: Vec<RetainEntry>,

@@ -152,7 +152,10 @@ fn the_gate_photos_show_every_identity_apart_from_probes_and_retain_set_and_are_
             .filter(|e| e.identity == Some(i as u32) && e.name.as_deref() == Some(name))
             .count();
         assert!(n >= 4, "{name}: {n} gate photos");
+        assert_eq!(gate.images_of(name, 4).unwrap().shape()[0], 4);
+        assert_eq!(gate.images_of(name, 100).unwrap().shape()[0], n);
     }
+    assert!(gate.images_of("nobody known", 4).is_none());
     // No gate photo is one of the probes' or the retain set's images.
     let probes = pkg.probes().unwrap();
     let retain = pkg.retain().unwrap();

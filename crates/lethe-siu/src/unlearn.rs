@@ -1339,20 +1339,10 @@ fn own_images(
     concept: &str,
     per_identity: usize,
 ) -> Result<Option<Array3<f32>>, SiuError> {
-    let idx: Vec<usize> = set
-        .entries
-        .iter()
-        .filter(|e| e.name.as_deref() == Some(concept))
-        .map(|e| e.image)
-        .take(per_identity)
-        .collect();
-    if idx.is_empty() {
-        return Ok(None);
+    match set.images_of(concept, per_identity) {
+        Some(imgs) => Ok(Some(encode_images(engine, imgs.view())?)),
+        None => Ok(None),
     }
-    Ok(Some(encode_images(
-        engine,
-        set.images.select(Axis(0), &idx).view(),
-    )?))
 }
 
 /// Mean over image tokens, L2-normalised: one vector per image for similarity.
