@@ -91,6 +91,14 @@ pub struct UpdateConfig {
     /// rollbacks of a look-alike's forget into commits, but in 20 forgets in a row the
     /// look-alike himself then drifts: update.rs and ARCHITECTURE.md have the measurements).
     pub retry_lookalike_views: usize,
+    /// When a candidate still fails verification and neither retry above applies (or it
+    /// was tried and failed), run the forget again from the same base with another seed
+    /// (`seed + 1`, `seed + 2`, ...: other views of the image, other batches, another
+    /// made-up name), up to this many times, and verify each the same way. Every candidate
+    /// passes the same gate; the gate's verdicts on the held-out photos and wordings no
+    /// candidate is trained or stopped on say whether that lets failures through
+    /// (ARCHITECTURE.md has the measurements). 0: off. At most 4.
+    pub retry_reseeds: usize,
     /// On the CPU, split each optimizer step over the two cores (train_grad.onnx, one
     /// one-thread session per half) instead of one train_grad.onnx session on ONNX Runtime's
     /// pool running the halves in turn: a step 1.2-1.6x faster, ~50 ms less a forget, but
@@ -117,6 +125,7 @@ impl Default for UpdateConfig {
             step_delay_ms: 0,
             retry_earlier: true,
             retry_lookalike_views: 0,
+            retry_reseeds: 2,
             split_train_step: false,
             guard_earlier: true,
         }
@@ -461,6 +470,9 @@ impl Config {
         }
         if self.update.max_steps == 0 || self.update.max_steps > 1000 {
             p.push("update.max_steps must be 1..=1000".into());
+        }
+        if self.update.retry_reseeds > 4 {
+            p.push("update.retry_reseeds must be 0..=4".into());
         }
         if self.update.views == 0 || self.update.views > 32 {
             p.push("update.views must be 1..=32".into());

@@ -754,6 +754,10 @@ mod tests {
             Event::Retrying,
             training(),
             Event::Verifying,
+            // A job may be retried more than once (update.retry_reseeds).
+            Event::Retrying,
+            training(),
+            Event::Verifying,
         ])
         .unwrap();
         assert_eq!(s.phase, Phase::Verifying);

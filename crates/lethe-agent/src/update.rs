@@ -113,7 +113,8 @@ pub enum UpdateEvent {
     Retrying(Retry),
 }
 
-/// Why a forget was run a second time, from the same base (at most once per job).
+/// Why a forget was run again, from the same base (`Earlier` and `Lookalike` at most once
+/// per job, `Reseeded` up to `update.retry_reseeds` times).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Retry {
@@ -126,16 +127,21 @@ pub enum Retry {
     /// (`update.retry_lookalike_views`): the second also trains views between the concept and
     /// its look-alikes.
     Lookalike,
+    /// The candidate failed verification and neither retry above applies (or it was tried):
+    /// the next runs with another seed (`update.retry_reseeds`), so other views of the
+    /// image, other batches and another made-up name.
+    Reseeded,
 }
 
 impl Retry {
-    /// What the first candidate did, for events, reports and logs.
+    /// What the failed candidate did, for events, reports and logs.
     pub fn why(self) -> &'static str {
         match self {
             Retry::Earlier => "the candidate brought back an earlier forget",
             Retry::Lookalike => {
                 "the candidate named another person, answered ill-formed, or did not stop"
             }
+            Retry::Reseeded => "the candidate failed verification",
         }
     }
 }
@@ -154,8 +160,9 @@ pub struct Outcome {
     /// The update's stopping rule still failed at its last check, and
     /// `verify.require_stopping_rule` made that a failure: what that check saw.
     pub unfinished: Option<String>,
-    /// The first candidate failed and this is the second ([`Retry`] says why).
-    pub retried: Option<Retry>,
+    /// Earlier candidates failed and this is a later one: why each retry was run, in order
+    /// (empty: this is the first candidate).
+    pub retries: Vec<Retry>,
     pub verify_ms: f64,
 }
 
@@ -170,11 +177,10 @@ impl Outcome {
             }
         };
         put("leak", m.leak);
-        put("retried", f64::from(u8::from(self.retried.is_some())));
-        put(
-            "retried_lookalike",
-            f64::from(u8::from(self.retried == Some(Retry::Lookalike))),
-        );
+        let count = |r: Retry| self.retries.iter().filter(|&&x| x == r).count() as f64;
+        put("retried", self.retries.len() as f64);
+        put("retried_lookalike", count(Retry::Lookalike));
+        put("retried_reseeded", count(Retry::Reseeded));
         put("misattribution", m.misattribution);
         put("misattribution_before", m.misattribution_before);
         put("misattribution_added", m.misattribution_added);
@@ -242,20 +248,24 @@ pub fn run(
 /// [`run`], with `tune` applied to the update's options last (benchmarks try knobs the
 /// configuration does not expose through it).
 ///
-/// A candidate that fails verification may be run once more from the same base, and that
-/// second candidate is verified the same way (the outcome says whether, and why):
+/// A candidate that fails verification may be run again from the same base, and each later
+/// candidate is verified the same way (the outcome says whether, and why):
 /// - it fails only because it brings back an earlier forget (`verify.max_earlier_leak`) and
-///   `update.retry_earlier` is on: every earlier forget is held in the second's stopping
+///   `update.retry_earlier` is on: every earlier forget is held in the next's stopping
 ///   rule (`hold_earlier`: a stopping check counts only while every replayed image is
 ///   refused);
 /// - it fails only on misattribution, well-formedness or its own stopping rule
 ///   (`verify.require_stopping_rule`), the original model finds a look-alike likely on the
 ///   concept's views (`Report::lookalikes`), and
-///   `update.retry_lookalike_views` is not 0: the second trains that many views between the
-///   concept and its look-alikes besides the concept's own (`confuser_mix`).
+///   `update.retry_lookalike_views` is not 0: the next trains that many views between the
+///   concept and its look-alikes besides the concept's own (`confuser_mix`);
+/// - otherwise, up to `update.retry_reseeds` times: the next runs with another seed (the
+///   update's seed + 1, + 2, ...), keeping what the retries above changed.
 ///
-/// Only a failed candidate is retried, and the second passes the same gate, so a retry can
-/// only turn a rollback into a commit.
+/// Only a failed candidate is retried, and every candidate passes the same gate, so a retry
+/// can only turn a rollback into a commit. The retries are bounded: each of the first two
+/// kinds runs at most once (it changes an option that then stays changed), the reseeds at
+/// most `update.retry_reseeds` times.
 pub fn run_tuned(
     eng: &mut Engines,
     cfg: &Config,
@@ -273,6 +283,7 @@ pub fn run_tuned(
     let u = &cfg.update;
     let mut opts = options(u, job, eng.train.can_guard());
     tune(&mut opts);
+    let seed = opts.seed;
     let prior = Prior {
         forgotten: job.forgotten.clone(),
         original: Some(eng.pkg.adapter()?),
@@ -283,48 +294,65 @@ pub fn run_tuned(
     // first candidate (a command refused before training reads none of them).
     let t0 = Instant::now();
     let checks = Checks::new(&eng.pkg, cfg, job, &image, extra)?;
-    let mut first = verify(eng, cfg, base, &checks, out)?;
+    let mut last = verify(eng, cfg, base, &checks, out)?;
     // Building the sets counts as verification, as it did when each attempt built them.
-    first.verify_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let (m, earlier, v) = (&first.metrics, &first.earlier, &cfg.verify);
-    let unfinished = first.unfinished.as_deref();
-    let retry = if u.retry_earlier
-        && !opts.hold_earlier
-        && fails_only_on_earlier(m, earlier, unfinished, v)
-    {
-        opts.hold_earlier = true;
-        Retry::Earlier
-    } else if u.retry_lookalike_views > 0
-        && opts.confuser_mix == 0
-        && !first.report.lookalikes.is_empty()
-        && fails_only_on_answers_about_c(m, earlier, unfinished, v)
-    {
-        opts.confuser_mix = u.retry_lookalike_views;
-        Retry::Lookalike
-    } else {
-        return Ok(first);
-    };
-    on(UpdateEvent::Retrying(retry));
-    let out = train(eng, cfg, job, base, &image, &opts, &prior, cancel, on)?;
-    on(UpdateEvent::Verifying);
-    let mut second = verify(eng, cfg, base, &checks, out)?;
-    second.retried = Some(retry);
-    second.verify_ms += first.verify_ms;
-    if let Some(why) = &mut second.failed {
-        let how = match retry {
-            Retry::Earlier => "holding every earlier forget".to_string(),
-            Retry::Lookalike => format!(
-                "with views mixed with {}",
-                second.report.confusers.join(" and ")
-            ),
+    last.verify_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let first_why = last.failed.clone();
+    let mut retries = Vec::new();
+    let mut reseeds = 0u64;
+    while last.failed.is_some() {
+        let (m, earlier, v) = (&last.metrics, &last.earlier, &cfg.verify);
+        let unfinished = last.unfinished.as_deref();
+        let retry = if u.retry_earlier
+            && !opts.hold_earlier
+            && fails_only_on_earlier(m, earlier, unfinished, v)
+        {
+            opts.hold_earlier = true;
+            Retry::Earlier
+        } else if u.retry_lookalike_views > 0
+            && opts.confuser_mix == 0
+            && !last.report.lookalikes.is_empty()
+            && fails_only_on_answers_about_c(m, earlier, unfinished, v)
+        {
+            opts.confuser_mix = u.retry_lookalike_views;
+            Retry::Lookalike
+        } else if reseeds < u.retry_reseeds as u64 {
+            reseeds += 1;
+            opts.seed = seed.wrapping_add(reseeds);
+            Retry::Reseeded
+        } else {
+            break;
         };
-        let first_why = first.failed.as_deref().unwrap_or_default();
-        *why = format!(
-            "{why} (retried {how}; the first candidate: {})",
-            first_why.trim_start_matches("verification failed: ")
-        );
+        on(UpdateEvent::Retrying(retry));
+        retries.push(retry);
+        let out = train(eng, cfg, job, base, &image, &opts, &prior, cancel, on)?;
+        on(UpdateEvent::Verifying);
+        let mut next = verify(eng, cfg, base, &checks, out)?;
+        next.verify_ms += last.verify_ms;
+        last = next;
     }
-    Ok(second)
+    if let (Some(why), Some(first_why)) = (&mut last.failed, &first_why) {
+        if !retries.is_empty() {
+            let how: Vec<String> = retries
+                .iter()
+                .map(|r| match r {
+                    Retry::Earlier => "holding every earlier forget".to_string(),
+                    Retry::Lookalike => format!(
+                        "with views mixed with {}",
+                        last.report.confusers.join(" and ")
+                    ),
+                    Retry::Reseeded => "with another seed".to_string(),
+                })
+                .collect();
+            *why = format!(
+                "{why} (retried {}; the first candidate: {})",
+                how.join(", then "),
+                first_why.trim_start_matches("verification failed: ")
+            );
+        }
+    }
+    last.retries = retries;
+    Ok(last)
 }
 
 /// The verification sets of a job: the concept's (the command's image, the package's probe
@@ -524,7 +552,7 @@ fn verify(
         earlier,
         failed,
         unfinished,
-        retried: None,
+        retries: Vec::new(),
         verify_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
@@ -849,6 +877,46 @@ mod tests {
         let why = with.failed.unwrap_or_default();
         assert!(why.contains("misattribution added"), "{why:?}");
         assert!(with.metrics.misattribution_added > 0.05);
+    }
+
+    /// hugo hansen forgotten from one photo (`lethectl bench sequential --ids 7 --seed 14`)
+    /// with the default thresholds: the first candidate (the update's seed 0) spends its step
+    /// budget with its own stopping rule still failing and is not committed; the one run
+    /// with seed 1 stops by its rule and passes the gate, and it is the outcome.
+    #[test]
+    fn a_candidate_that_fails_is_run_again_with_another_seed_and_one_that_passes_is_the_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = bundled(dir.path());
+        assert_eq!(cfg.update.retry_reseeds, 2, "on by default");
+        cfg.update.retry_reseeds = 1;
+        let mut eng = Engines::load(&cfg).unwrap();
+        let bytes = png(7, 3_000_714);
+        let job = Job {
+            concept: "hugo hansen",
+            image: &bytes,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+            forgotten: vec![],
+        };
+        let base = eng.pkg.adapter().unwrap();
+        let cancel = AtomicBool::new(false);
+        let (mut retried, mut verified) = (Vec::new(), 0);
+        let out = run(&mut eng, &cfg, &job, &base, &cancel, &mut |e| match e {
+            UpdateEvent::Retrying(r) => retried.push(r),
+            UpdateEvent::Verifying => verified += 1,
+            UpdateEvent::Training { .. } => {}
+        })
+        .unwrap();
+        assert_eq!((retried, verified), (vec![Retry::Reseeded], 2));
+        assert!(out.failed.is_none(), "{:?}", out.failed);
+        assert_eq!(out.retries, vec![Retry::Reseeded]);
+        let receipt = out.receipt_metrics();
+        assert_eq!(
+            (receipt["retried"], receipt["retried_reseeded"]),
+            (1.0, 1.0)
+        );
+        assert!(out.metrics.leak == 0.0 && out.metrics.misattribution_added == 0.0);
     }
 
     #[test]

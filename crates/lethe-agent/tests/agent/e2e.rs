@@ -188,6 +188,14 @@ async fn a_verification_failure_rolls_back_and_says_why() {
     assert_eq!(r.execution_provider.as_deref(), Some("cpu"));
     let why = r.reason.clone().unwrap_or_default();
     assert!(why.contains("generality"), "{why}");
+    // Every candidate fails the same way: the first and the default two with other seeds
+    // (update.retry_reseeds), and no more.
+    assert_eq!(r.metrics.get("retried"), Some(&2.0), "{r:?}");
+    assert_eq!(r.metrics.get("retried_reseeded"), Some(&2.0), "{r:?}");
+    assert!(
+        why.contains("(retried with another seed, then with another seed; the first candidate: "),
+        "{why}"
+    );
     assert_eq!(r.model_hash_after, base_hash());
     assert_eq!(current_hash(&f.state), base_hash());
     assert!(op.events_of("op-1").contains(&"rolled_back".to_string()));
@@ -275,10 +283,11 @@ async fn a_forget_queued_behind_another_builds_on_its_commit() {
 }
 
 /// A forget that would bring back an earlier one is retried once, holding every earlier
-/// forget (`update.retry_earlier`), and the receipt says so. The earlier forget is made weak
-/// on purpose (one optimizer step, leak allowed), so every candidate of the second forget
-/// leaks it on the package's probe images; all other thresholds are open, so the earlier
-/// forget is the only failure.
+/// forget (`update.retry_earlier`), then with another seed (`update.retry_reseeds`, one
+/// here), keeping the earlier forgets held, and the receipt says so. The earlier forget is
+/// made weak on purpose (one optimizer step, leak allowed), so every candidate of the second
+/// forget leaks it on the package's probe images; all other thresholds are open, so the
+/// earlier forget is the only failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forget_that_brings_back_an_earlier_one_is_retried_then_rolled_back_by_name() {
     let tmp = tempfile::tempdir().unwrap();
@@ -287,7 +296,9 @@ async fn a_forget_that_brings_back_an_earlier_one_is_retried_then_rolled_back_by
                 min_factual_retention = 0.0\nmax_specificity_paraphrased_drop_points = 100.0\n";
     let f = fixture(
         &broker,
-        &FAST.replace("[verify]\n", &format!("[verify]\n{open}")),
+        &FAST
+            .replace("[verify]\n", &format!("[verify]\n{open}"))
+            .replace("[update]\n", "[update]\nretry_reseeds = 1\n"),
     );
     let mut agent = Agent::start(&f);
     let op = Operator::connect(broker.port).await;
@@ -310,11 +321,12 @@ async fn a_forget_that_brings_back_an_earlier_one_is_retried_then_rolled_back_by
         .await;
     let why = r.reason.clone().unwrap_or_default();
     assert_eq!(r.verdict, Verdict::RolledBack, "{r:?}");
-    assert_eq!(r.metrics.get("retried"), Some(&1.0), "{r:?}");
+    assert_eq!(r.metrics.get("retried"), Some(&2.0), "{r:?}");
+    assert_eq!(r.metrics.get("retried_reseeded"), Some(&1.0), "{r:?}");
     let name = concept_name(WHO);
     assert!(
         why.contains(&format!("leak of the earlier forget of {name}"))
-            && why.contains("retried holding every earlier forget"),
+            && why.contains("retried holding every earlier forget, then with another seed;"),
         "{why}"
     );
     assert_eq!(current_hash(&f.state), after_first);

@@ -96,10 +96,14 @@ pub struct SequentialArgs {
     pub common: Common,
     #[arg(long, default_value = "siu")]
     pub method: Method,
-    /// Do not run a failed forget a second time (the agent's `update.retry_earlier = false`
-    /// and `update.retry_lookalike_views = 0`).
+    /// Do not run a failed forget again (the agent's `update.retry_earlier = false`,
+    /// `update.retry_lookalike_views = 0` and `update.retry_reseeds = 0`).
     #[arg(long)]
     pub no_retry: bool,
+    /// Runs with other seeds of a forget that still fails (the agent's
+    /// `update.retry_reseeds`). Default: the agent's default.
+    #[arg(long)]
+    pub retry_reseeds: Option<usize>,
     /// Views mixed with the look-alike when a forget is retried for naming him (the agent's
     /// `update.retry_lookalike_views`; 0: no such retry). Default: the agent's default.
     #[arg(long)]
@@ -533,8 +537,8 @@ struct SeqRow {
     k: usize,
     concept: String,
     verdict: String,
-    /// The first candidate failed; this row is the retry's (and this is why).
-    retried: Option<update::Retry>,
+    /// Earlier candidates failed; this row is the last retry's (and why each was run).
+    retries: Vec<update::Retry>,
     reason: Option<String>,
     /// For a rolled-back forget: the verification's answers that were not well-formed.
     verify_bad_examples: Vec<String>,
@@ -599,6 +603,10 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     if a.no_retry {
         cfg.update.retry_earlier = false;
         cfg.update.retry_lookalike_views = 0;
+        cfg.update.retry_reseeds = 0;
+    }
+    if let Some(n) = a.retry_reseeds {
+        cfg.update.retry_reseeds = n;
     }
     if let Some(n) = a.retry_lookalike_views {
         cfg.update.retry_lookalike_views = n;
@@ -681,7 +689,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
                 (Some(_), false) => "rolled back",
             }
             .into(),
-            retried: out.as_ref().and_then(|o| o.retried),
+            retries: out.as_ref().map(|o| o.retries.clone()).unwrap_or_default(),
             reason: out.as_ref().map_or(refused, |o| o.failed.clone()),
             verify_bad_examples: match &out {
                 Some(o) if !committed => o.metrics.bad_examples.clone(),
@@ -725,12 +733,13 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     }
     let committed = rows.iter().filter(|r| r.verdict == "committed").count();
     let retries = |why: update::Retry| {
-        let of: Vec<_> = rows.iter().filter(|r| r.retried == Some(why)).collect();
+        let of: Vec<_> = rows.iter().filter(|r| r.retries.contains(&why)).collect();
         let committed = of.iter().filter(|r| r.verdict == "committed").count();
         (of.len(), committed)
     };
     let (retried, retried_committed) = retries(update::Retry::Earlier);
     let (lookalike, lookalike_committed) = retries(update::Retry::Lookalike);
+    let (reseeded, reseeded_committed) = retries(update::Retry::Reseeded);
     if c.json {
         println!(
             "{}",
@@ -739,7 +748,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     } else {
         let last = rows.last();
         println!(
-            "{committed} of {} committed ({retried} retried after bringing back an earlier forget, {retried_committed} of them committed; {lookalike} retried with a look-alike, {lookalike_committed} of them committed); after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
+            "{committed} of {} committed ({retried} retried after bringing back an earlier forget, {retried_committed} of them committed; {lookalike} retried with a look-alike, {lookalike_committed} of them committed; {reseeded} retried with another seed, {reseeded_committed} of them committed); after the last forget: remaining identities {:.1}% (original {:.1}%), text facts kept {:.1}%, perplexity {:+.1}%, earlier forgets holding {}/{} (worst leak {:.1}%)",
             rows.len(),
             last.map_or(0.0, |r| 100.0 * r.remaining_accuracy),
             last.map_or(0.0, |r| 100.0 * r.remaining_accuracy_before),
@@ -804,10 +813,14 @@ fn print_seq_row(r: &SeqRow, header: bool) {
             .collect();
         println!("      earlier forgets leaking: {}", l.join(", "));
     }
-    if let Some(why) = r.retried {
+    if !r.retries.is_empty() {
+        let why: Vec<String> = r.retries.iter().map(|w| format!("{w:?}")).collect();
         println!(
-            "      retried: {}",
-            why.why().replace("the candidate", "the first candidate")
+            "      retried ({}): {}",
+            why.join(", then ").to_lowercase(),
+            r.retries[0]
+                .why()
+                .replace("the candidate", "the first candidate")
         );
     }
     if let Some(why) = &r.reason {

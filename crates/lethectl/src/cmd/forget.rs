@@ -67,7 +67,7 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 /// confuser_alpha, confusers_mixed, hold_earlier
 /// (0/1), hold_own (0/1), kl_to_original (0/1), guard_earlier (0/1),
 /// replay_views, quotas (a/b/c/d: forget/text/retain/replay), w_ce, w_kl, warmup,
-/// who_per_view, is_this_per_view.
+/// who_per_view, is_this_per_view, seed (of the update: views, batches, facets).
 pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
     for kv in sets {
         let (k, v) = kv
@@ -77,6 +77,7 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
         let f = || -> Result<f32> { v.parse().with_context(|| format!("--set {kv:?}")) };
         match k {
             "views" => o.views = n()?,
+            "seed" => o.seed = v.parse().with_context(|| format!("--set {kv:?}"))?,
             "min_steps" => o.min_steps = n()?,
             "confirm_checks" => o.confirm_checks = n()?,
             "check_every" => o.check_every = n()?,
