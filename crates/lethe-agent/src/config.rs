@@ -179,6 +179,10 @@ pub struct VerifyConfig {
     pub max_specificity_drop_points: f64,
     /// The same under held-out wordings.
     pub max_specificity_paraphrased_drop_points: f64,
+    /// Largest allowed drop of one other identity's accuracy, in points (both wordings, on
+    /// that person's probe photos): the mean above can hide one look-alike no longer
+    /// recognised. 100 = off.
+    pub max_identity_drop_points: f64,
     /// Smallest share of text questions about C answered as before.
     pub min_factual_retention: f64,
     /// Largest allowed perplexity increase, in percent.
@@ -217,6 +221,7 @@ impl Default for VerifyConfig {
             min_well_formed: 0.9,
             max_specificity_drop_points: 5.0,
             max_specificity_paraphrased_drop_points: 8.0,
+            max_identity_drop_points: 100.0,
             // One of C's nine verification facts may change (8/9 = 0.889): a threshold of
             // 0.9 rolled back forgets over a single answer (bench sequential, 2026-11-30).
             min_factual_retention: 0.85,

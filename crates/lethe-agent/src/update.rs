@@ -654,6 +654,12 @@ pub fn judge(
         " points",
     );
     high(
+        &format!("accuracy drop on {}", m.worst_identity),
+        m.worst_identity_drop_points,
+        v.max_identity_drop_points,
+        " points",
+    );
+    high(
         "perplexity rise",
         m.fluency_increase_pct,
         v.max_fluency_increase_pct,
@@ -714,6 +720,23 @@ mod tests {
             let why = judge(&m, &[], None, &v).unwrap_or_default();
             assert!(why.contains(name), "{name}: {why:?}");
         }
+    }
+
+    #[test]
+    fn one_identity_no_longer_recognised_fails_only_where_the_operator_bounds_it() {
+        let mut v = VerifyConfig::default();
+        let mut m = good();
+        m.worst_identity_drop_points = 50.0;
+        m.worst_identity = "felix fischer".into();
+        assert!(judge(&m, &[], None, &v).is_none(), "off by default");
+        v.max_identity_drop_points = 40.0;
+        let why = judge(&m, &[], None, &v).unwrap_or_default();
+        assert!(
+            why.contains("accuracy drop on felix fischer 50.000 points > 40.000 points"),
+            "{why}"
+        );
+        m.worst_identity_drop_points = 37.5;
+        assert!(judge(&m, &[], None, &v).is_none());
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub struct SequentialArgs {
     /// The same for each earlier forget's check (the agent's `verify.earlier_gate_photos`).
     #[arg(long)]
     pub earlier_gate_photos: Option<usize>,
+    /// Largest drop of one other identity's accuracy the gate allows, in points (the
+    /// agent's `verify.max_identity_drop_points`). Default: the agent's default.
+    #[arg(long)]
+    pub max_identity_drop: Option<f64>,
 }
 
 /// Seed of the one training image of identity `id` (held out, used nowhere else).
@@ -617,6 +621,9 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     }
     if let Some(n) = a.earlier_gate_photos {
         cfg.verify.earlier_gate_photos = n;
+    }
+    if let Some(p) = a.max_identity_drop {
+        cfg.verify.max_identity_drop_points = p;
     }
     let mut eng = update::Engines::load(&cfg)?;
     let base = e.base.clone();
