@@ -684,7 +684,33 @@ pub fn forget(
     );
     let orig = answer_guided(engine, a0, &tok, view_feats.view(), &rq, &as_strs(&knowing))?;
     let mut warnings = Vec::new();
-    if !names_or_confirms(&orig, n_who, &concept) {
+    // After earlier forgets the current model can fail to name C on a photo the original
+    // model names C on (someone else's forget took the photo along): the photo is C's as far
+    // as the model ever knew, and C, not forgotten before, is still there to forget (20
+    // forgets in a row: such photos were refused; ARCHITECTURE.md). A person forgotten
+    // before is not forgotten again.
+    let current_knows = names_or_confirms(&orig, n_who, &concept);
+    let original_knows = !current_knows
+        && !forgotten.contains(&concept)
+        && first_adapter != a0
+        && names_or_confirms(
+            &answer_guided(
+                engine,
+                first_adapter,
+                &tok,
+                view_feats.view(),
+                &rq,
+                &as_strs(&knowing),
+            )?,
+            n_who,
+            &concept,
+        );
+    if original_knows {
+        warnings.push(format!(
+            "the current model does not name {concept:?} in the image (it answered {:?}), the original model does: forgetting",
+            orig[0]
+        ));
+    } else if !current_knows {
         let says = orig[0].clone();
         if !opts.allow_mismatch {
             return Err(SiuError::NotRecognised {
