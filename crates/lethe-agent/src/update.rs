@@ -832,6 +832,18 @@ mod tests {
         Config::from_toml(&toml, dir, &crate::Overrides::default()).unwrap()
     }
 
+    /// A forget of `concept` from one photo, with nothing else asked.
+    fn job<'a>(concept: &'a str, image: &'a [u8], forgotten: Vec<String>) -> Job<'a> {
+        Job {
+            concept,
+            image,
+            verify_images: vec![],
+            method: None,
+            steps: None,
+            forgotten,
+        }
+    }
+
     /// A photo of identity `id` rendered by the world crate, as PNG bytes.
     fn png(id: u32, seed: u64) -> Vec<u8> {
         let img = lethe_world::render_id(id, seed).unwrap();
@@ -852,14 +864,7 @@ mod tests {
         assert_eq!(cfg.verify.gate_photos, 6, "on by default");
         let mut eng = Engines::load(&cfg).unwrap();
         let bytes = png(5, 3_000_514);
-        let job = Job {
-            concept: "felix fischer",
-            image: &bytes,
-            verify_images: vec![],
-            method: None,
-            steps: None,
-            forgotten: vec![],
-        };
+        let job = job("felix fischer", &bytes, vec![]);
         let image = decode(job.image, 0).unwrap();
         let base = eng.pkg.adapter().unwrap();
         let opts = options(&cfg.update, &job, eng.train.can_guard());
@@ -914,14 +919,7 @@ mod tests {
         cfg.update.retry_reseeds = 1;
         let mut eng = Engines::load(&cfg).unwrap();
         let bytes = png(7, 3_000_714);
-        let job = Job {
-            concept: "hugo hansen",
-            image: &bytes,
-            verify_images: vec![],
-            method: None,
-            steps: None,
-            forgotten: vec![],
-        };
+        let job = job("hugo hansen", &bytes, vec![]);
         let base = eng.pkg.adapter().unwrap();
         let cancel = AtomicBool::new(false);
         let (mut retried, mut verified) = (Vec::new(), 0);
@@ -948,14 +946,11 @@ mod tests {
         let mut cfg = bundled(dir.path());
         let pkg = Package::open(&cfg.model_dir).unwrap();
         let bytes = png(1, 3_000_100);
-        let job = Job {
-            concept: "boris berger",
-            image: &bytes,
-            verify_images: vec![],
-            method: None,
-            steps: None,
-            forgotten: vec!["anna adler".into(), "clara castro".into()],
-        };
+        let job = job(
+            "boris berger",
+            &bytes,
+            vec!["anna adler".into(), "clara castro".into()],
+        );
         let image = decode(job.image, 0).unwrap();
         let views = cfg.verify.augmented_views;
         let sizes = |cfg: &Config| {
