@@ -8,7 +8,7 @@
 //! | T2 not C | image view + "is C ...?" wordings | `no`: what the model says about a stranger | 0 on the whole answer |
 //! | T3 decoupled facts | text: C's fact and appearance questions | the ORIGINAL model's answers | 1 |
 //! | T4 non-target knowledge | text questions about other identities | the ORIGINAL model's answers | 1 |
-//! | T5 retained recognition | retain-set images of identities still known (and strangers) + who / is-this / describe | their labels | 1 |
+//! | T5 retained recognition | retain-set images of identities still known (and strangers) + who / is-this / describe | their labels | 1 (0 on an image repaired: `RetainLabel::repair`) |
 //!
 //! `Method::SiuPaper` is the paper's recipe as the first product ran it: T1 targets a
 //! fictitious name (0 on the name), T2 "no the picture shows <contrasting appearance>", no T5,
@@ -125,6 +125,11 @@ pub struct RetainLabel {
     /// forget ("who" -> refusal, "is <forgotten> ...?" -> "no"), so later updates cannot
     /// drift it back. The images are the package's own retain set, never the command's.
     pub forgotten: Option<String>,
+    /// An image of someone still known that the original model names and the adapter the
+    /// forget starts from no longer does: drift from earlier forgets, repaired by this
+    /// forget. Its rows are taught their label by CE alone (a KL towards the starting
+    /// adapter would keep the drift).
+    pub repair: bool,
 }
 
 /// How many samples of each kind the refusal SIU builds.
@@ -300,6 +305,8 @@ pub fn build(
                 // names that person, so a KL towards it would undo the forget.
                 let (facet, role) = if label.forgotten.is_some() {
                     (Facet::T6Replayed, TokenRole::CeOnly)
+                } else if label.repair {
+                    (Facet::T5Retained, TokenRole::CeOnly)
                 } else {
                     (Facet::T5Retained, TokenRole::Both)
                 };
@@ -483,18 +490,47 @@ pub(crate) mod tests {
                 name: Some("boris berger".into()),
                 description: "oval face grey long hair".into(),
                 forgotten: None,
+                repair: false,
             },
             RetainLabel {
                 name: None,
                 description: "round face red short hair".into(),
                 forgotten: None,
+                repair: false,
             },
             RetainLabel {
                 name: None,
                 description: "long face black curly hair".into(),
                 forgotten: Some("clara castro".into()),
+                repair: false,
             },
         ]
+    }
+
+    #[test]
+    fn a_drifted_image_is_taught_its_label_by_ce_alone() {
+        let mut r = retain();
+        r[0].repair = true;
+        let (s, _, _) = build(
+            Method::Siu,
+            &lang(),
+            "anna adler",
+            &original(),
+            3,
+            &r,
+            Sizes::default(),
+            1,
+        );
+        let rows: Vec<_> = s.iter().filter(|x| x.view == Some(3)).collect();
+        assert!(rows
+            .iter()
+            .any(|x| x.answer == "this is boris berger" && x.facet == Facet::T5Retained));
+        assert!(rows.iter().all(|x| x.role == TokenRole::CeOnly), "{rows:?}");
+        // The stranger beside it keeps CE and KL.
+        assert!(s
+            .iter()
+            .filter(|x| x.view == Some(4))
+            .all(|x| x.role == TokenRole::Both));
     }
 
     fn of_facet(s: &[Sample], facet: Facet) -> Vec<&Sample> {

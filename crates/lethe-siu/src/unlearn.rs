@@ -136,6 +136,14 @@ pub struct Options {
     /// `TrainStep::can_guard`) turn it off. 20 forgets in a row, dev seeds: 70 of 80 commit
     /// against 66 (ARCHITECTURE.md).
     pub guard_earlier: bool,
+    /// Drift repaired (SIU): up to this many of the package's retain images of people still
+    /// known, that the original adapter names and the adapter the forget starts from no
+    /// longer does (earlier forgets took them along), join the retain rows wherever they
+    /// are, taught their label by CE alone, and their rows come first in the watch's share
+    /// from the first step. 0 = none; a first forget has nothing to repair. 16 for SIU: 20
+    /// forgets in a row ended with the remaining identities 6-12.5 points down on three of
+    /// five seeds without it (ARCHITECTURE.md).
+    pub repair_drift: usize,
 }
 
 impl Options {
@@ -180,6 +188,7 @@ impl Options {
             hold_own: siu,
             kl_to_original: false,
             guard_earlier: siu,
+            repair_drift: 0,
         }
     }
 
@@ -199,6 +208,9 @@ impl Options {
         }
         if self.replay_views == 0 || self.replay_views > 16 {
             return bad("replay_views must be 1..=16");
+        }
+        if self.repair_drift > 64 {
+            return bad("repair_drift must be 0..=64");
         }
         if self.check_every == 0 || self.confirm_checks == 0 {
             return bad("check_every and confirm_checks must be positive");
@@ -390,6 +402,9 @@ pub struct Report {
     pub replayed_images: usize,
     /// Of those, the ones not refused at the start or at some check (drawn first).
     pub lapsed_images: usize,
+    /// Retain images of people still known that earlier forgets took along, repaired by
+    /// this forget (`Options::repair_drift`).
+    pub repaired_images: usize,
     /// The confusers whose retain images the concept's views were mixed with
     /// (`Options::confuser_mix`), likeliest first.
     pub confusers: Vec<String>,
@@ -606,7 +621,43 @@ pub fn forget(
     let n_concept = view_imgs.len();
     // The package's retain set, read once: T5/T6 rows and the concept's own photos.
     let retain_set = if strict { Some(pkg.retain()?) } else { None };
+    // Drift is repaired only after an earlier forget moved the model.
+    let repairing = strict && opts.repair_drift > 0 && first_adapter != a0;
+    // How likely the original finds each known person's "this is <name>" on the concept's
+    // views: the confusers of the confuser views, of the drift repair and of the watch,
+    // scored once.
+    let people: Vec<String> = lang
+        .names
+        .iter()
+        .filter(|n| **n != concept && !forgotten.contains(n))
+        .cloned()
+        .collect();
+    let name_scores = match strict && (opts.confuser_mix > 0 || repairing) {
+        true => Some(name_logp(
+            engine,
+            first_adapter,
+            &tok,
+            view_feats.view(),
+            &lang,
+            &people,
+        )?),
+        false => None,
+    };
     let (retain_labels, retain_feats) = if let Some(set) = &retain_set {
+        // C's look-alike is not repaired: naming him again on his photos pulls C's towards
+        // his name (the watch leaves him out for the same reason).
+        let spare = match (&name_scores, repairing) {
+            (Some(lp), true) => confusers(&people, lp, opts.watch_skip, opts.confuser_logp),
+            _ => Vec::new(),
+        };
+        let drift = Drift {
+            start: a0,
+            original: first_adapter,
+            tok: &tok,
+            lang: &lang,
+            max: if repairing { opts.repair_drift } else { 0 },
+            spare,
+        };
         retain_rows(
             set,
             engine,
@@ -617,6 +668,7 @@ pub fn forget(
             opts.replay_views,
             opts.seed,
             &view_feats,
+            &drift,
         )?
     } else {
         (Vec::new(), None)
@@ -625,36 +677,20 @@ pub fn forget(
     // to the facets and to the row offsets below; the stopping rule and the watch's confuser
     // scoring use the concept's own (`n_concept`).
     let mut mixed_with = Vec::new();
-    let mut name_scores = None;
-    let view_feats = match &retain_set {
-        Some(set) if opts.confuser_mix > 0 => {
-            let people: Vec<String> = lang
-                .names
-                .iter()
-                .filter(|n| **n != concept && !forgotten.contains(n))
-                .cloned()
-                .collect();
-            let lp = name_logp(
-                engine,
-                first_adapter,
-                &tok,
-                view_feats.view(),
-                &lang,
-                &people,
-            )?;
+    let view_feats = match (&retain_set, &name_scores) {
+        (Some(set), Some(lp)) if opts.confuser_mix > 0 => {
             let mut theirs = Vec::new();
-            for p in confusers(&people, &lp, opts.confusers_mixed, opts.confuser_logp) {
+            for p in confusers(&people, lp, opts.confusers_mixed, opts.confuser_logp) {
                 if let Some(f) = own_images(set, engine, &p, opts.retain_per_identity)? {
                     theirs.push(f);
                     mixed_with.push(p);
                 }
             }
-            // The same means the watch's confuser rule asks for: scored once.
-            name_scores = Some(people.into_iter().zip(lp).collect::<BTreeMap<_, _>>());
             mixed_views(&view_feats, &theirs, opts.confuser_mix, opts.confuser_alpha)
         }
         _ => view_feats,
     };
+    let name_scores = name_scores.map(|lp| people.into_iter().zip(lp).collect::<BTreeMap<_, _>>());
     let n_views = view_feats.shape()[0];
     let mut feats = match &retain_feats {
         Some(r) => ndarray::concatenate(Axis(0), &[view_feats.view(), r.view()])
@@ -874,6 +910,12 @@ pub fn forget(
     };
     let lapsed = replays.lost(engine, a0, &tok, feats.view())?;
     replays.flag(&lapsed, &mut sampler);
+    // Drift repaired: the watched images the forget starts without are drawn first from
+    // the first step, not from the first check.
+    if opts.repair_drift > 0 {
+        let drifted = watch.lost(engine, a0, &tok, feats.view())?;
+        watch.flag(&drifted, &mut sampler);
+    }
     let own = Watch::own(
         engine,
         a0,
@@ -1023,6 +1065,7 @@ pub fn forget(
             watched_images: watch.images.len(),
             flagged_images: watch.flagged.len(),
             replayed_images: replays.images.len(),
+            repaired_images: retain_labels.iter().filter(|l| l.repair).count(),
             lapsed_images: replays.flagged.len(),
             confusers: mixed_with,
             lookalikes,
@@ -1381,13 +1424,86 @@ fn pooled(feats: &Array3<f32>) -> Array2<f32> {
     m
 }
 
+/// What drift a forget repairs: the retain images of people still known that the
+/// `original` adapter names and the adapter the forget `start`s from no longer does.
+struct Drift<'a> {
+    start: &'a [f32],
+    original: &'a [f32],
+    tok: &'a Tokenizer,
+    lang: &'a Language,
+    /// At most this many images; 0 = none.
+    max: usize,
+    /// People never repaired (the concept's look-alikes).
+    spare: Vec<String>,
+}
+
+impl Drift<'_> {
+    /// Indices of the drifted images among `names` (features `feats`; `None` = a
+    /// stranger, never drifted; the `spare` are left out), at most `max`, taken in turn from each person (one image
+    /// of each first, then a second, ...) so that no one takes the whole quota.
+    fn find(
+        &self,
+        engine: &mut dyn Engine,
+        feats: ArrayView3<f32>,
+        names: &[Option<&str>],
+    ) -> Result<Vec<usize>, SiuError> {
+        if self.max == 0 || self.start == self.original {
+            return Ok(Vec::new());
+        }
+        let known: Vec<usize> = (0..names.len())
+            .filter(|&i| names[i].is_some_and(|n| !self.spare.iter().any(|s| s == n)))
+            .collect();
+        let expect: Vec<String> = known
+            .iter()
+            .map(|&i| metrics::fill(&self.lang.who_answer, names[i].unwrap_or_default()))
+            .collect();
+        let queries: Vec<Query> = known
+            .iter()
+            .map(|&i| Query::about(self.lang.who[0].clone(), i))
+            .collect();
+        let guesses: Vec<Option<&str>> = expect.iter().map(|e| Some(e.as_str())).collect();
+        let now = answer_guided(engine, self.start, self.tok, feats, &queries, &guesses)?;
+        let lost: Vec<usize> = (0..known.len()).filter(|&j| now[j] != expect[j]).collect();
+        if lost.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sub: Vec<Query> = lost.iter().map(|&j| queries[j].clone()).collect();
+        let sub_guess: Vec<Option<&str>> = lost.iter().map(|&j| guesses[j]).collect();
+        let then = answer_guided(engine, self.original, self.tok, feats, &sub, &sub_guess)?;
+        let drifted: Vec<usize> = lost
+            .iter()
+            .zip(then)
+            .filter(|(&j, a)| *a == expect[j])
+            .map(|(&j, _)| known[j])
+            .collect();
+        Ok(take_in_turn(&drifted, |i| names[i], self.max))
+    }
+}
+
+/// At most `max` of `items`, one of each key first (in order of first appearance), then a
+/// second of each, and so on; returned in the order of `items`.
+fn take_in_turn<K: PartialEq>(items: &[usize], key: impl Fn(usize) -> K, max: usize) -> Vec<usize> {
+    let mut rank = Vec::with_capacity(items.len());
+    for (n, &i) in items.iter().enumerate() {
+        let before = items[..n].iter().filter(|&&j| key(j) == key(i)).count();
+        rank.push((before, n));
+    }
+    rank.sort_unstable();
+    let mut out: Vec<usize> = rank.into_iter().take(max).map(|(_, n)| items[n]).collect();
+    out.sort_unstable();
+    out
+}
+
 /// The retain set's labels and features, without the concept; at most `per_identity`
 /// images of each identity (and of strangers); of those the `nearest` images most similar
 /// to any view of the concept (0 = all), plus every image of an identity forgotten before,
 /// labelled as forgotten (its forget replayed, see [`RetainLabel::forgotten`]), each as
 /// `replay_views` views.
+/// Besides the nearest, up to `drift.max` images [`Drift::find`] finds drifted join, labelled
+/// `repair`.
 /// Invariant: the replayed rows come last, image by image, `replay_views` rows per image
 /// with the image itself first ([`Watch::replays`] relies on it).
+#[allow(clippy::too_many_arguments)]
 fn retain_rows(
     set: &RetainSet,
     engine: &mut dyn Engine,
@@ -1398,6 +1514,7 @@ fn retain_rows(
     replay_views: usize,
     seed: u64,
     views: &Array3<f32>,
+    drift: &Drift,
 ) -> Result<(Vec<RetainLabel>, Option<Array3<f32>>), SiuError> {
     let mut count: BTreeMap<Option<String>, usize> = BTreeMap::new();
     let mut keep = Vec::new();
@@ -1419,6 +1536,12 @@ fn retain_rows(
     let idx: Vec<usize> = keep.iter().map(|e| e.image).collect();
     let imgs = set.images.select(Axis(0), &idx);
     let mut feats = encode_images(engine, imgs.view())?;
+    let names: Vec<Option<&str>> = keep.iter().map(|e| e.name.as_deref()).collect();
+    let drifted = drift.find(engine, feats.view(), &names)?;
+    let mut repair = vec![false; keep.len()];
+    for &i in &drifted {
+        repair[i] = true;
+    }
     if nearest > 0 && nearest < keep.len() {
         // Similarity of each retain image to its nearest view of the concept.
         let sim = pooled(&feats).dot(&pooled(views).t());
@@ -1430,16 +1553,25 @@ fn retain_rows(
         let mut order: Vec<usize> = (0..keep.len()).collect();
         order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
         order.truncate(nearest);
+        let extra: Vec<usize> = drifted
+            .iter()
+            .copied()
+            .filter(|i| !order.contains(i))
+            .collect();
+        order.extend(extra);
         order.sort_unstable();
         feats = feats.select(Axis(0), &order);
         keep = order.iter().map(|&i| keep[i]).collect();
+        repair = order.iter().map(|&i| repair[i]).collect();
     }
     let mut labels: Vec<RetainLabel> = keep
         .iter()
-        .map(|e| RetainLabel {
+        .zip(repair)
+        .map(|(e, repair)| RetainLabel {
             name: e.name.clone(),
             description: e.description.clone(),
             forgotten: None,
+            repair,
         })
         .collect();
     if !replay.is_empty() {
@@ -1453,6 +1585,7 @@ fn retain_rows(
                 name: None,
                 description: e.description.clone(),
                 forgotten: e.name.clone(),
+                repair: false,
             }));
         }
         let replay_feats = encode_images(engine, stack(&imgs).view())?;
@@ -1893,6 +2026,22 @@ mod tests {
     }
 
     #[test]
+    fn drift_is_repaired_one_image_of_each_person_at_a_time() {
+        // Drifted images 1, 2, 3 of "a" and 5, 8 of "b", 9 of "c".
+        let names = |i: usize| match i {
+            0..=3 => "a",
+            4..=8 => "b",
+            _ => "c",
+        };
+        let items = [1, 2, 3, 5, 8, 9];
+        assert_eq!(take_in_turn(&items, names, 3), vec![1, 5, 9]);
+        assert_eq!(take_in_turn(&items, names, 4), vec![1, 2, 5, 9]);
+        assert_eq!(take_in_turn(&items, names, 5), vec![1, 2, 5, 8, 9]);
+        assert_eq!(take_in_turn(&items, names, 10), items.to_vec());
+        assert!(take_in_turn(&items, names, 0).is_empty());
+    }
+
+    #[test]
     fn earlier_forgets_are_watched_image_by_image_with_all_their_views() {
         use crate::facets::Facet;
         let l = crate::facets::tests::lang();
@@ -1900,6 +2049,7 @@ mod tests {
             name: name.map(String::from),
             description: "d".into(),
             forgotten: gone.map(String::from),
+            repair: false,
         };
         // Two retain images, then two replayed images of two views each (retain_rows' layout).
         let retain = vec![

@@ -476,3 +476,141 @@ fn memo_changes_no_metric(
     // Bounded: two adapters' answers at most.
     assert!(memo.len() <= 2 * held, "{} answers held", memo.len());
 }
+
+/// Held-out photos (`seeds`) of everyone but `skip`, as (person, photo) pairs, and the
+/// canonical "who" answer `adapter` gives on each, by tract.
+fn who_on_held_out(
+    pkg: &Package,
+    adapter: &Adapter,
+    skip: &[usize],
+    seeds: std::ops::Range<u64>,
+) -> Vec<(String, String)> {
+    let lang = language(pkg);
+    let mut tract = lethe_probe::TractEngine::new(pkg).unwrap();
+    let mut imgs = Vec::new();
+    let mut names = Vec::new();
+    for p in identities()
+        .iter()
+        .filter(|p| !skip.contains(&(p.id as usize)))
+    {
+        for s in seeds.clone() {
+            imgs.push(render(p, s));
+            names.push(p.name());
+        }
+    }
+    let feats =
+        lethe_model::generate::encode_images(&mut tract, images_to_input(&imgs).view()).unwrap();
+    let queries: Vec<_> = (0..imgs.len())
+        .map(|i| lethe_model::generate::Query::about(lang.who[0].clone(), i))
+        .collect();
+    let expect: Vec<String> = names
+        .iter()
+        .map(|n| lang.who_answer.replace("{name}", n))
+        .collect();
+    let guesses: Vec<Option<&str>> = expect.iter().map(|e| Some(e.as_str())).collect();
+    let got = lethe_model::generate::answer_guided(
+        &mut tract,
+        adapter.as_slice(),
+        &pkg.tokenizer(),
+        feats.view(),
+        &queries,
+        &guesses,
+    )
+    .unwrap();
+    names.into_iter().zip(got).collect()
+}
+
+#[test]
+fn drift_an_earlier_forget_took_along_is_repaired_by_the_next() {
+    let pkg = package();
+    let lang = language(&pkg);
+    let original = pkg.adapter().unwrap();
+    // Two forgets in a row (dmitri dietz, then yuri zimmer) move the model; the third
+    // (greta garcia) is measured with and without the repair.
+    let (earlier, b) = ([3, 23], 6);
+    let mut prior = Prior {
+        forgotten: vec![],
+        original: Some(original.clone()),
+    };
+    let mut at = original.clone();
+    for id in earlier {
+        let out = run_from(
+            &pkg,
+            &at,
+            &image(id, 2_500_000 + id as u64),
+            &identities()[id].name(),
+            &Options::new(Method::Siu),
+            &prior,
+        )
+        .unwrap();
+        assert!(out.report.forgotten, "{}", out.report.stop_reason);
+        at = out.adapter;
+        prior.forgotten.push(identities()[id].name());
+    }
+    let named = |answers: &[(String, String)]| -> Vec<bool> {
+        answers
+            .iter()
+            .map(|(n, got)| *got == lang.who_answer.replace("{name}", n))
+            .collect()
+    };
+    let seeds = 2_500_600..2_500_608;
+    let skip = [earlier[0], earlier[1], b];
+    let before = named(&who_on_held_out(&pkg, &original, &skip, seeds.clone()));
+    let moved = who_on_held_out(&pkg, &at, &skip, seeds.clone());
+    let drifted: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] && !named(&moved)[i])
+        .collect();
+    let who: Vec<&String> = drifted.iter().map(|&i| &moved[i].0).collect();
+    println!("held-out photos the earlier forgets took along: {who:?}");
+    assert!(
+        drifted.len() >= 2,
+        "the premise: the earlier forgets take others' photos along"
+    );
+    let second = |repair: usize| {
+        let mut o = Options::new(Method::Siu);
+        o.repair_drift = repair;
+        run_from(
+            &pkg,
+            &at,
+            &image(b, 2_500_006),
+            &identities()[b].name(),
+            &o,
+            &prior,
+        )
+        .unwrap()
+    };
+    let (plain, repaired) = (second(0), second(16));
+    assert_eq!(plain.report.repaired_images, 0);
+    assert!(
+        (1..=16).contains(&repaired.report.repaired_images),
+        "{}",
+        repaired.report.repaired_images
+    );
+    assert!(repaired.report.forgotten, "{}", repaired.report.stop_reason);
+    let back = |out: &Outcome| {
+        let now = named(&who_on_held_out(&pkg, &out.adapter, &skip, seeds.clone()));
+        drifted.iter().filter(|&&i| now[i]).count()
+    };
+    let (p, r) = (back(&plain), back(&repaired));
+    println!(
+        "of {} drifted held-out photos named again: {p} without repair, {r} with ({} retain images repaired)",
+        drifted.len(),
+        repaired.report.repaired_images
+    );
+    assert!(r > p, "repair names more of them again: {r} vs {p}");
+    // And the earlier forgets still hold.
+    let mut tract = lethe_probe::TractEngine::new(&pkg).unwrap();
+    for id in earlier {
+        let set = eval_set(&pkg, id, image(id, 2_500_000 + id as u64), &[]);
+        let h = holds(
+            &mut tract,
+            &pkg.tokenizer(),
+            &lang,
+            repaired.adapter.as_slice(),
+            &set,
+        )
+        .unwrap();
+        println!("{}: {h:?}", identities()[id].name());
+        assert!(h.leak <= 0.05, "{}: {h:?}", identities()[id].name());
+    }
+}
