@@ -657,6 +657,10 @@ pub fn forget(
             lang: &lang,
             max: if repairing { opts.repair_drift } else { 0 },
             spare,
+            forgotten: &forgotten,
+            set,
+            per_identity: opts.retain_per_identity,
+            lookalike_logp: opts.confuser_logp,
         };
         retain_rows(
             set,
@@ -1435,6 +1439,13 @@ struct Drift<'a> {
     max: usize,
     /// People never repaired (the concept's look-alikes).
     spare: Vec<String>,
+    /// The people forgotten before, whose look-alikes are not repaired either: those whose
+    /// "this is <name>" the original finds at least `lookalike_logp` likely, on average over
+    /// a forgotten person's first `per_identity` retain images in `set`.
+    forgotten: &'a [String],
+    set: &'a RetainSet,
+    per_identity: usize,
+    lookalike_logp: f64,
 }
 
 impl Drift<'_> {
@@ -1470,12 +1481,42 @@ impl Drift<'_> {
         let sub: Vec<Query> = lost.iter().map(|&j| queries[j].clone()).collect();
         let sub_guess: Vec<Option<&str>> = lost.iter().map(|&j| guesses[j]).collect();
         let then = answer_guided(engine, self.original, self.tok, feats, &sub, &sub_guess)?;
-        let drifted: Vec<usize> = lost
+        let mut drifted: Vec<usize> = lost
             .iter()
             .zip(then)
             .filter(|(&j, a)| *a == expect[j])
             .map(|(&j, _)| known[j])
             .collect();
+        // A look-alike of someone forgotten before is left drifted: naming him again on his
+        // photos names the forgotten person on theirs (20 in a row: four forgets rolled back
+        // for bringing an earlier forget back; ARCHITECTURE.md).
+        let mut people: Vec<String> = drifted
+            .iter()
+            .filter_map(|&i| names[i].map(String::from))
+            .collect();
+        people.sort();
+        people.dedup();
+        let mut near = std::collections::BTreeSet::new();
+        for f in self.forgotten {
+            let Some(imgs) = self.set.images_of(f, self.per_identity) else {
+                continue;
+            };
+            let theirs = encode_images(engine, imgs.view())?;
+            let lp = name_logp(
+                engine,
+                self.original,
+                self.tok,
+                theirs.view(),
+                self.lang,
+                &people,
+            )?;
+            for (p, l) in people.iter().zip(lp) {
+                if l >= self.lookalike_logp {
+                    near.insert(p.clone());
+                }
+            }
+        }
+        drifted.retain(|&i| names[i].is_some_and(|n| !near.contains(n)));
         Ok(take_in_turn(&drifted, |i| names[i], self.max))
     }
 }
