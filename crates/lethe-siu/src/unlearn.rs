@@ -140,9 +140,9 @@ pub struct Options {
     /// known, that the original adapter names and the adapter the forget starts from no
     /// longer does (earlier forgets took them along), join the retain rows wherever they
     /// are, taught their label by CE alone, and their rows come first in the watch's share
-    /// from the first step. 0 = none; a first forget has nothing to repair. 16 for SIU: 20
-    /// forgets in a row ended with the remaining identities 6-12.5 points down on three of
-    /// five seeds without it (ARCHITECTURE.md).
+    /// from the first step; C's look-alike and those of people forgotten before are left
+    /// out. 0 = none (the default); a first forget has nothing to repair. At 16, 20 forgets
+    /// in a row drifted less on some seeds but committed fewer forgets (ARCHITECTURE.md).
     pub repair_drift: usize,
 }
 
@@ -916,7 +916,7 @@ pub fn forget(
     replays.flag(&lapsed, &mut sampler);
     // Drift repaired: the watched images the forget starts without are drawn first from
     // the first step, not from the first check.
-    if opts.repair_drift > 0 {
+    if repairing {
         let drifted = watch.lost(engine, a0, &tok, feats.view())?;
         watch.flag(&drifted, &mut sampler);
     }
@@ -1449,9 +1449,10 @@ struct Drift<'a> {
 }
 
 impl Drift<'_> {
-    /// Indices of the drifted images among `names` (features `feats`; `None` = a
-    /// stranger, never drifted; the `spare` are left out), at most `max`, taken in turn from each person (one image
-    /// of each first, then a second, ...) so that no one takes the whole quota.
+    /// Indices of the drifted images among `names` (features `feats`; `None` = a stranger,
+    /// never drifted; the `spare` and the forgotten people's look-alikes are left out), at
+    /// most `max`, taken in turn from each person (one image of each first, then a second,
+    /// ...) so that no one takes the whole quota.
     fn find(
         &self,
         engine: &mut dyn Engine,
