@@ -1435,7 +1435,8 @@ struct Drift<'a> {
     original: &'a [f32],
     tok: &'a Tokenizer,
     lang: &'a Language,
-    /// At most this many images; 0 = none.
+    /// At most this many images; 0 = none (the caller's choice wherever `start` is
+    /// `original`: a first forget has nothing to repair).
     max: usize,
     /// People never repaired (the concept's look-alikes).
     spare: Vec<String>,
@@ -1459,7 +1460,7 @@ impl Drift<'_> {
         feats: ArrayView3<f32>,
         names: &[Option<&str>],
     ) -> Result<Vec<usize>, SiuError> {
-        if self.max == 0 || self.start == self.original {
+        if self.max == 0 {
             return Ok(Vec::new());
         }
         let known: Vec<usize> = (0..names.len())

@@ -557,8 +557,9 @@ fn drift_an_earlier_forget_took_along_is_repaired_by_the_next() {
     let skip = [earlier[0], earlier[1], b];
     let before = named(&who_on_held_out(&pkg, &original, &skip, seeds.clone()));
     let moved = who_on_held_out(&pkg, &at, &skip, seeds.clone());
+    let still = named(&moved);
     let drifted: Vec<usize> = (0..before.len())
-        .filter(|&i| before[i] && !named(&moved)[i])
+        .filter(|&i| before[i] && !still[i])
         .collect();
     let who: Vec<&String> = drifted.iter().map(|&i| &moved[i].0).collect();
     println!("held-out photos the earlier forgets took along: {who:?}");
