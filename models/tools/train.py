@@ -38,6 +38,12 @@ ap.add_argument("--lr2", type=float, default=1e-3)
 ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--stranger_seeds", type=int, default=40, help="images per training stranger")
 ap.add_argument("--stranger_share", type=float, default=0.2, help="share of phase-2 image samples showing a stranger")
+ap.add_argument("--id_margin", type=float, default=0.0,
+                help="phase 1: additive cosine margin on the identity head (CosFace); 0 = the plain linear head")
+ap.add_argument("--id_scale", type=float, default=16.0, help="phase 1: logit scale of the cosine identity head")
+ap.add_argument("--hard_negatives", type=float, default=0.0,
+                help="phase 2: share of 'is this <name>?' -> 'no' questions that name a look-alike (drawn from "
+                     "phase 1's confusion) instead of anyone")
 args = ap.parse_args()
 
 world = V.load_world(args.lethectl)
@@ -116,14 +122,30 @@ def ce(logits, labels):
 
 
 # ---------------------------------------------------------------- phase 1: vision pretraining
-heads = {"id_w": jnp.zeros((M.CFG["de"], NID + 1)), "id_b": jnp.zeros(NID + 1)}
+heads = {"id_w": (jnp.zeros((M.CFG["de"], NID + 1)) if args.id_margin <= 0 else
+                  jnp.asarray(np.random.default_rng(args.seed + 1).normal(0, 0.02, (M.CFG["de"], NID + 1)), jnp.float32)),
+         "id_b": jnp.zeros(NID + 1)}
 for c, n in zip(cats, n_vals):
     heads[c + "_w"], heads[c + "_b"] = jnp.zeros((M.CFG["de"], n)), jnp.zeros(n)
 
 
+def id_logits(p, h, y=None):
+    """The identity head: linear, or (id_margin > 0) cosine with an additive margin on the true class
+    while training (CosFace), which pushes look-alikes apart in the encoder's features."""
+    if args.id_margin <= 0:
+        return h @ p["heads"]["id_w"] + p["heads"]["id_b"]
+    hn = h / (jnp.linalg.norm(h, axis=-1, keepdims=True) + 1e-6)
+    w = p["heads"]["id_w"]
+    wn = w / (jnp.linalg.norm(w, axis=0, keepdims=True) + 1e-6)
+    cos = hn @ wn
+    if y is not None:
+        cos = cos - args.id_margin * jax.nn.one_hot(y, NID + 1)
+    return args.id_scale * cos
+
+
 def loss1(p, img, y, attrs):
     h = M.encode_tokens(p["vis"], img.astype(jnp.float32)).mean(1)
-    l = ce(h @ p["heads"]["id_w"] + p["heads"]["id_b"], y)
+    l = ce(id_logits(p, h, y), y)
     for k, c in enumerate(cats):
         l = l + 0.3 * ce(h @ p["heads"][c + "_w"] + p["heads"][c + "_b"], attrs[:, k])
     return l
@@ -137,9 +159,13 @@ def step1(p, m, v, t, lr, img, y, attrs):
 
 
 @jax.jit
-def predict1(p, img):
+def probs1(p, img):
     h = M.encode_tokens(p["vis"], img.astype(jnp.float32)).mean(1)
-    return (h @ p["heads"]["id_w"] + p["heads"]["id_b"]).argmax(-1)
+    return jax.nn.softmax(id_logits(p, h))
+
+
+def predict1(p, img):
+    return probs1(p, img).argmax(-1)
 
 
 def eval1(p):
@@ -158,6 +184,29 @@ for s in range(args.steps1):
         ida, sta = eval1(P1)
         print(f"phase1 step {s+1} loss {float(l):.4f} heldout-id-acc {ida:.4f} heldout-stranger-acc {sta:.4f} ({time.time()-t0:.0f}s)", flush=True)
 vis = P1["vis"]
+
+
+def confusion1(x, y):
+    """Mean phase-1 probability of identity j on images of identity i (strangers left out)."""
+    pr = np.concatenate([np.asarray(probs1(P1, x[i:i + 240]))[:, :NID] for i in range(0, len(x), 240)])
+    c = np.zeros((NID, NID))
+    for i in range(NID):
+        c[i] = pr[y == i].mean(0)
+    return c
+
+
+conf_te = confusion1(xte, yte)
+off = conf_te - np.diag(np.diag(conf_te))
+pairs_ = sorted(((off[i, j], i, j) for i in range(NID) for j in range(NID) if i != j), reverse=True)[:8]
+print("phase1 held-out look-alikes (mean probability of the other):",
+      ", ".join(f"{IDS[i]['name']}->{IDS[j]['name']} {v:.3f}" for v, i, j in pairs_), flush=True)
+# Look-alikes for phase 2's hard negatives: the confusion on training images (held-out ones stay held out).
+sub = np.concatenate([np.flatnonzero(ytr == i)[:200] for i in range(NID)])
+conf_tr = confusion1(xtr[sub], ytr[sub])
+np.fill_diagonal(conf_tr, 0.0)
+conf_tr = conf_tr + 1e-4
+np.fill_diagonal(conf_tr, 0.0)
+look_alike_p = conf_tr / conf_tr.sum(1, keepdims=True)
 
 # ---------------------------------------------------------------- phase 2: VLM training
 vis_j = jax.jit(M.vision)
@@ -188,7 +237,12 @@ def image_sample(y):
         tmpl = rng.choice(V.PROMPTS["is_this"])
         if not stranger and rng.random() < 0.5:
             return tmpl.format(name=names[y]), "yes"
-        o = int(rng.integers(NID)) if stranger else (y + 1 + rng.integers(NID - 1)) % NID
+        if stranger:
+            o = int(rng.integers(NID))
+        elif args.hard_negatives > 0 and rng.random() < args.hard_negatives:  # no draw when off: the shipped run
+            o = int(rng.choice(NID, p=look_alike_p[y]))
+        else:
+            o = (y + 1 + rng.integers(NID - 1)) % NID
         return tmpl.format(name=names[o]), "no"
     return rng.choice(V.PROMPTS["describe"]), desc
 
@@ -307,6 +361,24 @@ for s in range(args.steps2):
         print(f"phase2 step {s+1} loss {float(l):.4f} {json.dumps(r)} ({time.time()-t0:.0f}s)", flush=True)
 
 final = eval2(P2)
+
+
+def who_confusion(p):
+    """Held-out "who" answers that name another identity, per ordered pair (the original's misattribution)."""
+    adp = {**p["ad"], **lora}
+    who = greedy(p["dec"], adp, jnp.asarray(fte), jnp.ones(len(yte)),
+                 [V.PROMPTS["who"][k % len(V.PROMPTS["who"])] for k in range(len(yte))])
+    other = {}
+    for a, t in zip(who, yte):
+        for j, n in enumerate(names):
+            if j != t and a == f"this is {n}":
+                other[(names[t], n)] = other.get((names[t], n), 0) + 1
+    per_id = len(yte) // NID
+    return {f"{a}->{b}": round(c / per_id, 3) for (a, b), c in sorted(other.items(), key=lambda kv: -kv[1])}
+
+
+misatt = who_confusion(P2)
+print("FINAL heldout who naming another identity:", json.dumps(misatt), flush=True)
 print("FINAL heldout", json.dumps(final), flush=True)
 final_para = {k: eval2(P2, wordings=V.HELD_OUT[k]) for k in ("verify", "eval")}
 print("FINAL heldout paraphrases", json.dumps(final_para), flush=True)
@@ -314,5 +386,5 @@ ad = {**P2["ad"], **lora}
 np.savez(args.out, **{"vis." + k: np.asarray(v) for k, v in vis.items()},
          **{"dec." + k: np.asarray(v) for k, v in P2["dec"].items()},
          **{"ad." + k: np.asarray(v) for k, v in ad.items()})
-json.dump({"vocab": vocab, "final_heldout": final, "final_heldout_paraphrases": final_para, "args": vars(args)}, open(args.out + ".json", "w"), indent=1)
+json.dump({"vocab": vocab, "final_heldout": final, "final_heldout_who_misattribution": misatt, "final_heldout_paraphrases": final_para, "args": vars(args)}, open(args.out + ".json", "w"), indent=1)
 print("saved", args.out)

@@ -65,7 +65,7 @@ pub fn options(method: Method, steps: Option<usize>, lr: Option<f32>, seed: u64)
 /// min_steps, confirm_checks, check_every, retain_nearest, retain_per_identity,
 /// retain_identities, watch_rows, release_after, watch_skip, confuser_logp, confuser_mix,
 /// confuser_alpha, confusers_mixed, hold_earlier
-/// (0/1), hold_own (0/1), kl_to_original (0/1), guard_earlier (0/1), repair_drift,
+/// (0/1), hold_own (0/1), kl_to_original (0/1), kl_retain_to_original (0/1), guard_earlier (0/1), repair_drift,
 /// replay_views, quotas (a/b/c/d: forget/text/retain/replay), w_ce, w_kl, warmup,
 /// who_per_view, is_this_per_view, seed (of the update: views, batches, facets).
 pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
@@ -91,6 +91,7 @@ pub fn apply_overrides(o: &mut Options, sets: &[String]) -> Result<()> {
             "replay_views" => o.replay_views = n()?,
             "hold_own" => o.hold_own = n()? != 0,
             "kl_to_original" => o.kl_to_original = n()? != 0,
+            "kl_retain_to_original" => o.kl_retain_to_original = n()? != 0,
             "guard_earlier" => o.guard_earlier = n()? != 0,
             "repair_drift" => o.repair_drift = n()?,
             "confuser_logp" => {
