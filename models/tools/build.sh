@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the bundled model package from scratch (packaging time only; needs Python 3.11 and
-# ~1 GB of PyPI packages; about 2 hours on 2 CPU cores):
+# ~1 GB of PyPI packages; about 35 minutes on 2 CPU cores, measured 2026-12-08):
 #   models/tools/build.sh [OUT_DIR]   (default models/tiny-vlm)
 # Extra train.py options (an experiment's, e.g. "--id_margin 0.25 --hard_negatives 0.5") go in
 # LETHE_TRAIN_ARGS; the checkpoint then goes to models/work/<OUT_DIR's name>.npz.
