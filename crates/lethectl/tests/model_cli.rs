@@ -1,5 +1,6 @@
 //! `lethectl model ...` end to end: ask (image, text-only, both engines), eval on a few
-//! seeds, and every bad input exits 2 with a one-line cause. Uses the bundled package
+//! seeds, and every bad input exits 2 with a one-line cause; and `bench sequential`'s
+//! measurement after its last forget. Uses the bundled package
 //! (models/tiny-vlm) and needs ONNX Runtime (scripts/fetch-ort).
 
 use lethe_testkit::png_header;
@@ -350,4 +351,44 @@ fn output_into_a_closed_pipe_ends_quietly_with_the_sigpipe_status() {
         .expect("run lethectl");
     assert_eq!(out.status.code(), Some(141), "{out:?}");
     assert!(stderr(&out).is_empty(), "no panic report: {}", stderr(&out));
+}
+
+#[test]
+fn a_sequential_run_measures_the_identities_it_never_targeted_after_its_last_forget() {
+    let model = model_dir().display().to_string();
+    let o = lethectl(&[
+        "bench",
+        "sequential",
+        "--model",
+        &model,
+        "--ids",
+        "3",
+        "--json",
+        "--final-others",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON document");
+    let row = &v["rows"][0];
+    assert_eq!(row["verdict"], "committed", "{row}");
+    let end = &v["never_targeted"];
+    let names: Vec<&str> = end["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 23, "{names:?}");
+    assert!(!names.contains(&"dmitri dietz"), "{names:?}");
+    assert_eq!(end["photos_each"], 2);
+    // On the photos the row measured (--others 2), after the one committed forget, the end
+    // measurement is the row's remaining-identities accuracy.
+    let f = |x: &serde_json::Value| x.as_f64().unwrap();
+    assert!(
+        (f(&end["accuracy"]) - f(&row["remaining_accuracy"])).abs() < 1e-9,
+        "{v}"
+    );
+    assert!((f(&end["accuracy_before"]) - f(&row["remaining_accuracy_before"])).abs() < 1e-9);
+    let points = 100.0 * (f(&end["accuracy_before"]) - f(&end["accuracy"]));
+    assert!((f(&end["drop_points"]) - points).abs() < 1e-6, "{v}");
 }

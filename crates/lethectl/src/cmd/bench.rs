@@ -41,7 +41,7 @@ pub enum BenchCmd {
 /// used by no training run and no test.
 pub const FORGET_SEEDS: u64 = 3_000_000;
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct Common {
     #[arg(long, default_value = "models/tiny-vlm")]
     pub model: PathBuf,
@@ -123,6 +123,11 @@ pub struct SequentialArgs {
     /// agent's `verify.max_identity_drop_points`). Default: the agent's default.
     #[arg(long)]
     pub max_identity_drop: Option<f64>,
+    /// Held-out photos of each identity the run never targets, for the measurement after
+    /// the last forget (the rows use `--others`; with 4 identities left, 2 photos each make
+    /// one photo 12.5 points). 0: no such measurement.
+    #[arg(long, default_value_t = 12)]
+    pub final_others: u64,
 }
 
 /// Seed of the one training image of identity `id` (held out, used nowhere else).
@@ -738,6 +743,12 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
         }
         rows.push(row);
     }
+    let end = match (order.last(), a.final_others) {
+        (Some(&last), n) if n > 0 && order.len() < identities().len() => Some(never_targeted(
+            &mut e, c, n, last, &order, &held_out, &base, &current,
+        )?),
+        _ => None,
+    };
     let committed = rows.iter().filter(|r| r.verdict == "committed").count();
     let retries = |why: update::Retry| {
         let of: Vec<_> = rows.iter().filter(|r| r.retries.contains(&why)).collect();
@@ -750,7 +761,7 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
     if c.json {
         println!(
             "{}",
-            serde_json::json!({"method": a.method.name(), "order": order, "committed": committed, "rows": rows})
+            serde_json::json!({"method": a.method.name(), "order": order, "committed": committed, "rows": rows, "never_targeted": end})
         );
     } else {
         let last = rows.last();
@@ -765,8 +776,62 @@ fn sequential(a: SequentialArgs) -> Result<ExitCode> {
             last.map_or(0, |r| r.earlier),
             last.map_or(0.0, |r| 100.0 * r.earlier_worst_leak),
         );
+        if let Some(f) = &end {
+            println!(
+                "identities never targeted ({}), {} held-out photos each: accuracy {:.1}% (original {:.1}%), drop {:.1} points; text facts kept {:.1}%",
+                f.identities.join(", "),
+                f.photos_each,
+                100.0 * f.accuracy,
+                100.0 * f.accuracy_before,
+                f.drop_points,
+                100.0 * f.text_retention,
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The identities a sequential run never targeted, measured after its last forget on more
+/// photos than each row uses: the "remaining identities" of the 20-in-a-row bar.
+#[derive(serde::Serialize)]
+struct NeverTargeted {
+    identities: Vec<String>,
+    photos_each: u64,
+    accuracy: f64,
+    accuracy_before: f64,
+    drop_points: f64,
+    text_retention: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn never_targeted(
+    e: &mut Engines,
+    c: &Common,
+    photos_each: u64,
+    last: u32,
+    order: &[u32],
+    held_out: &HeldOut,
+    base: &Adapter,
+    current: &Adapter,
+) -> Result<NeverTargeted> {
+    let mut wide = c.clone();
+    wide.others = photos_each;
+    // The concept's side of the set is not what this measures: one photo of it.
+    wide.heldout = 1;
+    let set = eval_set(last, &wide, order, held_out, 0);
+    let m = e.measure(base, current, &set)?;
+    Ok(NeverTargeted {
+        identities: identities()
+            .iter()
+            .filter(|o| !order.contains(&o.id))
+            .map(|o| o.name())
+            .collect(),
+        photos_each,
+        accuracy: m.specificity_after,
+        accuracy_before: m.specificity_before,
+        drop_points: m.specificity_drop_points,
+        text_retention: m.text_retention_others,
+    })
 }
 
 fn print_seq_row(r: &SeqRow, header: bool) {
