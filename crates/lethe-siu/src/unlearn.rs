@@ -1520,10 +1520,9 @@ impl Drift<'_> {
         people.dedup();
         let mut near = std::collections::BTreeSet::new();
         for f in self.forgotten {
-            let Some(imgs) = self.set.images_of(f, self.per_identity) else {
+            let Some(theirs) = own_images(self.set, engine, f, self.per_identity)? else {
                 continue;
             };
-            let theirs = encode_images(engine, imgs.view())?;
             let lp = name_logp(
                 engine,
                 self.original,
