@@ -200,13 +200,13 @@ off = conf_te - np.diag(np.diag(conf_te))
 pairs_ = sorted(((off[i, j], i, j) for i in range(NID) for j in range(NID) if i != j), reverse=True)[:8]
 print("phase1 held-out look-alikes (mean probability of the other):",
       ", ".join(f"{IDS[i]['name']}->{IDS[j]['name']} {v:.3f}" for v, i, j in pairs_), flush=True)
-# Look-alikes for phase 2's hard negatives: the confusion on training images (held-out ones stay held out).
-sub = np.concatenate([np.flatnonzero(ytr == i)[:200] for i in range(NID)])
-conf_tr = confusion1(xtr[sub], ytr[sub])
-np.fill_diagonal(conf_tr, 0.0)
-conf_tr = conf_tr + 1e-4
-np.fill_diagonal(conf_tr, 0.0)
-look_alike_p = conf_tr / conf_tr.sum(1, keepdims=True)
+# Look-alikes for phase 2's hard negatives: the confusion on training images (held-out ones stay held out),
+# computed only when they are asked for.
+if args.hard_negatives > 0:
+    sub = np.concatenate([np.flatnonzero(ytr == i)[:200] for i in range(NID)])
+    conf_tr = confusion1(xtr[sub], ytr[sub]) + 1e-4
+    np.fill_diagonal(conf_tr, 0.0)
+    look_alike_p = conf_tr / conf_tr.sum(1, keepdims=True)
 
 # ---------------------------------------------------------------- phase 2: VLM training
 vis_j = jax.jit(M.vision)
